@@ -1,0 +1,3 @@
+"""nettrim: prune trained PyTorch ReLU networks with Net-Trim (NIPS 2017)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from nettrim_cli.cli import main
+
+main()

@@ -1,0 +1,305 @@
+"""Load and save PyTorch checkpoints safely, and find the layers Net-Trim can prune.
+
+Three forms are accepted:
+  (a) a whole ``nn.Module`` saved with ``torch.save``, built from standard torch.nn layers:
+      loaded with ``weights_only=True`` and an allowlist of those classes;
+  (b) a state_dict (plain, or under a ``state_dict`` or ``model`` key) with ``--arch
+      package.module:factory`` that builds the module;
+  (c) anything else that needs arbitrary unpickling, only with ``trust=True``
+      (``--trust-checkpoint``), which runs code from the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import io
+import os
+import pickle
+import sys
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from nettrim_cli.errors import BadInput
+
+# Layers a whole-module checkpoint may contain. Everything here is plain torch.nn: unpickling
+# these classes runs no code from the file.
+ALLOWED_MODULES: tuple[type, ...] = (
+    nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Linear, nn.ReLU, nn.Flatten, nn.Unflatten,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.Conv1d, nn.Conv2d, nn.MaxPool1d,
+    nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.BatchNorm1d,
+    nn.BatchNorm2d, nn.LayerNorm, nn.Tanh, nn.Sigmoid, nn.GELU, nn.LeakyReLU, nn.ELU,
+    nn.Softmax, nn.LogSoftmax,
+)
+# Leaves that pass data along without weights of their own to prune.
+PASSTHROUGH = (nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity,
+               nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+               nn.Softmax, nn.LogSoftmax)
+# Layers with weights that are recognised but kept as they are (reported as not pruned).
+KEPT = (nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)
+# Activations whose program is not the ReLU one (eq. 3): a Linear followed by one is refused.
+OTHER_ACTIVATIONS = (nn.Tanh, nn.Sigmoid, nn.GELU, nn.LeakyReLU, nn.ELU)
+
+STATE_DICT_KEYS = ("state_dict", "model")
+
+
+@dataclass
+class LayerInfo:
+    """A layer found by tracing one forward pass, in forward order."""
+
+    name: str  # qualified module name, e.g. "net.2"
+    kind: str  # "linear", or the class name of a kept layer
+    activation: str | None  # "relu" / "none" for linear layers
+    in_features: int = 0
+    out_features: int = 0
+    bias: bool = False
+    prunable: bool = True
+    note: str = ""
+
+    def as_attrs(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "activation": self.activation or "",
+                "in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias}
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model plus what is needed to write it back in the same form."""
+
+    model: nn.Module
+    form: str  # "module" or "state_dict"
+    path: str
+    container: object = None  # the loaded object for state_dict form (dict, maybe wrapped)
+    sd_key: str | None = None  # "state_dict" / "model" when wrapped
+    prefix: str = ""  # e.g. "module." when the keys carry a DataParallel prefix
+    trusted: bool = False
+    layers: list[LayerInfo] = field(default_factory=list)
+
+    @property
+    def prunable(self) -> list[LayerInfo]:
+        return [layer for layer in self.layers if layer.prunable]
+
+    def module(self, name: str) -> nn.Module:
+        return self.model.get_submodule(name)
+
+
+def _read_bytes(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    if not os.path.exists(path):
+        raise BadInput("no such file", path)
+    if os.path.isdir(path):
+        raise BadInput("is a directory, not a checkpoint file", path)
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as e:
+        raise BadInput(f"cannot read file ({e.strerror})", path) from e
+
+
+def _torch_load_safe(data: bytes, path: str, trust: bool):
+    if not data:
+        raise BadInput("file is empty", path)
+    try:
+        with torch.serialization.safe_globals(list(ALLOWED_MODULES)):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), False
+    except pickle.UnpicklingError as e:
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data))
+        except Exception:  # noqa: BLE001 - not a zip checkpoint at all
+            unsafe = None
+        allowed = {f"{c.__module__}.{c.__qualname__}" for c in ALLOWED_MODULES}
+        bad = sorted(set(unsafe or []) - allowed) if unsafe is not None else []
+        if not trust:
+            what = ", ".join(bad) if bad else "a global outside the allowlist"
+            raise BadInput(
+                f"checkpoint needs {what}, which is not on the allowlist of standard torch.nn "
+                "classes; save a state_dict and pass --arch, or pass --trust-checkpoint if you "
+                "trust this file (loading it then runs code from it)", path) from e
+        warnings.warn(f"{path}: loading with weights_only=False because --trust-checkpoint was "
+                      "given; this runs code from the file", stacklevel=2)
+        try:
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False), True
+        except Exception as e2:  # noqa: BLE001
+            raise BadInput(f"cannot load checkpoint ({type(e2).__name__}: {e2})", path) from e2
+    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BadInput(f"not a readable PyTorch checkpoint ({msg[:200]})", path) from e
+
+
+def build_arch(arch: str) -> nn.Module:
+    """Build a module from ``package.module:factory``."""
+    if ":" not in arch:
+        raise BadInput("--arch must look like package.module:factory", arch)
+    mod_name, _, attr = arch.partition(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except Exception as e:  # noqa: BLE001 - anything the import raises
+        raise BadInput(f"cannot import module {mod_name!r} ({e})", arch) from e
+    factory = getattr(mod, attr, None)
+    if factory is None:
+        raise BadInput(f"module {mod_name!r} has no attribute {attr!r}", arch)
+    model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    if not isinstance(model, nn.Module):
+        raise BadInput(f"{attr!r} did not build an nn.Module", arch)
+    return model
+
+
+def _as_state_dict(obj) -> tuple[dict, str | None] | None:
+    if isinstance(obj, dict):
+        for key in STATE_DICT_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(
+                    isinstance(v, torch.Tensor) for v in inner.values()):
+                return inner, key
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj, None
+    return None
+
+
+def load_checkpoint(path: str, arch: str | None = None, trust: bool = False) -> Checkpoint:
+    """Load a checkpoint in any of the three accepted forms (see the module docstring)."""
+    data = _read_bytes(path)
+    obj, trusted = _torch_load_safe(data, path, trust)
+    if isinstance(obj, nn.Module):
+        ckpt = Checkpoint(model=obj, form="module", path=path, trusted=trusted)
+    else:
+        found = _as_state_dict(obj)
+        if found is None:
+            raise BadInput("checkpoint is neither an nn.Module nor a state_dict of tensors "
+                           f"(found {type(obj).__name__})", path)
+        sd, key = found
+        if arch is None:
+            raise BadInput("checkpoint is a state_dict; pass --arch package.module:factory to "
+                           "build the model it belongs to", path)
+        model = build_arch(arch)
+        prefix = ""
+        if all(k.startswith("module.") for k in sd):
+            prefix = "module."
+        clean = {k[len(prefix):]: v for k, v in sd.items()}
+        try:
+            model.load_state_dict(clean, strict=True)
+        except RuntimeError as e:
+            first = str(e).splitlines()[1:2] or [str(e)]
+            raise BadInput(f"state_dict does not fit --arch {arch}: {first[0].strip()}",
+                           path) from e
+        ckpt = Checkpoint(model=model, form="state_dict", path=path, container=obj, sd_key=key,
+                          prefix=prefix, trusted=trusted)
+    ckpt.model.eval()
+    for name, t in list(ckpt.model.named_parameters()) + list(ckpt.model.named_buffers()):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise BadInput(f"parameter {name!r} holds NaN or Inf", path)
+    return ckpt
+
+
+def trace_layers(model: nn.Module, sample: torch.Tensor, path: str = "") -> list[LayerInfo]:
+    """Run one forward pass and list the layers in the order they are called.
+
+    A Linear whose output goes straight into an ``nn.ReLU`` gets the ReLU program; a Linear
+    whose output is used otherwise gets the least-squares program (a functional relu is not
+    seen, which is safe: matching pre-activations within eps bounds the post-ReLU mismatch).
+    A Linear followed by another activation, or a leaf module with weights of an unknown type,
+    is refused.
+    """
+    names = {m: n for n, m in model.named_modules()}
+    calls: list[tuple[nn.Module, int, int]] = []  # module, id(input), id(output)
+    counts: dict[nn.Module, int] = {}
+
+    def hook(mod, inputs, output):
+        inp = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+        calls.append((mod, id(inp) if inp is not None else -1, id(output)))
+        counts[mod] = counts.get(mod, 0) + 1
+        if isinstance(mod, nn.Linear) and inp is not None and inp.dim() != 2:
+            raise BadInput(f"layer {names[mod]!r} receives a {inp.dim()}-D input; only "
+                           "(batch, features) inputs to Linear layers are supported", path)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if len(list(m.children())) == 0]
+    try:
+        with torch.no_grad():
+            out = model(sample)
+    except BadInput:
+        raise
+    except Exception as e:  # noqa: BLE001 - the model's own error on this input
+        raise BadInput(f"inputs of shape {tuple(sample.shape)} do not fit the model "
+                       f"({type(e).__name__}: {str(e).splitlines()[0][:200]})", path) from e
+    finally:
+        for h in handles:
+            h.remove()
+    layers: list[LayerInfo] = []
+    seen: set = set()
+    for i, (mod, _, out_id) in enumerate(calls):
+        name = names[mod]
+        if mod in seen:
+            continue
+        seen.add(mod)
+        if isinstance(mod, nn.Linear):
+            if counts[mod] > 1:
+                raise BadInput(f"layer {name!r} is called {counts[mod]} times in one forward "
+                               "pass; shared layers are not supported", path)
+            nxt = calls[i + 1] if i + 1 < len(calls) else None
+            act = "none"
+            if nxt is not None and nxt[1] == out_id:
+                if isinstance(nxt[0], nn.ReLU):
+                    act = "relu"
+                elif isinstance(nxt[0], OTHER_ACTIVATIONS):
+                    raise BadInput(f"layer {name!r} is followed by {type(nxt[0]).__name__}; "
+                                   "Net-Trim needs ReLU or no activation", path)
+            layers.append(LayerInfo(name=name, kind="linear", activation=act,
+                                    in_features=mod.in_features, out_features=mod.out_features,
+                                    bias=mod.bias is not None))
+        elif isinstance(mod, KEPT):
+            layers.append(LayerInfo(name=name, kind=type(mod).__name__.lower(), activation=None,
+                                    prunable=False,
+                                    note="kept dense: only Linear layers are pruned"))
+        elif isinstance(mod, (nn.ReLU, *PASSTHROUGH, *OTHER_ACTIVATIONS)):
+            continue
+        elif any(True for _ in mod.parameters(recurse=False)):
+            raise BadInput(f"layer {name!r} has unknown type {type(mod).__name__}; supported "
+                           "layers with weights: Linear (pruned), Conv/BatchNorm/LayerNorm "
+                           "(kept)", path)
+    if not any(layer.prunable for layer in layers):
+        raise BadInput("the model has no Linear layer to prune", path)
+    if not isinstance(out, torch.Tensor):
+        raise BadInput("the model's output is not a single tensor", path)
+    return layers
+
+
+def set_layer_weights(model: nn.Module, name: str, W: np.ndarray, b: np.ndarray | None) -> None:
+    mod = model.get_submodule(name)
+    with torch.no_grad():
+        mod.weight.copy_(torch.as_tensor(W, dtype=mod.weight.dtype))
+        if b is not None and mod.bias is not None:
+            mod.bias.copy_(torch.as_tensor(b, dtype=mod.bias.dtype))
+
+
+def pruned_copy(ckpt: Checkpoint, weights: dict[str, tuple[np.ndarray, np.ndarray | None]]
+                ) -> nn.Module:
+    """A deep copy of the model with the given layers' weights replaced."""
+    model = copy.deepcopy(ckpt.model)
+    for name, (W, b) in weights.items():
+        set_layer_weights(model, name, W, b)
+    return model
+
+
+def save_checkpoint(ckpt: Checkpoint, model: nn.Module, dest: str) -> None:
+    """Write ``model`` to ``dest`` (a path; callers handle atomicity) in the input's form."""
+    if ckpt.form == "module":
+        torch.save(model, dest)
+        return
+    sd = {ckpt.prefix + k: v.detach().clone() for k, v in model.state_dict().items()}
+    container = ckpt.container
+    if ckpt.sd_key is not None:
+        out = dict(container)
+        inner = dict(container[ckpt.sd_key])
+        inner.update(sd)
+        out[ckpt.sd_key] = inner
+    else:
+        out = dict(container)
+        out.update(sd)
+    torch.save(out, dest)

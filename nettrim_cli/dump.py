@@ -1,0 +1,308 @@
+"""The HDF5 activation dump: calibration inputs and, per prunable layer, its input and its
+pre-activation output on them.
+
+Layout (format ``nettrim-dump``, version 1)::
+
+    /                   attrs: format, format_version, nettrim_version, n_samples, n_layers,
+                               model_sha256
+    /inputs             (P, ...) float32, the calibration inputs
+    /labels             (P,) optional
+    /layers/000         group, attrs: name, kind, activation, in_features, out_features, bias
+    /layers/000/input   (P, N) float32, the layer's input
+    /layers/000/preact  (P, M) float32, the layer's output before its activation
+
+Every dataset is chunked by samples and gzip-compressed; readers take it chunk by chunk into
+one preallocated array, so a dump never sits in memory twice.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+import torch
+from torch import nn
+
+from nettrim_cli import __version__
+from nettrim_cli.checkpoint import LayerInfo
+from nettrim_cli.errors import BadInput
+
+FORMAT = "nettrim-dump"
+FORMAT_VERSION = 1
+CHUNK_ROWS = 1024
+# A declared shape larger than this many elements is refused before anything is allocated.
+MAX_ELEMENTS = 4 * 1024**3
+
+
+def load_array_file(path: str, what: str = "inputs") -> np.ndarray:
+    """Load calibration inputs or labels from .npy, .npz or .h5/.hdf5."""
+    if not os.path.exists(path):
+        raise BadInput("no such file", path)
+    if os.path.isdir(path):
+        raise BadInput("is a directory", path)
+    low = path.lower()
+    try:
+        if low.endswith(".npy"):
+            arr = np.load(path, allow_pickle=False)
+        elif low.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.keys())
+                pick = next((k for k in (what, "x" if what == "inputs" else "y",
+                                         "X" if what == "inputs" else "Y") if k in keys), None)
+                if pick is None:
+                    if len(keys) == 1:
+                        pick = keys[0]
+                    else:
+                        raise BadInput(f"npz has no array named {what!r} (found {keys})", path)
+                arr = z[pick]
+        elif low.endswith((".h5", ".hdf5")):
+            with h5py.File(path, "r") as f:
+                if what not in f or not isinstance(f[what], h5py.Dataset):
+                    raise BadInput(f"HDF5 file has no dataset /{what}", path)
+                ds = f[what]
+                _check_declared(ds, path)
+                arr = ds[()]
+        else:
+            raise BadInput("unknown file type; use .npy, .npz or .h5", path)
+    except BadInput:
+        raise
+    except (OSError, ValueError, EOFError) as e:
+        raise BadInput(f"cannot read {what} ({str(e).splitlines()[0][:200]})", path) from e
+    arr = np.asarray(arr)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)
+                                   or arr.dtype == np.bool_):
+        raise BadInput(f"{what} must be numeric, found dtype {arr.dtype}", path)
+    if arr.ndim == 0 or arr.shape[0] == 0:
+        raise BadInput(f"{what} hold no samples (shape {arr.shape})", path)
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise BadInput(f"{what} hold NaN or Inf", path)
+    return arr
+
+
+def _check_declared(ds: h5py.Dataset, path: str) -> None:
+    n = int(np.prod(ds.shape, dtype=np.float64)) if ds.shape else 1
+    if n > MAX_ELEMENTS:
+        raise BadInput(f"dataset {ds.name} declares shape {ds.shape}, too large to read", path)
+
+
+def _layer_io(model: nn.Module, layers: list[LayerInfo], batch: torch.Tensor):
+    """Run a batch through the model; return {name: (input, preact)} for prunable layers."""
+    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    handles = []
+    for layer in layers:
+        if not layer.prunable:
+            continue
+        mod = model.get_submodule(layer.name)
+
+        def hook(m, inputs, output, name=layer.name):
+            found[name] = (inputs[0].detach().cpu().numpy(), output.detach().cpu().numpy())
+
+        handles.append(mod.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            out = model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return found, out.detach().cpu().numpy()
+
+
+def forward_collect(model: nn.Module, layers: list[LayerInfo], inputs: np.ndarray,
+                    batch_size: int = 1024) -> Iterator[tuple[int, dict, np.ndarray]]:
+    """Yield (start row, {name: (input, preact)}, model output) batch by batch."""
+    model.eval()
+    for start in range(0, inputs.shape[0], batch_size):
+        xb = torch.as_tensor(np.asarray(inputs[start:start + batch_size], dtype=np.float32))
+        found, out = _layer_io(model, layers, xb)
+        yield start, found, out
+
+
+def write_dump(dest: str, model: nn.Module, layers: list[LayerInfo], inputs: np.ndarray,
+               labels: np.ndarray | None, model_sha256: str, batch_size: int = 1024,
+               progress=None) -> None:
+    """Write the activation dump for ``inputs`` to ``dest`` (an HDF5 path)."""
+    P = inputs.shape[0]
+    prunable = [layer for layer in layers if layer.prunable]
+    comp = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+    with h5py.File(dest, "w") as f:
+        f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
+                        "nettrim_version": __version__, "n_samples": P,
+                        "n_layers": len(prunable), "model_sha256": model_sha256})
+        rows = min(CHUNK_ROWS, P)
+        f.create_dataset("inputs", data=np.asarray(inputs, dtype=np.float32),
+                         chunks=(rows, *inputs.shape[1:]), **comp)
+        if labels is not None:
+            f.create_dataset("labels", data=np.asarray(labels), chunks=(rows,), **comp)
+        grp = f.create_group("layers")
+        dsets = {}
+        for i, layer in enumerate(prunable):
+            g = grp.create_group(f"{i:03d}")
+            g.attrs.update(layer.as_attrs())
+            dsets[layer.name] = (
+                g.create_dataset("input", shape=(P, layer.in_features), dtype="f4",
+                                 chunks=(rows, layer.in_features), **comp),
+                g.create_dataset("preact", shape=(P, layer.out_features), dtype="f4",
+                                 chunks=(rows, layer.out_features), **comp),
+            )
+        for start, found, _ in forward_collect(model, layers, inputs, batch_size):
+            for name, (xin, pre) in found.items():
+                dx, dp = dsets[name]
+                dx[start:start + xin.shape[0]] = xin
+                dp[start:start + pre.shape[0]] = pre
+            if progress is not None:
+                progress("dump", min(start + batch_size, P), P)
+
+
+@dataclass
+class DumpLayer:
+    index: int
+    name: str
+    kind: str
+    activation: str
+    in_features: int
+    out_features: int
+    bias: bool
+
+
+class DumpReader:
+    """Validated read access to a dump; arrays are read chunk by chunk into one buffer."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        if not os.path.exists(path):
+            raise BadInput("no such file", path)
+        if os.path.isdir(path):
+            raise BadInput("is a directory, not an activation dump", path)
+        try:
+            self.f = h5py.File(path, "r")
+        except OSError as e:
+            raise BadInput(f"not a readable HDF5 file ({str(e).splitlines()[0][:160]})",
+                           path) from e
+        try:
+            self._validate()
+        except BadInput:
+            self.f.close()
+            raise
+        except Exception as e:  # noqa: BLE001 - a corrupt file can fail in many ways
+            self.f.close()
+            raise BadInput(f"corrupt activation dump ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:160] if str(e) else ''})", path) from e
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self) -> DumpReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _validate(self) -> None:
+        f, path = self.f, self.path
+        if f.attrs.get("format") != FORMAT:
+            raise BadInput("not a nettrim activation dump (attribute 'format' missing or "
+                           "wrong); make one with `nettrim dump`", path)
+        ver = f.attrs.get("format_version")
+        if ver != FORMAT_VERSION:
+            raise BadInput(f"dump format version {ver} is not supported (expected "
+                           f"{FORMAT_VERSION})", path)
+        if "inputs" not in f or not isinstance(f["inputs"], h5py.Dataset):
+            raise BadInput("dump has no /inputs dataset", path)
+        _check_declared(f["inputs"], path)
+        self.n_samples = int(f["inputs"].shape[0]) if f["inputs"].ndim else 0
+        if self.n_samples == 0:
+            raise BadInput("dump holds zero samples", path)
+        if "labels" in f and f["labels"].shape[:1] != (self.n_samples,):
+            raise BadInput(f"/labels has shape {f['labels'].shape}, expected "
+                           f"({self.n_samples},)", path)
+        if "layers" not in f or not isinstance(f["layers"], h5py.Group) or not len(f["layers"]):
+            raise BadInput("dump has no layers", path)
+        self.layers: list[DumpLayer] = []
+        for i, key in enumerate(sorted(f["layers"].keys())):
+            g = f["layers"][key]
+            a = g.attrs
+            try:
+                layer = DumpLayer(index=i, name=str(a["name"]), kind=str(a["kind"]),
+                                  activation=str(a["activation"]),
+                                  in_features=int(a["in_features"]),
+                                  out_features=int(a["out_features"]), bias=bool(a["bias"]))
+            except KeyError as e:
+                raise BadInput(f"layer group /layers/{key} lacks attribute {e}", path) from e
+            for ds, width in (("input", layer.in_features), ("preact", layer.out_features)):
+                if ds not in g or not isinstance(g[ds], h5py.Dataset):
+                    raise BadInput(f"/layers/{key} has no dataset {ds!r}", path)
+                _check_declared(g[ds], path)
+                if g[ds].shape != (self.n_samples, width):
+                    raise BadInput(f"/layers/{key}/{ds} has shape {g[ds].shape}, expected "
+                                   f"({self.n_samples}, {width})", path)
+                if not np.issubdtype(g[ds].dtype, np.floating):
+                    raise BadInput(f"/layers/{key}/{ds} has dtype {g[ds].dtype}, expected "
+                                   "floating point", path)
+            self.layers.append(layer)
+
+    def _group(self, i: int) -> h5py.Group:
+        return self.f["layers"][f"{i:03d}"]
+
+    def read(self, dataset: h5py.Dataset, rows: slice | None = None,
+             dtype=np.float64) -> np.ndarray:
+        """Read (a row range of) a dataset chunk by chunk into one array, checking for
+        NaN/Inf as it goes."""
+        start, stop = (0, dataset.shape[0]) if rows is None else (rows.start or 0,
+                                                                  min(rows.stop,
+                                                                      dataset.shape[0]))
+        out = np.empty((stop - start, *dataset.shape[1:]), dtype=dtype)
+        step = dataset.chunks[0] if dataset.chunks else CHUNK_ROWS
+        try:
+            for a in range(start, stop, step):
+                b = min(a + step, stop)
+                block = dataset[a:b]
+                if np.issubdtype(block.dtype, np.floating) and not np.isfinite(block).all():
+                    raise BadInput(f"{dataset.name} holds NaN or Inf (rows {a}-{b})", self.path)
+                out[a - start:b - start] = block
+        except BadInput:
+            raise
+        except Exception as e:  # noqa: BLE001 - truncated/corrupt chunks
+            raise BadInput(f"cannot read {dataset.name} ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:160] if str(e) else ''})",
+                           self.path) from e
+        return out
+
+    def inputs(self, rows: slice | None = None) -> np.ndarray:
+        return self.read(self.f["inputs"], rows, dtype=np.float32)
+
+    def labels(self) -> np.ndarray | None:
+        return self.f["labels"][()] if "labels" in self.f else None
+
+    def layer_input(self, i: int, rows: slice | None = None) -> np.ndarray:
+        return self.read(self._group(i)["input"], rows)
+
+    def layer_preact(self, i: int, rows: slice | None = None) -> np.ndarray:
+        return self.read(self._group(i)["preact"], rows)
+
+    def check_against(self, model: nn.Module, layers: list[LayerInfo], rows: int = 256,
+                      model_path: str = "") -> None:
+        """Refuse a dump made from another model: same layers, and the checkpoint reproduces
+        a batch of the dumped activations."""
+        prunable = [layer for layer in layers if layer.prunable]
+        mine = [(la.name, la.in_features, la.out_features, la.activation) for la in prunable]
+        theirs = [(la.name, la.in_features, la.out_features, la.activation)
+                  for la in self.layers]
+        if mine != theirs:
+            raise BadInput(f"dump was made from another model: its layers {theirs} differ from "
+                           f"the checkpoint's {mine} ({model_path})", self.path)
+        n = min(rows, self.n_samples)
+        x = self.inputs(slice(0, n))
+        found, _ = _layer_io(model.eval(), layers, torch.as_tensor(x))
+        for i, la in enumerate(prunable):
+            xin, pre = found[la.name]
+            for what, got, ref in (("input", xin, self.layer_input(i, slice(0, n))),
+                                   ("preact", pre, self.layer_preact(i, slice(0, n)))):
+                scale = max(float(np.abs(ref).max()), 1e-6)
+                err = float(np.abs(got - ref).max())
+                if err > 1e-4 * scale + 1e-6:
+                    raise BadInput(f"dump was made from another model: layer {la.name!r} "
+                                   f"{what} differs from the checkpoint's by {err:.3g} on the "
+                                   f"first {n} samples ({model_path})", self.path)

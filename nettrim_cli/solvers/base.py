@@ -1,0 +1,108 @@
+"""What every solver takes and gives back: settings in, weights plus a status record out."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# progress(stage, done, total): stage is a short text such as "lambda pass 2"
+Progress = Callable[[str, int, int], None]
+
+
+def no_progress(stage: str, done: int, total: int) -> None:  # noqa: ARG001
+    return None
+
+
+@dataclass
+class OSQPSettings:
+    """OSQP settings used for every column (config section ``[osqp]``)."""
+
+    eps_abs: float = 1e-7
+    eps_rel: float = 1e-7
+    max_iter: int = 20000
+    polish: bool = True
+    # Retry of a column that ends inaccurate or at max_iter: max_iter is multiplied by this and
+    # the tolerances divided by it, polishing on.
+    retry_factor: float = 10.0
+    verbose: bool = False
+
+    def as_osqp(self) -> dict:
+        return {
+            "eps_abs": self.eps_abs,
+            "eps_rel": self.eps_rel,
+            "max_iter": int(self.max_iter),
+            "polishing": bool(self.polish),
+            "verbose": bool(self.verbose),
+            "warm_starting": True,
+        }
+
+
+@dataclass
+class SearchSettings:
+    """How lambda is chosen from epsilon (config section ``[search]``).
+
+    scope: ``layer`` -- one lambda for the whole layer, which is the exact solution of
+    program (4) (its KKT conditions have one multiplier for the single quadratic constraint);
+    ``column`` -- each column gets the share eps_m = eps ||y_m,Omega|| / ||Y_Omega||_F of the
+    layer's budget and its own lambda.
+    rtol: stop once the constraint value is within [ (1 - rtol) eps, eps ].
+    """
+
+    scope: str = "layer"
+    rtol: float = 0.02
+    grid: int = 6  # lambdas tried per refinement pass inside the bracket
+    max_passes: int = 8
+
+
+@dataclass
+class SolverSettings:
+    osqp: OSQPSettings = field(default_factory=OSQPSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    # A weight counts as zero when |w| <= zero_threshold * max|W_l| (the layer's largest
+    # original weight magnitude). The written weights hold exact zeros there.
+    zero_threshold: float = 1e-6
+
+
+@dataclass
+class LayerSolution:
+    """The solver's answer for one layer.
+
+    Wa: (M, N + bias) pruned weights with the bias as last column.
+    lam: the lambda used (a float for layer scope, one per column for column scope).
+    constraint: the constraint value sqrt(sum of column errors) reached, to compare with eps.
+    status: final OSQP status of every column (the solution that was written).
+    failed: columns kept at their original weights because no solve succeeded, with status.
+    """
+
+    Wa: np.ndarray
+    lam: float | list[float] | None
+    constraint: float
+    status: list[str]
+    failed: list[dict] = field(default_factory=list)
+    solves: int = 0
+    retries: int = 0
+    iterations: int = 0
+    seconds: float = 0.0
+    passes: int = 0
+    dead_columns: int = 0
+    eps_reached: bool = True
+    history: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        counts = Counter(self.status)
+        return {
+            "name": "osqp",
+            "status_counts": dict(sorted(counts.items())),
+            "failed_columns": self.failed,
+            "solves": self.solves,
+            "retries": self.retries,
+            "iterations": self.iterations,
+            "seconds": round(self.seconds, 4),
+            "lambda_passes": self.passes,
+            "dead_columns": self.dead_columns,
+            "epsilon_reached": self.eps_reached,
+            "lambda_search": self.history,
+        }
