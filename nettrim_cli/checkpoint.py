@@ -12,6 +12,7 @@ Three forms are accepted:
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import io
 import os
@@ -78,6 +79,7 @@ class Checkpoint:
     sd_key: str | None = None  # "state_dict" / "model" when wrapped
     prefix: str = ""  # e.g. "module." when the keys carry a DataParallel prefix
     trusted: bool = False
+    sha256: str = ""
     layers: list[LayerInfo] = field(default_factory=list)
 
     @property
@@ -166,6 +168,7 @@ def load_checkpoint(path: str, arch: str | None = None, trust: bool = False) -> 
     """Load a checkpoint in any of the three accepted forms (see the module docstring)."""
     data = _read_bytes(path)
     obj, trusted = _torch_load_safe(data, path, trust)
+    digest = hashlib.sha256(data).hexdigest()
     if isinstance(obj, nn.Module):
         ckpt = Checkpoint(model=obj, form="module", path=path, trusted=trusted)
     else:
@@ -190,6 +193,7 @@ def load_checkpoint(path: str, arch: str | None = None, trust: bool = False) -> 
                            path) from e
         ckpt = Checkpoint(model=model, form="state_dict", path=path, container=obj, sd_key=key,
                           prefix=prefix, trusted=trusted)
+    ckpt.sha256 = digest
     ckpt.model.eval()
     for name, t in list(ckpt.model.named_parameters()) + list(ckpt.model.named_buffers()):
         if t.is_floating_point() and not torch.isfinite(t).all():

@@ -132,7 +132,7 @@ class ColumnQP:
         """Solve at lambda; an inaccurate or max-iteration result is retried once with
         tighter settings (more iterations, smaller tolerances, polishing on)."""
         self.solver.update(q=self.q(lam))
-        res = self.solver.solve()
+        res = self.solver.solve(raise_error=False)
         status = _status_name(res.info)
         iters, secs, retried = int(res.info.iter), float(res.info.run_time), False
         if not is_solved(status) and status not in ("primal_infeasible", "dual_infeasible"):
@@ -140,7 +140,7 @@ class ColumnQP:
             self.solver.update_settings(max_iter=int(s.max_iter * s.retry_factor),
                                         eps_abs=s.eps_abs / s.retry_factor,
                                         eps_rel=s.eps_rel / s.retry_factor, polishing=True)
-            res = self.solver.solve()
+            res = self.solver.solve(raise_error=False)
             status = _status_name(res.info)
             iters += int(res.info.iter)
             secs += float(res.info.run_time)

@@ -1,0 +1,43 @@
+# Set-up and everyday targets. `make demo` and `make test` are all a new machine needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO ?= demo_out
+NETTRIM := $(BIN)/nettrim
+
+.PHONY: install test demo bench lint clean
+
+# torch is installed first and pinned to the CPU build that lies on this machine's disk:
+# a loose `torch` requirement would pull a multi-GB CUDA build.
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check nettrim_cli tests benchmarks
+
+# The paper's Figure 1: train the spiral classifier, dump, prune in cascade mode, report.
+demo: install
+	mkdir -p $(DEMO)
+	$(BIN)/python -m nettrim_cli.demo train --out $(DEMO)
+	$(NETTRIM) dump $(DEMO)/model.pt --inputs $(DEMO)/calib.npy --labels $(DEMO)/labels.npy \
+		-o $(DEMO)/acts.h5 --force
+	$(NETTRIM) prune $(DEMO)/model.pt --acts $(DEMO)/acts.h5 --config configs/demo.toml \
+		-o $(DEMO)/pruned.pt --report $(DEMO)/report.json --force -q
+	$(NETTRIM) report $(DEMO)/report.json
+	$(BIN)/python -m nettrim_cli.demo compare $(DEMO)/model.pt $(DEMO)/pruned.pt \
+		--calib $(DEMO)/calib.npy
+
+bench: install
+	$(BIN)/python benchmarks/bench.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,121 @@
+"""Presets (TOML files, see configs/) merged with command-line flags, and validated.
+
+Unknown keys and wrong types are errors that name the key. Flags given on the command line
+override the file.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from nettrim_cli.errors import BadInput
+from nettrim_cli.solvers.base import OSQPSettings, SearchSettings, SolverSettings
+from nettrim_cli.trim import CASCADE, PARALLEL, PruneSettings
+
+TOP_KEYS: dict[str, tuple[type, ...]] = {
+    "mode": (str,),
+    "epsilon": (float, int),
+    "gamma": (float, int),
+    "lambda": (float, int),
+    "solver": (str,),
+    "zero_threshold": (float, int),
+}
+SECTIONS = {"osqp": OSQPSettings, "search": SearchSettings}
+SOLVERS = ("osqp",)
+
+
+def _typecheck(key: str, value: Any, types: tuple[type, ...], path: str) -> None:
+    if isinstance(value, bool) and bool not in types:
+        raise BadInput(f"config key {key!r} must be {types[0].__name__}, got a boolean", path)
+    if not isinstance(value, types):
+        raise BadInput(f"config key {key!r} must be {types[0].__name__}, got "
+                       f"{type(value).__name__} {value!r}", path)
+
+
+def load_config(path: str | None) -> dict[str, Any]:
+    """Read and validate a TOML preset; returns a nested dict (empty without a path)."""
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.exists():
+        raise BadInput("no such config file", path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(f"cannot read config ({e})", path) from e
+    except tomllib.TOMLDecodeError as e:
+        raise BadInput(f"invalid TOML ({e})", path) from e
+    for key, value in data.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise BadInput(f"config key {key!r} must be a table", path)
+            known = {f.name: f.type for f in fields(SECTIONS[key])}
+            for sub, v in value.items():
+                if sub not in known:
+                    raise BadInput(f"unknown config key '{key}.{sub}' (known: "
+                                   f"{', '.join(sorted(known))})", path)
+                default = getattr(SECTIONS[key](), sub)
+                types = (float, int) if isinstance(default, float) else (type(default),)
+                _typecheck(f"{key}.{sub}", v, types, path)
+        elif key in TOP_KEYS:
+            _typecheck(key, value, TOP_KEYS[key], path)
+        else:
+            raise BadInput(f"unknown config key {key!r} (known: "
+                           f"{', '.join(sorted([*TOP_KEYS, *SECTIONS]))})", path)
+    return data
+
+
+def build_settings(config: dict[str, Any], flags: dict[str, Any],
+                   source: str = "config") -> tuple[PruneSettings, str]:
+    """Merge a validated config with flags (flags win when not None) into PruneSettings.
+
+    Returns the settings and the solver name.
+    """
+    merged = {k: v for k, v in config.items() if k not in SECTIONS}
+    merged.update({k: v for k, v in flags.items() if v is not None})
+    osqp = OSQPSettings(**config.get("osqp", {}))
+    search = SearchSettings(**config.get("search", {}))
+    if flags.get("scope") is not None:
+        search.scope = flags["scope"]
+    mode = merged.get("mode", CASCADE)
+    if mode not in (PARALLEL, CASCADE):
+        raise BadInput(f"mode must be 'parallel' or 'cascade', got {mode!r}", source)
+    lam = merged.get("lambda")
+    eps = merged.get("epsilon")
+    if flags.get("lambda") is not None:
+        eps = None  # an explicit --lambda replaces the preset's epsilon
+    elif flags.get("epsilon") is not None:
+        lam = None
+    if lam is None and eps is None:
+        eps = 0.05
+    if lam is not None and eps is not None:
+        raise BadInput("give either epsilon or lambda, not both", source)
+    gamma = float(merged.get("gamma", 1.1))
+    checks = [
+        (eps is None or (math.isfinite(eps) and eps >= 0), "epsilon must be >= 0"),
+        (lam is None or (math.isfinite(lam) and lam > 0), "lambda must be > 0"),
+        (math.isfinite(gamma) and gamma >= 1.0, "gamma (inflation rate, eq. 7) must be >= 1"),
+        (search.scope in ("layer", "column"), "search.scope must be 'layer' or 'column'"),
+        (0 < search.rtol < 1, "search.rtol must be in (0, 1)"),
+        (search.grid >= 1 and search.max_passes >= 1, "search.grid and max_passes must be >= 1"),
+        (osqp.eps_abs >= 0 and osqp.eps_rel >= 0, "osqp tolerances must be >= 0"),
+        (osqp.max_iter >= 1, "osqp.max_iter must be >= 1"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise BadInput(msg, source)
+    zt = float(merged.get("zero_threshold", 1e-6))
+    if not (0 <= zt < 1):
+        raise BadInput("zero_threshold must be in [0, 1)", source)
+    solver = merged.get("solver", "osqp")
+    if solver not in SOLVERS:
+        raise BadInput(f"unknown solver {solver!r} (available: {', '.join(SOLVERS)})", source)
+    settings = PruneSettings(
+        mode=mode, epsilon=None if eps is None else float(eps), gamma=gamma,
+        lam=None if lam is None else float(lam),
+        solver=SolverSettings(osqp=osqp, search=search, zero_threshold=zt))
+    return settings, solver
