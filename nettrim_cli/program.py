@@ -134,12 +134,3 @@ class LayerProgram:
     def discrepancy(self, Wa: np.ndarray) -> float:
         """||Yhat - Y||_F for the layer on its input X (Proposition 1's left-hand side)."""
         return float(np.linalg.norm(self.output(Wa) - self.Y))
-
-
-def lambda_floor(program: LayerProgram, m: int) -> float:
-    """The largest lambda for which u = 0 solves eq. 11 when the l1 term covers every
-    coordinate and V = 0: 1 / (2 ||X_Omega y_Omega||_inf). Used to start the lambda search."""
-    act = program.active(m)
-    g = program.X[act].T @ program.Y[act, m]
-    top = float(np.max(np.abs(g))) if g.size else 0.0
-    return 1.0 / (2.0 * top) if top > 0 else np.inf

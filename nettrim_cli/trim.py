@@ -15,7 +15,7 @@ import torch
 from nettrim_cli.checkpoint import Checkpoint, LayerInfo, pruned_copy
 from nettrim_cli.dump import DumpReader, forward_collect
 from nettrim_cli.errors import BadInput
-from nettrim_cli.program import NONE, RELU, LayerProgram
+from nettrim_cli.program import RELU, LayerProgram
 from nettrim_cli.solvers.base import LayerSolution, Progress, SolverSettings, no_progress
 
 PARALLEL = "parallel"

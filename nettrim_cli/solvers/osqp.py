@@ -9,10 +9,11 @@ is cast as the QP (14) in u~ = [u+; -u-] >= 0:
     Q~ = [[1, -1], [-1, 1]] (x) Q_m,  Q_m = lambda X_Omega X_Omega^T,  q_m = -lambda X_Omega y,
     P~ = [P_m, -P_m],  P_m = X_Omega^c^T,  c_m = v_Omega^c.
 
-Two deliberate, minimiser-preserving changes: the whole objective is divided by lambda (and by
-a fixed scale s, for conditioning), so that lambda only enters OSQP's linear term q and a
-lambda search is ``update(q=...)`` with a warm start and no refactorisation; and the bias
-coordinate, when the layer has one, is a single free variable outside the l1 term.
+Three deliberate, minimiser-preserving changes: the whole objective is divided by lambda (and
+by a fixed scale), so that lambda only enters OSQP's linear term q and a lambda search is
+``update(q=...)`` with a warm start and no refactorisation; the features are centred and scaled
+once per layer (see ScaledLayer), an exact change of variables; and the bias coordinate, when
+the layer has one, is a single free variable outside the l1 term.
 
 With epsilon = 0 the program is (8): equality on Omega, the same inequalities, objective
 ||u||_1 -- a linear program that OSQP solves with P = 0.
@@ -49,6 +50,46 @@ def is_solved(status: str) -> bool:
     return status == SOLVED
 
 
+class ScaledLayer:
+    """The layer's X_a centred (when it has a bias) and scaled, once per layer.
+
+    With a free bias, x^T u + b = (x - mu)^T u + (b + mu^T u): centring the features is an exact
+    change of variables that removes the near-collinearity between a column of ones and
+    features with a positive mean (post-ReLU activations). Each centred feature is then divided
+    by its RMS d_i (s_i = d_i u_i), so that OSQP's absolute tolerances mean the same for every
+    feature. The l1 term is sum |s_i| / d_i: the minimiser is unchanged.
+    """
+
+    def __init__(self, program: LayerProgram) -> None:
+        Xa = program.Xa
+        N = program.n_in
+        self.N = N
+        self.bias = program.bias
+        X = Xa[:, :N]
+        self.mu = X.mean(axis=0) if self.bias else np.zeros(N)
+        Xc = X - self.mu if self.bias else X
+        d = np.sqrt(np.mean(Xc * Xc, axis=0))
+        d[~(d > 0)] = 1.0
+        self.d = d
+        Xs = Xc / d
+        self.Xs = np.hstack([Xs, np.ones((Xs.shape[0], 1))]) if self.bias else Xs
+        self.gram = self.Xs.T @ self.Xs
+
+    def to_scaled(self, wa: np.ndarray) -> np.ndarray:
+        sa = np.array(wa, dtype=np.float64)
+        sa[: self.N] = wa[: self.N] * self.d
+        if self.bias:
+            sa[self.N] = wa[self.N] + self.mu @ wa[: self.N]
+        return sa
+
+    def from_scaled(self, sa: np.ndarray) -> np.ndarray:
+        wa = np.array(sa, dtype=np.float64)
+        wa[: self.N] = sa[: self.N] / self.d
+        if self.bias:
+            wa[self.N] = sa[self.N] - self.mu @ wa[: self.N]
+        return wa
+
+
 class ColumnQP:
     """Eq. 14 for one column, set up once; ``solve(lam)`` changes only q.
 
@@ -56,38 +97,38 @@ class ColumnQP:
         program: the layer program.
         m: the column (output neuron) index.
         settings: OSQP settings.
-        gram: optional X_a^T X_a over all samples, shared across the layer's columns, so that
-            X_Omega X_Omega^T is computed from the smaller of Omega and Omega^c.
+        layer: the layer's ScaledLayer, shared across its columns (built here if None); its
+            Gram matrix lets X_Omega X_Omega^T come from the smaller of Omega and Omega^c.
         exact: solve program (8) (epsilon = 0) instead of eq. 11.
     """
 
-    def __init__(self, program: LayerProgram, m: int, settings, gram: np.ndarray | None = None,
-                 exact: bool = False) -> None:
+    def __init__(self, program: LayerProgram, m: int, settings,
+                 layer: ScaledLayer | None = None, exact: bool = False) -> None:
         self.settings = settings
-        Xa = program.Xa
-        Na = Xa.shape[1]
+        self.layer = layer = layer if layer is not None else ScaledLayer(program)
+        Xs = layer.Xs
         N = program.n_in
-        nf = Na - N  # 1 with a bias, else 0
+        nf = Xs.shape[1] - N  # 1 with a bias, else 0
         self.N, self.nf = N, nf
         act = program.active(m)
         inact = ~act
         y = np.asarray(program.Y[act, m], dtype=np.float64)
-        Xact = Xa[act]
-        # D maps z = [u+ (N), u- (N), bias (nf)] to u = [u+ - u-; bias]
+        # D maps z = [s+ (N), s- (N), bias (nf)] to s = [s+ - s-; bias]
         D = sp.hstack([
             sp.vstack([sp.eye(N), sp.csc_matrix((nf, N))]),
             sp.vstack([-sp.eye(N), sp.csc_matrix((nf, N))]),
             sp.vstack([sp.csc_matrix((N, nf)), sp.eye(nf)]),
         ]).tocsc()
         self.D = D
-        l1 = np.concatenate([np.ones(2 * N), np.zeros(nf)])
-        Xin = Xa[inact]
+        inv_d = 1.0 / layer.d
+        l1 = np.concatenate([inv_d, inv_d, np.zeros(nf)])
+        Xin = Xs[inact]
         rows = [sp.csc_matrix(Xin) @ D, sp.hstack([sp.eye(2 * N), sp.csc_matrix((2 * N, nf))])]
         lo = [np.full(Xin.shape[0], -np.inf), np.zeros(2 * N)]
         hi = [program.bound(m)[inact], np.full(2 * N, np.inf)]
         if exact:
             # program (8): X_Omega^T u = y_Omega as an equality constraint, objective ||u||_1
-            rows.insert(0, sp.csc_matrix(Xact) @ D)
+            rows.insert(0, sp.csc_matrix(Xs[act]) @ D)
             lo.insert(0, y)
             hi.insert(0, y)
             Pz = sp.csc_matrix((2 * N + nf, 2 * N + nf))
@@ -95,11 +136,11 @@ class ColumnQP:
             self.q_l1 = l1
             self.q_fit = np.zeros(2 * N + nf)
         else:
-            if gram is not None and Xin.shape[0] < Xact.shape[0]:
-                G = gram - Xin.T @ Xin
+            if Xin.shape[0] < act.sum():
+                G = layer.gram - Xin.T @ Xin
             else:
-                G = Xact.T @ Xact
-            b = Xact.T @ y
+                G = Xs[act].T @ Xs[act]
+            b = Xs[act].T @ y
             # a fixed positive scale of the objective keeps OSQP's dual residual in sensible
             # units; it does not move the minimiser
             self.scale = max(float(np.mean(np.diag(G))), 1e-12)
@@ -112,7 +153,6 @@ class ColumnQP:
         self.solver = osqp.OSQP()
         self.solver.setup(sp.triu(Pz, format="csc"), self.q(1.0), A, np.concatenate(lo),
                           np.concatenate(hi), **settings.as_osqp())
-        self._warm_x: np.ndarray | None = None
 
     def q(self, lam: float) -> np.ndarray:
         """OSQP's linear term for lambda: (1/lambda) 1 (the l1 part) + 2 q~ (eq. 14) / s."""
@@ -121,8 +161,9 @@ class ColumnQP:
         return self.q_l1 / lam + self.q_fit
 
     def z_from_u(self, wa: np.ndarray) -> np.ndarray:
-        u = wa[: self.N]
-        return np.concatenate([np.maximum(u, 0), np.maximum(-u, 0), wa[self.N:]])
+        sa = self.layer.to_scaled(wa)
+        u = sa[: self.N]
+        return np.concatenate([np.maximum(u, 0), np.maximum(-u, 0), sa[self.N:]])
 
     def warm(self, wa: np.ndarray) -> None:
         """Warm start the next solve from a column of weights (bias last)."""
@@ -148,7 +189,7 @@ class ColumnQP:
             self.solver.update_settings(max_iter=int(s.max_iter), eps_abs=s.eps_abs,
                                         eps_rel=s.eps_rel, polishing=bool(s.polish))
         x = res.x if res.x is not None else np.full(self.D.shape[1], np.nan)
-        wa = self.D @ x
+        wa = self.layer.from_scaled(self.D @ x)
         return ColumnResult(wa=np.asarray(wa, dtype=np.float64), status=status,
                             iterations=iters, seconds=secs, retried=retried)
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nettrim_cli.program import LayerProgram, lambda_floor
+from nettrim_cli.program import LayerProgram
 from nettrim_cli.solvers.base import LayerSolution, Progress, SolverSettings, no_progress
-from nettrim_cli.solvers.osqp import ColumnQP, dead_column, is_solved
+from nettrim_cli.solvers.osqp import ColumnQP, ScaledLayer, dead_column, is_solved
 
 
 @dataclass
@@ -47,11 +47,24 @@ def threshold(wa: np.ndarray, n_in: int, thr: float) -> np.ndarray:
     return out
 
 
+def lambda_floor(program: LayerProgram, layer: ScaledLayer, m: int) -> float:
+    """The largest lambda at which zero weights (with the best free bias) solve eq. 11 when the
+    inactive constraints are slack: 1 / max_i (d_i |2 x_i^T r|), r the residual of the bias-only
+    fit on the active set, x_i the scaled features. Only a starting point for the search."""
+    act = program.active(m)
+    y = np.asarray(program.Y[act, m], dtype=np.float64)
+    Xs = layer.Xs[act]
+    r = y - (y.mean() if program.bias and y.size else 0.0)
+    g = 2.0 * np.abs(Xs[:, : program.n_in].T @ r) * layer.d
+    top = float(g.max()) if g.size else 0.0
+    return 1.0 / top if top > 0 else np.inf
+
+
 def _solve_grid(program: LayerProgram, m: int, lams: list[float], settings: SolverSettings,
-                gram: np.ndarray, warm: np.ndarray, thr: float, tally: _Tally, exact: bool):
+                layer: ScaledLayer, warm: np.ndarray, thr: float, tally: _Tally, exact: bool):
     """Solve column m at each lambda (ascending), one setup, warm starts; returns per lambda
     (weights, squared error, status). A failed solve keeps the original column."""
-    qp = ColumnQP(program, m, settings.osqp, gram=gram, exact=exact)
+    qp = ColumnQP(program, m, settings.osqp, layer=layer, exact=exact)
     qp.warm(warm)
     out = []
     for lam in lams:
@@ -75,7 +88,7 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
     M = program.n_out
     Wa0 = program.Wa0
     thr = settings.zero_threshold * float(np.max(np.abs(program.W0))) if program.W0.size else 0.0
-    gram = program.Xa.T @ program.Xa
+    layer = ScaledLayer(program)
     tally = _Tally()
     Wa = Wa0.copy()
     status = ["unsolved"] * M
@@ -103,7 +116,7 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
     if program.lam is not None or exact:
         lam = program.lam if program.lam is not None else np.inf
         for i, m in enumerate(live):
-            (wa, _, st), = _solve_grid(program, m, [lam], settings, gram, Wa0[m], thr, tally,
+            (wa, _, st), = _solve_grid(program, m, [lam], settings, layer, Wa0[m], thr, tally,
                                        exact)
             record(m, wa, st)
             progress("solve", i + 1, len(live))
@@ -111,7 +124,7 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
         passes = 1
         reached = True
     else:
-        sol_lam, passes, reached = _search(program, settings, live, gram, thr, tally, Wa,
+        sol_lam, passes, reached = _search(program, settings, live, layer, thr, tally, Wa,
                                            record, history, progress)
     failed.sort(key=lambda f: f["column"])
     return LayerSolution(
@@ -122,11 +135,11 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
     )
 
 
-def _search(program, settings, live, gram, thr, tally, Wa, record, history, progress):
+def _search(program, settings, live, layer, thr, tally, Wa, record, history, progress):
     s = settings.search
     eps = float(program.epsilon)
     Wa0 = program.Wa0
-    floors = {m: lambda_floor(program, m) for m in live}
+    floors = {m: lambda_floor(program, layer, m) for m in live}
     finite = [f for f in floors.values() if np.isfinite(f)]
     base = min(finite) if finite else 1.0
     if s.scope == "layer":
@@ -162,7 +175,7 @@ def _search(program, settings, live, gram, thr, tally, Wa, record, history, prog
             per_col = {}
             for m in g.columns:
                 warm = best[m][0] if m in best else Wa0[m]
-                per_col[m] = _solve_grid(program, m, lams, settings, gram, warm, thr, tally,
+                per_col[m] = _solve_grid(program, m, lams, settings, layer, warm, thr, tally,
                                          exact=False)
                 done_cols += 1
                 progress(f"lambda pass {passes}", done_cols, n_cols)
@@ -178,7 +191,10 @@ def _search(program, settings, live, gram, thr, tally, Wa, record, history, prog
                 if k > 0:
                     g.lo = lams[k - 1]
                 elif g.hi <= g.lo * (1 + 1e-12):
-                    g.done = True  # met at the floor itself: nothing sparser to find
+                    if all(not per_col[m][0][0][: program.n_in].any() for m in g.columns):
+                        g.done = True  # all weights zero at the smallest lambda: optimal
+                    else:
+                        g.lo = g.hi / 1e4  # met at the start: look below it too
                 for m in g.columns:
                     best[m] = (per_col[m][k][0], per_col[m][k][2])
                 if g.hi_err >= (1.0 - s.rtol) * g.target or g.hi / g.lo < 1.0 + 1e-3:
