@@ -34,6 +34,17 @@ def check_output_path(path: str | os.PathLike, force: bool, inputs: tuple = ()) 
         raise BadInput("output directory does not exist", str(path))
 
 
+def _final_mode(path: Path) -> int:
+    """The mode a plain ``open(path, "w")`` would give: the existing file's, else 0o666 less
+    the umask (mkstemp makes its files 0o600)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path next to ``path``; on success fsync it and rename over ``path``."""
@@ -44,6 +55,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, _final_mode(p))
         os.replace(tmp, p)
         with contextlib.suppress(OSError):
             dfd = os.open(p.parent or ".", os.O_RDONLY)

@@ -11,15 +11,17 @@ Three forms are accepted:
 
 from __future__ import annotations
 
+import _compat_pickle
 import copy
 import hashlib
 import importlib
 import io
 import os
 import pickle
+import pickletools
+import re
 import sys
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,34 +106,125 @@ def _read_bytes(path: str) -> bytes:
         raise BadInput(f"cannot read file ({e.strerror})", path) from e
 
 
+def _py3_name(module: str, name: str) -> str:
+    """``module.name`` as Python 3 unpickling resolves it (``__builtin__`` -> ``builtins``)."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}.{name}"
+
+
+def _pickle_globals(data: bytes, max_pickles: int = 4) -> set[str] | None:
+    """The globals a (non-zip) pickle stream names, found by disassembly: nothing runs.
+
+    A legacy ``torch.save`` file is a few pickles in a row; a plain ``pickle.dump`` is one.
+    Returns None when not even the first pickle parses (the data is not a pickle at all).
+    """
+    found: set[str] = set()
+    stream = io.BytesIO(data)
+    for n in range(max_pickles):
+        strings: list[str | None] = []
+        memo: dict[int, str | None] = {}
+        try:
+            for op, arg, _pos in pickletools.genops(stream):
+                if op.name == "GLOBAL":
+                    found.add(_py3_name(*str(arg).split(" ", 1)))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2 and None not in strings[-2:]:
+                    found.add(_py3_name(strings[-2], strings[-1]))
+                elif isinstance(arg, str) and "UNICODE" in op.name:
+                    strings.append(arg)
+                elif op.name == "MEMOIZE":
+                    memo[len(memo)] = strings[-1] if strings else None
+                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                    memo[int(arg)] = strings[-1] if strings else None
+                elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                    strings.append(memo.get(int(arg)))
+        except Exception:  # noqa: BLE001 - not (or no longer) a pickle stream
+            return found if n else None
+        if stream.tell() >= len(data):
+            break
+    return found
+
+
+def _is_zip(data: bytes) -> bool:
+    return data[:4] == b"PK\x03\x04"
+
+
+def _unpickling_reason(message: str) -> str:
+    """The informative line of torch's long weights_only error message."""
+    skip = ("Weights only load failed", "Check the documentation", "Please file an issue",
+            "In PyTorch 2.6", "Re-running", "(1)", "(2)", "WeightsUnpickler error")
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(skip)]
+    return (useful[0] if useful else lines[0] if lines else "unpickling failed")[:160]
+
+
+def _unsafe_globals(data: bytes, message: str) -> list[str]:
+    """Globals outside the allowlist that the checkpoint asks for, found without running it."""
+    allowed = {f"{c.__module__}.{c.__qualname__}" for c in ALLOWED_MODULES}
+    try:
+        names = set(torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data)))
+    except Exception:  # noqa: BLE001 - not a zip checkpoint: legacy format or plain pickle
+        try:  # private torch API; without it the scan only knows our allowlist
+            from torch._weights_only_unpickler import _get_allowed_globals
+
+            allowed |= set(_get_allowed_globals())
+        except Exception:  # noqa: BLE001
+            pass
+        names = _pickle_globals(data) or set()
+        if not names - allowed:  # the scan found nothing: take the name torch's error gives
+            names |= set(re.findall(r"GLOBAL ([\w.]+)", message))
+    return sorted(names - allowed)
+
+
+def _unreadable(data: bytes, path: str, e: Exception) -> BadInput:
+    if not _is_zip(data) and _pickle_globals(data) is None:
+        return BadInput("not a PyTorch checkpoint (neither a torch.save zip archive nor a "
+                        "pickle)", path)
+    msg = str(e).split(" This is an internal miniz error")[0].strip()
+    msg = msg.splitlines()[0][:200] if msg else ""
+    return BadInput(f"not a readable PyTorch checkpoint ({type(e).__name__}"
+                    f"{': ' + msg if msg else ''})", path)
+
+
 def _torch_load_safe(data: bytes, path: str, trust: bool):
     if not data:
         raise BadInput("file is empty", path)
     try:
-        with torch.serialization.safe_globals(list(ALLOWED_MODULES)):
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), False
+        # torch's warnings about a file it then refuses (e.g. "pickle protocol 4") would only
+        # add noise to the one error line; they are re-issued when the load succeeds.
+        with warnings.catch_warnings(record=True) as caught, \
+                torch.serialization.safe_globals(list(ALLOWED_MODULES)):
+            warnings.simplefilter("always")
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return obj, False
     except pickle.UnpicklingError as e:
-        try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data))
-        except Exception:  # noqa: BLE001 - not a zip checkpoint at all
-            unsafe = None
-        allowed = {f"{c.__module__}.{c.__qualname__}" for c in ALLOWED_MODULES}
-        bad = sorted(set(unsafe or []) - allowed) if unsafe is not None else []
+        if not _is_zip(data) and _pickle_globals(data) is None:
+            raise _unreadable(data, path, e) from e
+        bad = _unsafe_globals(data, str(e))
         if not trust:
-            what = ", ".join(bad) if bad else "a global outside the allowlist"
+            if bad:
+                why = (f"checkpoint needs {', '.join(bad)}, which is not on the allowlist of "
+                       "standard torch.nn classes")
+            else:
+                why = f"checkpoint cannot be loaded safely ({_unpickling_reason(str(e))})"
             raise BadInput(
-                f"checkpoint needs {what}, which is not on the allowlist of standard torch.nn "
-                "classes; save a state_dict and pass --arch, or pass --trust-checkpoint if you "
+                f"{why}; save a state_dict and pass --arch, or pass --trust-checkpoint if you "
                 "trust this file (loading it then runs code from it)", path) from e
         warnings.warn(f"{path}: loading with weights_only=False because --trust-checkpoint was "
                       "given; this runs code from the file", stacklevel=2)
         try:
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False), True
         except Exception as e2:  # noqa: BLE001
-            raise BadInput(f"cannot load checkpoint ({type(e2).__name__}: {e2})", path) from e2
-    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise BadInput(f"not a readable PyTorch checkpoint ({msg[:200]})", path) from e
+            msg = str(e2).splitlines()[0][:200] if str(e2) else ""
+            raise BadInput(f"cannot load checkpoint ({type(e2).__name__}: {msg})", path) from e2
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - random bytes make the unpickler fail in many ways
+        raise _unreadable(data, path, e) from e
 
 
 def build_arch(arch: str) -> nn.Module:
@@ -146,7 +239,14 @@ def build_arch(arch: str) -> nn.Module:
     factory = getattr(mod, attr, None)
     if factory is None:
         raise BadInput(f"module {mod_name!r} has no attribute {attr!r}", arch)
-    model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    if callable(factory) and not isinstance(factory, nn.Module):
+        try:
+            model = factory()
+        except Exception as e:  # noqa: BLE001 - the user's factory failed
+            msg = str(e).splitlines()[0][:200] if str(e) else ""
+            raise BadInput(f"{attr}() failed ({type(e).__name__}: {msg})", arch) from e
+    else:
+        model = factory
     if not isinstance(model, nn.Module):
         raise BadInput(f"{attr!r} did not build an nn.Module", arch)
     return model
@@ -201,7 +301,8 @@ def load_checkpoint(path: str, arch: str | None = None, trust: bool = False) -> 
     return ckpt
 
 
-def trace_layers(model: nn.Module, sample: torch.Tensor, path: str = "") -> list[LayerInfo]:
+def trace_layers(model: nn.Module, sample: torch.Tensor, path: str = "",
+                 model_path: str | None = None) -> list[LayerInfo]:
     """Run one forward pass and list the layers in the order they are called.
 
     A Linear whose output goes straight into an ``nn.ReLU`` gets the ReLU program; a Linear
@@ -209,7 +310,11 @@ def trace_layers(model: nn.Module, sample: torch.Tensor, path: str = "") -> list
     seen, which is safe: matching pre-activations within eps bounds the post-ReLU mismatch).
     A Linear followed by another activation, or a leaf module with weights of an unknown type,
     is refused.
+
+    ``path`` (the data file) is named when ``sample`` does not fit the model, ``model_path``
+    (default: ``path``) when the model itself is not supported.
     """
+    mpath = path if model_path is None else model_path
     names = {m: n for n, m in model.named_modules()}
     calls: list[tuple[nn.Module, int, int]] = []  # module, id(input), id(output)
     counts: dict[nn.Module, int] = {}
@@ -230,7 +335,8 @@ def trace_layers(model: nn.Module, sample: torch.Tensor, path: str = "") -> list
     except BadInput:
         raise
     except Exception as e:  # noqa: BLE001 - the model's own error on this input
-        raise BadInput(f"inputs of shape {tuple(sample.shape)} do not fit the model "
+        of = f" {model_path}" if model_path else ""
+        raise BadInput(f"inputs of shape {tuple(sample.shape)} do not fit the model{of} "
                        f"({type(e).__name__}: {str(e).splitlines()[0][:200]})", path) from e
     finally:
         for h in handles:
@@ -245,7 +351,7 @@ def trace_layers(model: nn.Module, sample: torch.Tensor, path: str = "") -> list
         if isinstance(mod, nn.Linear):
             if counts[mod] > 1:
                 raise BadInput(f"layer {name!r} is called {counts[mod]} times in one forward "
-                               "pass; shared layers are not supported", path)
+                               "pass; shared layers are not supported", mpath)
             nxt = calls[i + 1] if i + 1 < len(calls) else None
             act = "none"
             if nxt is not None and nxt[1] == out_id:
@@ -253,7 +359,7 @@ def trace_layers(model: nn.Module, sample: torch.Tensor, path: str = "") -> list
                     act = "relu"
                 elif isinstance(nxt[0], OTHER_ACTIVATIONS):
                     raise BadInput(f"layer {name!r} is followed by {type(nxt[0]).__name__}; "
-                                   "Net-Trim needs ReLU or no activation", path)
+                                   "Net-Trim needs ReLU or no activation", mpath)
             layers.append(LayerInfo(name=name, kind="linear", activation=act,
                                     in_features=mod.in_features, out_features=mod.out_features,
                                     bias=mod.bias is not None))
@@ -266,11 +372,11 @@ def trace_layers(model: nn.Module, sample: torch.Tensor, path: str = "") -> list
         elif any(True for _ in mod.parameters(recurse=False)):
             raise BadInput(f"layer {name!r} has unknown type {type(mod).__name__}; supported "
                            "layers with weights: Linear (pruned), Conv/BatchNorm/LayerNorm "
-                           "(kept)", path)
+                           "(kept)", mpath)
     if not any(layer.prunable for layer in layers):
-        raise BadInput("the model has no Linear layer to prune", path)
+        raise BadInput("the model has no Linear layer to prune", mpath)
     if not isinstance(out, torch.Tensor):
-        raise BadInput("the model's output is not a single tensor", path)
+        raise BadInput("the model's output is not a single tensor", mpath)
     return layers
 
 

@@ -119,17 +119,21 @@ def dump(model, inputs_path, labels_path, output, batch_size, force, arch, trust
         raise BadInput("an HDF5 dump cannot be written to stdout; give a file name", output)
     check_output_path(output, force, inputs=(model, inputs_path, labels_path))
     ckpt = _load(model, arch, trust_checkpoint)
-    x = load_array_file(inputs_path, "inputs").astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # checked just below
+        x = load_array_file(inputs_path, "inputs").astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise BadInput("inputs overflow float32 (magnitudes above 3.4e38)", inputs_path)
     y = load_array_file(labels_path, "labels") if labels_path else None
     if y is not None and y.shape[0] != x.shape[0]:
         raise BadInput(f"labels hold {y.shape[0]} samples but inputs hold {x.shape[0]}",
                        labels_path)
-    layers = trace_layers(ckpt.model, torch.as_tensor(x[: min(8, len(x))]), inputs_path)
+    layers = trace_layers(ckpt.model, torch.as_tensor(x[: min(8, len(x))]), inputs_path,
+                          model_path=model)
     console = _stderr_console()
     t0 = time.perf_counter()
     with _progress(console) as prog, atomic_path(output) as tmp:
         task = prog.add_task("dump", total=x.shape[0])
-        write_dump(tmp, ckpt.model, layers, x, y, ckpt.sha256, batch_size,
+        write_dump(tmp, ckpt.model, layers, x, y, ckpt.sha256, batch_size, source=model,
                    progress=lambda _s, done, total: prog.update(task, completed=done))
     pr = [la for la in layers if la.prunable]
     console.print(f"nettrim: wrote {output}: {x.shape[0]} samples, {len(pr)} prunable layers "
@@ -139,8 +143,13 @@ def dump(model, inputs_path, labels_path, output, batch_size, force, arch, trust
 
 @contextlib.contextmanager
 def _progress(console, quiet: bool = False):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-        TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, transient=True,
@@ -211,7 +220,7 @@ def prune(model, acts, output, report_path, config_path, mode, epsilon, gamma, l
     console = _stderr_console()
     with DumpReader(acts) as dump:
         sample = torch.as_tensor(dump.inputs(slice(0, min(8, dump.n_samples))))
-        ckpt.layers = trace_layers(ckpt.model, sample, acts)
+        ckpt.layers = trace_layers(ckpt.model, sample, acts, model_path=model)
         dump.check_against(ckpt.model, ckpt.layers, model_path=model)
         with _progress(console, quiet) as prog:
             ltask = prog.add_task("layers", total=len(ckpt.prunable))

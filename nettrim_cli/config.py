@@ -43,6 +43,8 @@ def load_config(path: str | None) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
         raise BadInput("no such config file", path)
+    if p.is_dir():
+        raise BadInput("is a directory, not a config file", path)
     try:
         data = tomllib.loads(p.read_text())
     except (OSError, UnicodeDecodeError) as e:
@@ -95,10 +97,19 @@ def build_settings(config: dict[str, Any], flags: dict[str, Any],
     if lam is not None and eps is not None:
         raise BadInput("give either epsilon or lambda, not both", source)
     gamma = float(merged.get("gamma", 1.1))
+
+    def origin(key: str) -> str:  # name the flag when the bad value came from one
+        return f"--{key}" if flags.get(key) is not None else source
+
+    for ok, key, msg in (
+        (eps is None or (math.isfinite(eps) and eps >= 0), "epsilon", "epsilon must be >= 0"),
+        (lam is None or (math.isfinite(lam) and lam > 0), "lambda", "lambda must be > 0"),
+        (math.isfinite(gamma) and gamma >= 1.0, "gamma",
+         "gamma (inflation rate, eq. 7) must be >= 1"),
+    ):
+        if not ok:
+            raise BadInput(msg, origin(key))
     checks = [
-        (eps is None or (math.isfinite(eps) and eps >= 0), "epsilon must be >= 0"),
-        (lam is None or (math.isfinite(lam) and lam > 0), "lambda must be > 0"),
-        (math.isfinite(gamma) and gamma >= 1.0, "gamma (inflation rate, eq. 7) must be >= 1"),
         (search.scope in ("layer", "column"), "search.scope must be 'layer' or 'column'"),
         (0 < search.rtol < 1, "search.rtol must be in (0, 1)"),
         (search.grid >= 1 and search.max_passes >= 1, "search.grid and max_passes must be >= 1"),

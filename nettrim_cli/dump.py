@@ -70,11 +70,14 @@ def load_array_file(path: str, what: str = "inputs") -> np.ndarray:
     except BadInput:
         raise
     except (OSError, ValueError, EOFError) as e:
+        if "allow_pickle" in str(e):  # numpy's advice to unpickle does not apply here
+            raise BadInput(f"cannot read {what}: the file holds pickled Python objects, not a "
+                           "numeric array (pickles are never loaded)", path) from e
         raise BadInput(f"cannot read {what} ({str(e).splitlines()[0][:200]})", path) from e
     arr = np.asarray(arr)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)
-                                   or arr.dtype == np.bool_):
-        raise BadInput(f"{what} must be numeric, found dtype {arr.dtype}", path)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+            or arr.dtype == np.bool_):
+        raise BadInput(f"{what} must be real numbers, found dtype {arr.dtype}", path)
     if arr.ndim == 0 or arr.shape[0] == 0:
         raise BadInput(f"{what} hold no samples (shape {arr.shape})", path)
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
@@ -122,8 +125,12 @@ def forward_collect(model: nn.Module, layers: list[LayerInfo], inputs: np.ndarra
 
 def write_dump(dest: str, model: nn.Module, layers: list[LayerInfo], inputs: np.ndarray,
                labels: np.ndarray | None, model_sha256: str, batch_size: int = 1024,
-               progress=None) -> None:
-    """Write the activation dump for ``inputs`` to ``dest`` (an HDF5 path)."""
+               progress=None, source: str = "") -> None:
+    """Write the activation dump for ``inputs`` to ``dest`` (an HDF5 path).
+
+    A layer that produces NaN or Inf (the model overflows on these inputs) is an error that
+    names ``source`` (the checkpoint); the caller discards the partial ``dest``.
+    """
     P = inputs.shape[0]
     prunable = [layer for layer in layers if layer.prunable]
     comp = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
@@ -149,6 +156,10 @@ def write_dump(dest: str, model: nn.Module, layers: list[LayerInfo], inputs: np.
             )
         for start, found, _ in forward_collect(model, layers, inputs, batch_size):
             for name, (xin, pre) in found.items():
+                if not (np.isfinite(xin).all() and np.isfinite(pre).all()):
+                    raise BadInput(f"layer {name!r} produces NaN or Inf on input rows {start}-"
+                                   f"{start + xin.shape[0] - 1}; the model overflows on these "
+                                   "inputs", source or None)
                 dx, dp = dsets[name]
                 dx[start:start + xin.shape[0]] = xin
                 dp[start:start + pre.shape[0]] = pre
@@ -224,13 +235,12 @@ class DumpReader:
         for i, key in enumerate(sorted(f["layers"].keys())):
             g = f["layers"][key]
             a = g.attrs
-            try:
-                layer = DumpLayer(index=i, name=str(a["name"]), kind=str(a["kind"]),
-                                  activation=str(a["activation"]),
-                                  in_features=int(a["in_features"]),
-                                  out_features=int(a["out_features"]), bias=bool(a["bias"]))
-            except KeyError as e:
-                raise BadInput(f"layer group /layers/{key} lacks attribute {e}", path) from e
+            for attr in ("name", "kind", "activation", "in_features", "out_features", "bias"):
+                if attr not in a:
+                    raise BadInput(f"layer group /layers/{key} lacks attribute {attr!r}", path)
+            layer = DumpLayer(index=i, name=str(a["name"]), kind=str(a["kind"]),
+                              activation=str(a["activation"]), in_features=int(a["in_features"]),
+                              out_features=int(a["out_features"]), bias=bool(a["bias"]))
             for ds, width in (("input", layer.in_features), ("preact", layer.out_features)):
                 if ds not in g or not isinstance(g[ds], h5py.Dataset):
                     raise BadInput(f"/layers/{key} has no dataset {ds!r}", path)
