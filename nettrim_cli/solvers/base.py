@@ -28,6 +28,10 @@ class OSQPSettings:
     # the tolerances divided by it, polishing on.
     retry_factor: float = 10.0
     verbose: bool = False
+    # Constraint screening (issue: speed): start from this many inactive-sample inequalities
+    # and add violated ones until none is; the answer is that of the full program.
+    screening: bool = True
+    screen_init: int = 64
 
     def as_osqp(self) -> dict:
         return {

@@ -90,8 +90,36 @@ class ScaledLayer:
         return wa
 
 
+def _split_hessian(H: np.ndarray, N: int) -> sp.csc_matrix:
+    """Upper triangle of D^T H D for z = [s+; s-; bias]: [[H, -H, h], [-H, H, -h], [., ., c]]
+    (the Kronecker form [[1, -1], [-1, 1]] (x) Q of eq. 14, plus the free bias)."""
+    Hw = H[:N, :N]
+    n = 2 * N + (H.shape[0] - N)
+    full = np.empty((n, n))
+    full[:N, :N] = Hw
+    full[:N, N:2 * N] = -Hw
+    full[N:2 * N, :N] = -Hw
+    full[N:2 * N, N:2 * N] = Hw
+    if n > 2 * N:
+        hb = H[:N, N:]
+        full[:N, 2 * N:] = hb
+        full[N:2 * N, 2 * N:] = -hb
+        full[2 * N:, :N] = hb.T
+        full[2 * N:, N:2 * N] = -hb.T
+        full[2 * N:, 2 * N:] = H[N:, N:]
+    return sp.csc_matrix(np.triu(full))
+
+
 class ColumnQP:
     """Eq. 14 for one column, set up once; ``solve(lam)`` changes only q.
+
+    Constraint screening (``settings.screening``): OSQP sees only a working set of the inactive
+    samples' inequalities, at first the ``screen_init`` whose original pre-activation is
+    closest to its bound (those most likely to bind). After each solve every inactive sample
+    is checked; violated ones join the working set and the problem is solved again, warm
+    started, until none is violated. The answer is then optimal for the full program: it is
+    the optimum of a relaxation and feasible for the original. Without screening every
+    inactive sample is a constraint row, exactly as the paper writes (14).
 
     Args:
         program: the layer program.
@@ -111,7 +139,8 @@ class ColumnQP:
         nf = Xs.shape[1] - N  # 1 with a bias, else 0
         self.N, self.nf = N, nf
         act = program.active(m)
-        inact = ~act
+        self.inactive = np.flatnonzero(~act)
+        self.v = program.bound(m)[self.inactive]
         y = np.asarray(program.Y[act, m], dtype=np.float64)
         # D maps z = [s+ (N), s- (N), bias (nf)] to s = [s+ - s-; bias]
         D = sp.hstack([
@@ -122,21 +151,21 @@ class ColumnQP:
         self.D = D
         inv_d = 1.0 / layer.d
         l1 = np.concatenate([inv_d, inv_d, np.zeros(nf)])
-        Xin = Xs[inact]
-        rows = [sp.csc_matrix(Xin) @ D, sp.hstack([sp.eye(2 * N), sp.csc_matrix((2 * N, nf))])]
-        lo = [np.full(Xin.shape[0], -np.inf), np.zeros(2 * N)]
-        hi = [program.bound(m)[inact], np.full(2 * N, np.inf)]
+        self.bounds_rows = sp.hstack([sp.eye(2 * N), sp.csc_matrix((2 * N, nf))]).tocsc()
+        self.exact = exact
         if exact:
             # program (8): X_Omega^T u = y_Omega as an equality constraint, objective ||u||_1
-            rows.insert(0, sp.csc_matrix(Xs[act]) @ D)
-            lo.insert(0, y)
-            hi.insert(0, y)
-            Pz = sp.csc_matrix((2 * N + nf, 2 * N + nf))
+            self.eq_rows = sp.csc_matrix(Xs[act]) @ D
+            self.y = y
+            self.P = sp.csc_matrix((2 * N + nf, 2 * N + nf))
             self.scale = 1.0
             self.q_l1 = l1
             self.q_fit = np.zeros(2 * N + nf)
         else:
-            if Xin.shape[0] < act.sum():
+            self.eq_rows = None
+            n_in = self.inactive.size
+            if n_in < act.sum():
+                Xin = Xs[self.inactive]
                 G = layer.gram - Xin.T @ Xin
             else:
                 G = Xs[act].T @ Xs[act]
@@ -144,15 +173,34 @@ class ColumnQP:
             # a fixed positive scale of the objective keeps OSQP's dual residual in sensible
             # units; it does not move the minimiser
             self.scale = max(float(np.mean(np.diag(G))), 1e-12)
-            Pz = (D.T @ sp.csc_matrix(2.0 * G / self.scale) @ D).tocsc()
+            self.P = _split_hessian(2.0 * G / self.scale, N)
             self.q_l1 = l1 / self.scale
             self.q_fit = -2.0 * (D.T @ b) / self.scale
-        A = sp.vstack(rows).tocsc()
-        self.exact = exact
-        self.n_inactive = int(inact.sum())
+        self.n_inactive = int(self.inactive.size)
+        if settings.screening and self.n_inactive > settings.screen_init:
+            # most likely to bind: the smallest margin v - x^T w0 under the original weights
+            margin = self.v - Xs[self.inactive] @ layer.to_scaled(program.Wa0[m])
+            self.working = np.sort(np.argsort(margin, kind="stable")[: settings.screen_init])
+        else:
+            self.working = np.arange(self.n_inactive)
+        self.rounds = 0
+        self._lam = 1.0
+        self._setup(None, None)
+
+    def _setup(self, x: np.ndarray | None, y: np.ndarray | None) -> None:
+        Xw = self.layer.Xs[self.inactive[self.working]]
+        rows = [sp.csc_matrix(Xw) @ self.D, self.bounds_rows]
+        lo = [np.full(self.working.size, -np.inf), np.zeros(2 * self.N)]
+        hi = [self.v[self.working], np.full(2 * self.N, np.inf)]
+        if self.eq_rows is not None:
+            rows.insert(0, self.eq_rows)
+            lo.insert(0, self.y)
+            hi.insert(0, self.y)
         self.solver = osqp.OSQP()
-        self.solver.setup(sp.triu(Pz, format="csc"), self.q(1.0), A, np.concatenate(lo),
-                          np.concatenate(hi), **settings.as_osqp())
+        self.solver.setup(self.P, self.q(self._lam), sp.vstack(rows).tocsc(),
+                          np.concatenate(lo), np.concatenate(hi), **self.settings.as_osqp())
+        if x is not None:
+            self.solver.warm_start(x=x, y=y)
 
     def q(self, lam: float) -> np.ndarray:
         """OSQP's linear term for lambda: (1/lambda) 1 (the l1 part) + 2 q~ (eq. 14) / s."""
@@ -169,10 +217,10 @@ class ColumnQP:
         """Warm start the next solve from a column of weights (bias last)."""
         self.solver.warm_start(x=self.z_from_u(wa))
 
-    def solve(self, lam: float) -> ColumnResult:
-        """Solve at lambda; an inaccurate or max-iteration result is retried once with
-        tighter settings (more iterations, smaller tolerances, polishing on)."""
-        self.solver.update(q=self.q(lam))
+    def _solve_once(self, polish: bool):
+        """One OSQP solve; an inaccurate or max-iteration result is retried once with tighter
+        settings (more iterations, smaller tolerances, polishing on)."""
+        self.solver.update_settings(polishing=polish)
         res = self.solver.solve(raise_error=False)
         status = _status_name(res.info)
         iters, secs, retried = int(res.info.iter), float(res.info.run_time), False
@@ -187,7 +235,60 @@ class ColumnQP:
             secs += float(res.info.run_time)
             retried = True
             self.solver.update_settings(max_iter=int(s.max_iter), eps_abs=s.eps_abs,
-                                        eps_rel=s.eps_rel, polishing=bool(s.polish))
+                                        eps_rel=s.eps_rel)
+        return res, status, iters, secs, retried
+
+    def _violated(self, z: np.ndarray) -> np.ndarray:
+        """Indices (into the inactive set) outside the working set whose inequality fails by
+        more than OSQP's own primal tolerance, plus as many of the nearest-to-failing ones
+        (they tend to be violated next)."""
+        sa = self.D @ z
+        gap = self.layer.Xs[self.inactive] @ sa - self.v
+        tol = 10 * (self.settings.eps_abs + self.settings.eps_rel * np.abs(self.v)) + 1e-12
+        gap[self.working] = -np.inf
+        bad = np.flatnonzero(gap > tol)
+        if bad.size == 0:
+            return bad
+        k = min(bad.size + min(bad.size, 16), int(np.isfinite(gap).sum()))
+        near = np.argpartition(-gap, k - 1)[:k] if k < gap.size else np.arange(gap.size)
+        near = near[np.isfinite(gap[near])]
+        return np.union1d(bad, near)
+
+    def solve(self, lam: float) -> ColumnResult:
+        """Solve at lambda (warm started from the last solve); with screening, grow the
+        working set until no inactive inequality is violated."""
+        self._lam = lam
+        self.solver.update(q=self.q(lam))
+        iters = 0
+        secs = 0.0
+        retried = False
+        polish = False if self.settings.polish else None
+        while True:
+            res, status, it, sec, rt = self._solve_once(bool(polish))
+            iters += it
+            secs += sec
+            retried |= rt
+            if res.x is None or not is_solved(status):
+                break
+            new = self._violated(res.x) if self.working.size < self.n_inactive else []
+            if len(new) == 0:
+                if polish is False:
+                    polish = True  # polish once, at the end, then check again
+                    continue
+                break
+            self.rounds += 1
+            n_old = self.working.size
+            merged = np.union1d(self.working, new)
+            # duals: keep those of the rows already there, zero for the new rows
+            y_old = res.y
+            pos = np.searchsorted(merged, self.working)
+            n_eq = 0 if self.eq_rows is None else self.eq_rows.shape[0]
+            y_new = np.zeros(n_eq + merged.size + 2 * self.N)
+            y_new[:n_eq] = y_old[:n_eq]
+            y_new[n_eq + pos] = y_old[n_eq:n_eq + n_old]
+            y_new[n_eq + merged.size:] = y_old[n_eq + n_old:]
+            self.working = merged
+            self._setup(res.x, y_new)
         x = res.x if res.x is not None else np.full(self.D.shape[1], np.nan)
         wa = self.layer.from_scaled(self.D @ x)
         return ColumnResult(wa=np.asarray(wa, dtype=np.float64), status=status,
