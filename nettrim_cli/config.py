@@ -112,9 +112,12 @@ def build_settings(config: dict[str, Any], flags: dict[str, Any],
     checks = [
         (search.scope in ("layer", "column"), "search.scope must be 'layer' or 'column'"),
         (0 < search.rtol < 1, "search.rtol must be in (0, 1)"),
-        (search.grid >= 1 and search.max_passes >= 1, "search.grid and max_passes must be >= 1"),
+        (search.max_evals >= 1, "search.max_evals must be >= 1"),
         (osqp.eps_abs >= 0 and osqp.eps_rel >= 0, "osqp tolerances must be >= 0"),
         (osqp.max_iter >= 1, "osqp.max_iter must be >= 1"),
+        (osqp.formulation in ("split", "epigraph"),
+         "osqp.formulation must be 'split' (eq. 14) or 'epigraph'"),
+        (osqp.screen_init >= 1, "osqp.screen_init must be >= 1"),
     ]
     for ok, msg in checks:
         if not ok:

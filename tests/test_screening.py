@@ -24,11 +24,16 @@ def objective(prog, m, wa, lam):
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_screened_solution_equals_full_program(seed):
+@pytest.mark.parametrize("formulation", ["split", "epigraph"])
+def test_screened_solution_equals_full_program(seed, formulation):
+    """The plain paper formulation (split, every inactive sample a row) against the fast path
+    (screening, either formulation)."""
     prog = layer(seed)
     L = ScaledLayer(prog)
-    full = OSQPSettings(eps_abs=1e-9, eps_rel=1e-9, max_iter=100000, screening=False)
-    screened = OSQPSettings(eps_abs=1e-9, eps_rel=1e-9, max_iter=100000, screen_init=3)
+    full = OSQPSettings(eps_abs=1e-9, eps_rel=1e-9, max_iter=100000, screening=False,
+                        formulation="split")
+    screened = OSQPSettings(eps_abs=1e-9, eps_rel=1e-9, max_iter=100000, screen_init=3,
+                            formulation=formulation)
     rounds = 0
     for m in range(prog.n_out):
         a = ColumnQP(prog, m, full, layer=L)

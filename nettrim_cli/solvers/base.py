@@ -20,8 +20,8 @@ def no_progress(stage: str, done: int, total: int) -> None:  # noqa: ARG001
 class OSQPSettings:
     """OSQP settings used for every column (config section ``[osqp]``)."""
 
-    eps_abs: float = 1e-7
-    eps_rel: float = 1e-7
+    eps_abs: float = 1e-5
+    eps_rel: float = 1e-5
     max_iter: int = 20000
     polish: bool = True
     # Retry of a column that ends inaccurate or at max_iter: max_iter is multiplied by this and
@@ -32,6 +32,10 @@ class OSQPSettings:
     # and add violated ones until none is; the answer is that of the full program.
     screening: bool = True
     screen_init: int = 64
+    # "split": eq. 14 as the paper writes it (u = u+ - u-, u+/- >= 0); "epigraph": the same
+    # program (11) with |u_i| <= t_i, whose Hessian block is a quarter of the size -- faster
+    # factorisations and iterations, the same minimiser.
+    formulation: str = "epigraph"
 
     def as_osqp(self) -> dict:
         return {
@@ -57,8 +61,7 @@ class SearchSettings:
 
     scope: str = "layer"
     rtol: float = 0.02
-    grid: int = 6  # lambdas tried per refinement pass inside the bracket
-    max_passes: int = 8
+    max_evals: int = 30  # lambda evaluations per search before giving up
 
 
 @dataclass
@@ -68,6 +71,11 @@ class SolverSettings:
     # A weight counts as zero when |w| <= zero_threshold * max|W_l| (the layer's largest
     # original weight magnitude). The written weights hold exact zeros there.
     zero_threshold: float = 1e-6
+    # Worker processes for the columns; 0 means all cores. Results do not depend on it.
+    workers: int = 0
+    # Keep every column's OSQP problem between lambda evaluations if they fit in this much
+    # memory; otherwise rebuild each from its last solution and working set.
+    memory_budget_mb: float = 2048.0
 
 
 @dataclass
@@ -94,6 +102,7 @@ class LayerSolution:
     dead_columns: int = 0
     eps_reached: bool = True
     history: list[dict] = field(default_factory=list)
+    workers: int = 1
 
     def summary(self) -> dict:
         counts = Counter(self.status)
@@ -105,7 +114,8 @@ class LayerSolution:
             "retries": self.retries,
             "iterations": self.iterations,
             "seconds": round(self.seconds, 4),
-            "lambda_passes": self.passes,
+            "lambda_evaluations": self.passes,
+            "workers": self.workers,
             "dead_columns": self.dead_columns,
             "epsilon_reached": self.eps_reached,
             "lambda_search": self.history,

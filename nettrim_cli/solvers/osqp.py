@@ -90,6 +90,18 @@ class ScaledLayer:
         return wa
 
 
+def _epigraph_hessian(H: np.ndarray, N: int) -> sp.csc_matrix:
+    """Upper triangle of the Hessian for z = [s; t; bias]: H on (s, bias), nothing on t."""
+    nf = H.shape[0] - N
+    n = 2 * N + nf
+    full = np.zeros((n, n))
+    full[:N, :N] = H[:N, :N]
+    if nf:
+        full[:N, 2 * N:] = H[:N, N:]
+        full[2 * N:, 2 * N:] = H[N:, N:]
+    return sp.csc_matrix(np.triu(full))
+
+
 def _split_hessian(H: np.ndarray, N: int) -> sp.csc_matrix:
     """Upper triangle of D^T H D for z = [s+; s-; bias]: [[H, -H, h], [-H, H, -h], [., ., c]]
     (the Kronecker form [[1, -1], [-1, 1]] (x) Q of eq. 14, plus the free bias)."""
@@ -131,7 +143,8 @@ class ColumnQP:
     """
 
     def __init__(self, program: LayerProgram, m: int, settings,
-                 layer: ScaledLayer | None = None, exact: bool = False) -> None:
+                 layer: ScaledLayer | None = None, exact: bool = False,
+                 working: np.ndarray | None = None) -> None:
         self.settings = settings
         self.layer = layer = layer if layer is not None else ScaledLayer(program)
         Xs = layer.Xs
@@ -143,15 +156,30 @@ class ColumnQP:
         self.v = program.bound(m)[self.inactive]
         y = np.asarray(program.Y[act, m], dtype=np.float64)
         # D maps z = [s+ (N), s- (N), bias (nf)] to s = [s+ - s-; bias]
-        D = sp.hstack([
-            sp.vstack([sp.eye(N), sp.csc_matrix((nf, N))]),
-            sp.vstack([-sp.eye(N), sp.csc_matrix((nf, N))]),
-            sp.vstack([sp.csc_matrix((N, nf)), sp.eye(nf)]),
-        ]).tocsc()
+        self.epigraph = settings.formulation == "epigraph"
+        if self.epigraph:
+            # z = [s (N), t (N), bias]: |s_i| <= t_i, the l1 term is sum t_i / d_i
+            D = sp.hstack([sp.vstack([sp.eye(N), sp.csc_matrix((nf, N))]),
+                           sp.csc_matrix((N + nf, N)),
+                           sp.vstack([sp.csc_matrix((N, nf)), sp.eye(nf)])]).tocsc()
+            inv_d = 1.0 / layer.d
+            l1 = np.concatenate([np.zeros(N), inv_d, np.zeros(nf)])
+            self.bounds_rows = sp.vstack([
+                sp.hstack([sp.eye(N), -sp.eye(N), sp.csc_matrix((N, nf))]),
+                sp.hstack([-sp.eye(N), -sp.eye(N), sp.csc_matrix((N, nf))])]).tocsc()
+            self.bounds_lo = np.full(2 * N, -np.inf)
+            self.bounds_hi = np.zeros(2 * N)
+        else:
+            # eq. 14: z = [s+ (N), s- (N), bias] >= 0 (bias free), s = s+ - s-
+            D = sp.hstack([sp.vstack([sp.eye(N), sp.csc_matrix((nf, N))]),
+                           sp.vstack([-sp.eye(N), sp.csc_matrix((nf, N))]),
+                           sp.vstack([sp.csc_matrix((N, nf)), sp.eye(nf)])]).tocsc()
+            inv_d = 1.0 / layer.d
+            l1 = np.concatenate([inv_d, inv_d, np.zeros(nf)])
+            self.bounds_rows = sp.hstack([sp.eye(2 * N), sp.csc_matrix((2 * N, nf))]).tocsc()
+            self.bounds_lo = np.zeros(2 * N)
+            self.bounds_hi = np.full(2 * N, np.inf)
         self.D = D
-        inv_d = 1.0 / layer.d
-        l1 = np.concatenate([inv_d, inv_d, np.zeros(nf)])
-        self.bounds_rows = sp.hstack([sp.eye(2 * N), sp.csc_matrix((2 * N, nf))]).tocsc()
         self.exact = exact
         if exact:
             # program (8): X_Omega^T u = y_Omega as an equality constraint, objective ||u||_1
@@ -173,11 +201,14 @@ class ColumnQP:
             # a fixed positive scale of the objective keeps OSQP's dual residual in sensible
             # units; it does not move the minimiser
             self.scale = max(float(np.mean(np.diag(G))), 1e-12)
-            self.P = _split_hessian(2.0 * G / self.scale, N)
+            H = 2.0 * G / self.scale
+            self.P = _epigraph_hessian(H, N) if self.epigraph else _split_hessian(H, N)
             self.q_l1 = l1 / self.scale
             self.q_fit = -2.0 * (D.T @ b) / self.scale
         self.n_inactive = int(self.inactive.size)
-        if settings.screening and self.n_inactive > settings.screen_init:
+        if working is not None:
+            self.working = np.asarray(working, dtype=np.int64)
+        elif settings.screening and self.n_inactive > settings.screen_init:
             # most likely to bind: the smallest margin v - x^T w0 under the original weights
             margin = self.v - Xs[self.inactive] @ layer.to_scaled(program.Wa0[m])
             self.working = np.sort(np.argsort(margin, kind="stable")[: settings.screen_init])
@@ -190,8 +221,8 @@ class ColumnQP:
     def _setup(self, x: np.ndarray | None, y: np.ndarray | None) -> None:
         Xw = self.layer.Xs[self.inactive[self.working]]
         rows = [sp.csc_matrix(Xw) @ self.D, self.bounds_rows]
-        lo = [np.full(self.working.size, -np.inf), np.zeros(2 * self.N)]
-        hi = [self.v[self.working], np.full(2 * self.N, np.inf)]
+        lo = [np.full(self.working.size, -np.inf), self.bounds_lo]
+        hi = [self.v[self.working], self.bounds_hi]
         if self.eq_rows is not None:
             rows.insert(0, self.eq_rows)
             lo.insert(0, self.y)
@@ -211,6 +242,8 @@ class ColumnQP:
     def z_from_u(self, wa: np.ndarray) -> np.ndarray:
         sa = self.layer.to_scaled(wa)
         u = sa[: self.N]
+        if self.epigraph:
+            return np.concatenate([u, np.abs(u), sa[self.N:]])
         return np.concatenate([np.maximum(u, 0), np.maximum(-u, 0), sa[self.N:]])
 
     def warm(self, wa: np.ndarray) -> None:
@@ -254,15 +287,20 @@ class ColumnQP:
         near = near[np.isfinite(gap[near])]
         return np.union1d(bad, near)
 
-    def solve(self, lam: float) -> ColumnResult:
+    def solve(self, lam: float, polish: bool | None = None) -> ColumnResult:
         """Solve at lambda (warm started from the last solve); with screening, grow the
-        working set until no inactive inequality is violated."""
+        working set until no inactive inequality is violated. ``polish`` (default: the
+        settings') polishes once at the end, which gives exact zeros and active
+        inequalities."""
         self._lam = lam
         self.solver.update(q=self.q(lam))
         iters = 0
         secs = 0.0
         retried = False
-        polish = False if self.settings.polish else None
+        polish = self.settings.polish if polish is None else polish
+        polish = False if polish else None
+        tightened = False
+        self.polished = False
         while True:
             res, status, it, sec, rt = self._solve_once(bool(polish))
             iters += it
@@ -275,6 +313,20 @@ class ColumnQP:
                 if polish is False:
                     polish = True  # polish once, at the end, then check again
                     continue
+                if polish and res.info.status_polish != 1 and not tightened:
+                    # polishing failed: tighten the tolerances 100x and polish again, so
+                    # that near-zero weights are settled by the active set, not by noise
+                    tightened = True
+                    s = self.settings
+                    self.solver.update_settings(eps_abs=s.eps_abs / 100, eps_rel=s.eps_rel / 100)
+                    res2, status2, it, sec, rt = self._solve_once(True)
+                    self.solver.update_settings(eps_abs=s.eps_abs, eps_rel=s.eps_rel)
+                    iters += it
+                    secs += sec
+                    if res2.x is not None and is_solved(status2):
+                        res, status = res2, status2
+                        continue
+                self.polished = bool(polish) and res.info.status_polish == 1
                 break
             self.rounds += 1
             n_old = self.working.size
@@ -290,6 +342,7 @@ class ColumnQP:
             self.working = merged
             self._setup(res.x, y_new)
         x = res.x if res.x is not None else np.full(self.D.shape[1], np.nan)
+        self.last_x = x
         wa = self.layer.from_scaled(self.D @ x)
         return ColumnResult(wa=np.asarray(wa, dtype=np.float64), status=status,
                             iterations=iters, seconds=secs, retried=retried)
