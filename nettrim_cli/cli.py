@@ -182,6 +182,9 @@ def _solver_fn(name: str):
 @click.option("--scope", type=click.Choice(["layer", "column"]),
               help="One lambda per layer (exact program 4, default) or per column.")
 @click.option("--solver", type=click.Choice(["osqp"]), help="Layer solver. Default osqp.")
+@click.option("--workers", type=int,
+              help="Worker processes for the columns (default: all cores); results do not "
+                   "depend on it.")
 @click.option("--strict", is_flag=True,
               help="Exit 1 and write nothing if any column is not solved.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
@@ -189,7 +192,7 @@ def _solver_fn(name: str):
 @with_ckpt_options
 @handle_errors
 def prune(model, acts, output, report_path, config_path, mode, epsilon, gamma, lam, scope,
-          solver, strict, force, quiet, arch, trust_checkpoint):
+          solver, workers, strict, force, quiet, arch, trust_checkpoint):
     """Prune a checkpoint with Net-Trim; write the pruned checkpoint and a JSON report.
 
     Example: nettrim prune model.pt --acts acts.h5 --mode cascade --gamma 1.1
@@ -213,7 +216,7 @@ def prune(model, acts, output, report_path, config_path, mode, epsilon, gamma, l
             raise BadInput("--report and -o name the same file", report_path)
     config = load_config(config_path)
     flags = {"mode": mode, "epsilon": epsilon, "gamma": gamma, "lambda": lam, "scope": scope,
-             "solver": solver}
+             "solver": solver, "workers": workers}
     settings, solver_name = build_settings(config, flags, source=config_path or "flags")
     ckpt = _load(model, arch, trust_checkpoint)
     t0 = time.perf_counter()

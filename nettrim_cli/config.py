@@ -23,6 +23,7 @@ TOP_KEYS: dict[str, tuple[type, ...]] = {
     "lambda": (float, int),
     "solver": (str,),
     "zero_threshold": (float, int),
+    "workers": (int,),
 }
 SECTIONS = {"osqp": OSQPSettings, "search": SearchSettings}
 SOLVERS = ("osqp",)
@@ -125,11 +126,14 @@ def build_settings(config: dict[str, Any], flags: dict[str, Any],
     zt = float(merged.get("zero_threshold", 1e-6))
     if not (0 <= zt < 1):
         raise BadInput("zero_threshold must be in [0, 1)", source)
+    workers = int(merged.get("workers", 0))
+    if workers < 0:
+        raise BadInput("workers must be >= 0 (0: all cores)", source)
     solver = merged.get("solver", "osqp")
     if solver not in SOLVERS:
         raise BadInput(f"unknown solver {solver!r} (available: {', '.join(SOLVERS)})", source)
     settings = PruneSettings(
         mode=mode, epsilon=None if eps is None else float(eps), gamma=gamma,
         lam=None if lam is None else float(lam),
-        solver=SolverSettings(osqp=osqp, search=search, zero_threshold=zt))
+        solver=SolverSettings(osqp=osqp, search=search, zero_threshold=zt, workers=workers))
     return settings, solver
