@@ -1,8 +1,7 @@
 """Whole-layer ADMM for the constrained Net-Trim program (4) (parallel) and (6) (cascade).
 
-Unlike the column QPs of eq. 14 (``osqp.py`` + ``search.py``), which reach program (4) only
-through a search over the regularisation lambda, this solver attacks (4)/(6) directly, for all
-columns of a layer at once:
+The column QPs of eq. 14 (``osqp.py`` + ``search.py``) reach program (4) only through a search
+over the regularisation lambda. This solver attacks (4)/(6) directly, all columns at once:
 
     min_W  sum_{j weight} |W_mj|   s.t.  Z = X_a W^T,  Z in C,
 
@@ -10,38 +9,43 @@ columns of a layer at once:
     C = { Z : ||Z - Y||_F <= eps }                                             (none)
 
 (Omega: the entries with Y > 0; one scalar eps for the layer; the bias column is free.) With a
-fixed lambda instead of eps the indicator of the ball becomes lambda ||Z_Omega - Y_Omega||^2
-(eq. 11 for every column at once).
+fixed lambda instead of eps the indicator of the ball becomes lambda ||Z_Omega - Y_Omega||^2,
+i.e. eq. 11 for every column at once.
 
-ADMM in graph form: x = E^{-1} W^T / s (columns of X_a equilibrated by E, the data by a scalar
-s) and z = A x with A = X_a E. Each iteration
+ADMM in graph form. The columns of X_a are equilibrated (A = X_a E, unit-norm columns) and the
+data scaled by one scalar s (unit rms of Y on Omega); the variable is x = E^{-1} W^T / s and
+z = A x (= Z / s). Each iteration
 
-    x_half = soft-threshold(x - u_x)              (the l1 term, weights e_j, bias untouched)
-    z_half = Pi_C(z - u_z)                        (ball on the active part, clamp on the rest)
-    (x, z) = projection onto {z = A x}            (one Cholesky of A^T A + r I, all columns)
-    u += (over-relaxed half step) - (projected)
+    x_half = soft-threshold(x - u_x, e / (rho r))  (the l1 term; bias untouched)
+    z_half = Pi_C(z - u_z)                         (ball on the active part, clamp on the rest)
+    (x, z) = projection onto {z = A x} of the over-relaxed half step plus the duals
+             (weighted by r on x: A^T A + r I is factorised once per layer, by Cholesky,
+             and its inverse applied as one matmul for all columns)
+    u     += (over-relaxed half step) - (x, z)
 
-The penalty rho is adapted by residual balancing; it only rescales the thresholds and the
-scaled duals, so the factorisation is kept (it depends on the block ratio r only, which is
-fixed; a change of r would refactor). Stopping uses primal and dual residuals.
+rho is adapted by residual balancing. In graph form it only rescales the thresholds and the
+scaled duals, so the factorisation (which depends on the block weight r only) is kept. ADMM
+stops on primal and dual residuals plus a support that has stopped changing.
 
-ADMM's answer is then polished: with its support S (and signs s) and the set T of inactive
-entries it holds at the bound, the KKT system of (4) restricted to (S, T) is, for every column,
+The polish: with ADMM's support S (signs s) and the set T of inactive entries it holds at the
+bound, the KKT system of (4) restricted to (S, T) reads, for every column,
 
-    [X_{Om,S}^T X_{Om,S}  X_{T,S}^T] [u ]   [X_{Om,S}^T y_Om - t s]
-    [X_{T,S}              0        ] [nu] = [v_T                   ],   t = 1 / (2 lambda),
+    [X_{Om,S}^T X_{Om,S}  X_{T,S}^T] [u  ]   [X_{Om,S}^T y_Om - t s]
+    [X_{T,S}              0        ] [nu'] = [v_T                   ],   t = 1 / (2 lambda),
 
-linear in t, so u(t) = u_a + t u_b and the layer's squared misfit is a quadratic in t: the t
-meeting ||.||_F = eps is found in closed form (one t, i.e. one multiplier, for the layer: the
-KKT conditions of (4)). Sign flips, negative multipliers, violated bounds and off-support
-subgradients larger than one update (S, T), and the solve repeats. When nothing changes the
-KKT conditions of (4) hold to rounding and the columns are reported ``solved``; otherwise the
-best feasible candidate is kept (``solved_inaccurate``), and as a last resort a column block is
-pulled towards the original weights until the constraint holds.
+which is linear in t: u(t) = u_a + t u_b, and the layer's squared misfit is a quadratic in t,
+so the t with misfit eps follows in closed form (one t -- one multiplier -- for the layer, as
+the KKT conditions of (4) require). Sign flips, violated bounds, negative multipliers and
+off-support subgradients above one update (S, T) and the solve repeats (an active-set method
+warm started by ADMM). When the KKT conditions of (4) hold (multipliers of degenerate bound
+sets checked by a small LP) the columns are ``solved``; otherwise the best feasible candidate
+(polished or ADMM's own, pulled onto the constraint) is kept as ``solved_inaccurate``, and as a
+last resort the layer is mixed with the original weights until the constraint holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections import Counter
@@ -49,31 +53,50 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.linalg
+import scipy.optimize
 import torch
 
 from nettrim_cli.program import NONE, LayerProgram
 from nettrim_cli.solvers.base import LayerSolution, Progress, SolverSettings, no_progress
 from nettrim_cli.solvers.osqp import dead_column
 
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover - optional
+    threadpool_limits = None
+
+
+def _blas_threads(n: int | None):
+    """Limit numpy/scipy BLAS threads (the polish solves many small dense systems, where
+    threads only add overhead and, on a busy machine, contention)."""
+    if n is None or threadpool_limits is None:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=n)
+
+
 SOLVED = "solved"
 INACCURATE = "solved_inaccurate"
 MIXED = "mixed_with_original"
+NOT_REACHED = "epsilon_not_reached"
 DEAD = "dead_neuron"
 
 
 @dataclass
 class ADMMSettings:
-    """Settings of the whole-layer ADMM (config section ``[admm]``).
+    """Settings of the whole-layer ADMM.
 
     rho: initial penalty (None: ||l1 weights|| / ||warm start||, in scaled units).
-    ratio: weight r of the weight copy against the sample-space copy; the factorised matrix is
+    ratio: weight r of the weight block against the sample block; the factorised matrix is
         A^T A + r I with A the equilibrated X_a. Fixed during a run.
     alpha: over-relaxation in (0, 2).
     eps_abs, eps_rel: stopping tolerances on the primal and dual residuals (scaled units).
-    adaptive_rho: balance the residuals by changing rho every ``adapt_every`` iterations when
-        they are more than ``adapt_tol`` apart (free: no refactorisation in graph form).
-    polish: fix support and bound set after ADMM and solve the KKT system of (4) on them.
-    polish_rounds: active-set rounds of the polish.
+    stable_checks: ADMM also waits until the support has not changed for this many checks.
+    adaptive_rho: rebalance rho every ``adapt_every`` iterations when the normalised residuals
+        are more than ``adapt_tol`` apart.
+    polish: solve the KKT system of (4) on ADMM's support and bound set (active-set rounds).
+    polish_blas_threads: BLAS threads during the polish (None: leave as is).
+    retry: when the polish cannot certify the answer, resume ADMM once with tolerances divided
+        by ``retry_factor`` and polish again.
     """
 
     rho: float | None = None
@@ -82,19 +105,22 @@ class ADMMSettings:
     max_iter: int = 10000
     eps_abs: float = 1e-7
     eps_rel: float = 1e-6
+    stable_checks: int = 10
+    check_every: int = 5
     adaptive_rho: bool = True
     adapt_every: int = 25
     adapt_tol: float = 5.0
-    check_every: int = 5
     polish: bool = True
-    polish_rounds: int = 30
+    polish_rounds: int = 25
+    polish_blas_threads: int | None = 1
+    retry: bool = True
+    retry_factor: float = 100.0
 
 
 @dataclass
 class ADMMSolution(LayerSolution):
     """LayerSolution of the ADMM solver; ``summary()`` names it ``admm``."""
 
-    admm_iterations: int = 0
     admm_converged: bool = False
     polish_converged: bool = False
 
@@ -121,193 +147,329 @@ class ADMMSolution(LayerSolution):
 # ADMM
 
 
-@dataclass
-class _ADMMResult:
-    WT: np.ndarray  # (Na, L) weights (transposed) from the soft-threshold step: exactly sparse
-    tight: np.ndarray  # (P, L) inactive entries clamped at the bound in the last iteration
-    iterations: int
-    converged: bool
-    trace: list[dict] = field(default_factory=list)
-    rho: float = 0.0
-    rho_updates: int = 0
-    factorizations: int = 0
-    seconds: float = 0.0
+class _ADMM:
+    """Graph-form ADMM for the live columns of a layer; ``run`` can be called again to resume."""
 
-
-def _run_admm(Xa: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray, W0T: np.ndarray,
-              l1mask: np.ndarray, eps: float | None, lam: float | None, opts: ADMMSettings,
-              device: str, dtype: str, progress: Progress) -> _ADMMResult:
-    t0 = time.perf_counter()
-    dev = torch.device(device)
-    dt = getattr(torch, dtype)
-    P, Na = Xa.shape
-    L = Y.shape[1]
-    # equilibration: unit-norm columns of A = X_a E; the data scaled to unit rms on Omega
-    cn = np.linalg.norm(Xa, axis=0)
-    cn[cn == 0] = 1.0
-    e = 1.0 / cn
-    n_act = int(act.sum())
-    s = float(np.linalg.norm(Y[act]) / np.sqrt(n_act)) if n_act else 0.0
-    if not np.isfinite(s) or s <= 0:
-        s = float(np.max(np.abs(Y))) if Y.size and np.max(np.abs(Y)) > 0 else 1.0
-
-    def T(a):
-        return torch.as_tensor(np.ascontiguousarray(a), dtype=dt, device=dev)
-
-    A = T(Xa * e[None, :])
-    Yt, Vt, act_t = T(Y / s), T(V / s), torch.as_tensor(act, device=dev)
-    wl1 = T((l1mask * e)[:, None])  # |W_jm| = s e_j |x_jm|; the constant s is dropped
-    x = T(W0T / (e[:, None] * s))
-    r = float(opts.ratio)
-    K = A.T @ A
-    K.diagonal().add_(r)
-    chol = torch.linalg.cholesky(K)
-    factorizations = 1
-    radius = None if eps is None else eps / s
-    lam_s = None if lam is None else lam * s
-
-    wnorm = float(torch.linalg.norm(wl1)) * np.sqrt(L)
-    xnorm = float(torch.linalg.norm(x))
-    rho = float(opts.rho) if opts.rho else (wnorm / xnorm if xnorm > 0 and wnorm > 0 else 1.0)
-
-    def prox_f(c: torch.Tensor, rho: float) -> tuple[torch.Tensor, torch.Tensor]:
-        clamp = (~act_t) & (c > Vt)
-        inact = torch.minimum(c, Vt)
-        if radius is not None:
-            d = torch.where(act_t, c - Yt, 0.0)
-            nrm = float(torch.linalg.norm(d))
-            f = 1.0 if nrm <= radius else radius / nrm
-            on = Yt + f * d
+    def __init__(self, Xa: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray,
+                 W0T: np.ndarray, l1mask: np.ndarray, eps: float | None, lam: float | None,
+                 opts: ADMMSettings, device: str, dtype: str) -> None:
+        self.opts = opts
+        self.dev = torch.device(device)
+        self.dt = getattr(torch, dtype)
+        L = Y.shape[1]
+        cn = np.linalg.norm(Xa, axis=0)
+        cn[cn == 0] = 1.0
+        self.e = 1.0 / cn
+        n_act = int(act.sum())
+        s = float(np.linalg.norm(Y[act]) / np.sqrt(n_act)) if n_act else 0.0
+        if not np.isfinite(s) or s <= 0:
+            top = float(np.max(np.abs(Y))) if Y.size else 0.0
+            s = top if top > 0 else 1.0
+        self.s = s
+        self.A = self._t(Xa * self.e[None, :])
+        self.Y, self.V = self._t(Y / s), self._t(V / s)
+        self.act = torch.as_tensor(act, device=self.dev)
+        self.actf = self.act.to(self.dt)
+        self.Vm = torch.where(self.act, torch.inf, self.V)
+        self.wl1 = self._t((l1mask * self.e)[:, None])  # |W_jm| = s e_j |x_jm|
+        self.radius = None if eps is None else eps / s
+        self.lam = None if lam is None else lam * s  # eq. 11 divided by s, in scaled units
+        self.r = float(opts.ratio)
+        K = self.A.T @ self.A
+        K.diagonal().add_(self.r)
+        # one Cholesky per layer; its inverse (A^T A + r I is well conditioned after the
+        # equilibration: cond <= 1 + ||A||^2 / r) turns every x-update into one matmul
+        self.Kinv = torch.cholesky_inverse(torch.linalg.cholesky(K))
+        self.factorizations = 1
+        self.x = self._t(W0T / (self.e[:, None] * s))
+        self.z = self.A @ self.x
+        self.ux = torch.zeros_like(self.x)
+        self.uz = torch.zeros_like(self.z)
+        self.xh = self.x
+        self.c = self.z.clone()
+        wnorm = float(torch.linalg.norm(self.wl1)) * np.sqrt(L)
+        xnorm = float(torch.linalg.norm(self.x))
+        if opts.rho:
+            self.rho = float(opts.rho)
         else:
-            on = (rho * c + 2.0 * lam_s * Yt) / (rho + 2.0 * lam_s)
-        return torch.where(act_t, on, inact), clamp
+            self.rho = wnorm / xnorm if xnorm > 0 and wnorm > 0 else 1.0
+        self.iterations = 0
+        self.rho_updates = 0
+        self.trace: list[dict] = []
+        self.seconds = 0.0
+        self.n_dim = float(np.sqrt(self.r * self.x.numel() + self.z.numel()))
 
-    z = A @ x
-    ux = torch.zeros_like(x)
-    uz = torch.zeros_like(z)
-    alpha = float(opts.alpha)
-    n_dim = np.sqrt(r * x.numel() + z.numel())
-    trace: list[dict] = []
-    converged = False
-    rho_updates = 0
-    it = 0
-    clamp = torch.zeros_like(z, dtype=torch.bool)
-    xh = x
-    rp = rd = ep = ed = float("nan")
-    for it in range(1, int(opts.max_iter) + 1):
-        c = x - ux
-        thr = wl1 / (rho * r)
-        xh = torch.sign(c) * torch.clamp(c.abs() - thr, min=0.0)
-        zh, clamp = prox_f(z - uz, rho)
-        xr = alpha * xh + (1.0 - alpha) * x
-        zr = alpha * zh + (1.0 - alpha) * z
-        rhs = A.T @ (zr + uz) + r * (xr + ux)
-        xn = torch.cholesky_solve(rhs, chol)
-        zn = A @ xn
-        ux = ux + xr - xn
-        uz = uz + zr - zn
-        check = it % opts.check_every == 0 or it == opts.max_iter
-        if check:
-            rp = float(torch.sqrt(r * torch.sum((xh - xn) ** 2) + torch.sum((zh - zn) ** 2)))
-            rd = rho * float(torch.sqrt(r * torch.sum((xn - x) ** 2) + torch.sum((zn - z) ** 2)))
-            big = max(float(torch.sqrt(r * torch.sum(xh ** 2) + torch.sum(zh ** 2))),
-                      float(torch.sqrt(r * torch.sum(xn ** 2) + torch.sum(zn ** 2))))
-            dual = rho * float(torch.sqrt(r * torch.sum(ux ** 2) + torch.sum(uz ** 2)))
-            ep = opts.eps_abs * n_dim + opts.eps_rel * big
-            ed = opts.eps_abs * n_dim + opts.eps_rel * dual
-        x, z = xn, zn
-        if check:
-            if rp <= ep and rd <= ed:
+    def _t(self, a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=self.dt, device=self.dev)
+
+    def _prox_f(self, c: torch.Tensor, rho: float) -> torch.Tensor:
+        """Pi_C(c) (or the prox of the lambda misfit): min(c, V) on the inactive entries,
+        c - k (c - Y) on the active ones, k from the ball (or from lambda and rho)."""
+        diff = torch.sub(c, self.Y).mul_(self.actf)
+        out = torch.minimum(c, self.Vm)  # Vm = +inf on the active entries
+        if self.radius is not None:
+            nrm = float(torch.linalg.norm(diff))
+            k = 0.0 if nrm <= self.radius else 1.0 - self.radius / nrm
+        else:
+            k = 2.0 * self.lam / (rho + 2.0 * self.lam)
+        if k:
+            out.sub_(diff, alpha=k)
+        return out
+
+    def run(self, max_iter: int, eps_abs: float, eps_rel: float,
+            progress: Progress = no_progress) -> bool:
+        t0 = time.perf_counter()
+        o = self.opts
+        # tolerances a float32 (or lower) run can reach; the polish works in float64 anyway
+        fin = torch.finfo(self.dt).eps
+        eps_abs, eps_rel = max(eps_abs, 10.0 * fin), max(eps_rel, 100.0 * fin)
+        A, r, alpha = self.A, self.r, float(o.alpha)
+        x, z, ux, uz = self.x, self.z, self.ux, self.uz
+        rho = self.rho
+        xh, c = self.xh, self.c
+        stable = 0
+        prev_supp = None
+        converged = False
+        rp = rd = ep = ed = float("nan")
+        k = 0
+        for k in range(1, int(max_iter) + 1):
+            cx = x - ux
+            xh = torch.sign(cx) * torch.clamp(cx.abs() - self.wl1 / (rho * r), min=0.0)
+            c = z - uz
+            zh = self._prox_f(c, rho)
+            xr = torch.add(x, xh - x, alpha=alpha) if alpha != 1.0 else xh
+            zr = torch.add(z, zh - z, alpha=alpha) if alpha != 1.0 else zh
+            xn = self.Kinv @ (A.T @ (zr + uz) + r * (xr + ux))
+            zn = A @ xn
+            ux = ux + xr - xn
+            uz.add_(zr).sub_(zn)
+            check = k % o.check_every == 0 or k == max_iter
+            if check:
+                rp = float(torch.sqrt(r * torch.sum((xh - xn) ** 2) + torch.sum((zh - zn) ** 2)))
+                rd = rho * float(torch.sqrt(r * torch.sum((xn - x) ** 2)
+                                            + torch.sum((zn - z) ** 2)))
+                big = max(float(torch.sqrt(r * torch.sum(xh ** 2) + torch.sum(zh ** 2))),
+                          float(torch.sqrt(r * torch.sum(xn ** 2) + torch.sum(zn ** 2))))
+                dual = rho * float(torch.sqrt(r * torch.sum(ux ** 2) + torch.sum(uz ** 2)))
+                ep = eps_abs * self.n_dim + eps_rel * big
+                ed = eps_abs * self.n_dim + eps_rel * dual
+                supp = xh != 0
+                stable = stable + 1 if prev_supp is not None and torch.equal(supp, prev_supp) else 0
+                prev_supp = supp
+            x, z = xn, zn
+            if not check:
+                continue
+            it = self.iterations + k
+            # converged: small residuals and a settled support (or much smaller residuals, for
+            # a support that flickers on a degenerate coordinate)
+            if rp <= ep and rd <= ed and (stable >= o.stable_checks
+                                          or (rp <= 1e-2 * ep and rd <= 1e-2 * ed)):
                 converged = True
                 break
-            if opts.adaptive_rho and it % opts.adapt_every == 0 and rd > 0 and ep > 0:
+            if o.adaptive_rho and it % o.adapt_every == 0 and rd > 0 and rp > 0:
                 ratio = (rp / ep) / (rd / ed)
-                if ratio > opts.adapt_tol or ratio < 1.0 / opts.adapt_tol:
+                if ratio > o.adapt_tol or ratio < 1.0 / o.adapt_tol:
                     new = rho * float(np.clip(np.sqrt(ratio), 0.05, 20.0))
                     ux = ux * (rho / new)
-                    uz = uz * (rho / new)
+                    uz.mul_(rho / new)
                     rho = new
-                    rho_updates += 1
-            if it % (opts.check_every * 100) == 0:
-                trace.append({"iter": it, "r_prim": rp, "r_dual": rd, "rho": rho})
-                progress("admm", it, int(opts.max_iter))
-    trace.append({"iter": it, "r_prim": rp, "r_dual": rd, "eps_prim": ep, "eps_dual": ed,
-                  "rho": rho})
-    WT = (xh * T(e[:, None] * s)).detach().cpu().numpy().astype(np.float64)
-    tight = clamp.detach().cpu().numpy()
-    return _ADMMResult(WT=WT, tight=tight, iterations=it, converged=converged, trace=trace,
-                       rho=rho, rho_updates=rho_updates, factorizations=factorizations,
-                       seconds=time.perf_counter() - t0)
+                    self.rho_updates += 1
+            if it % (o.check_every * 100) == 0:
+                self.trace.append({"iter": it, "r_prim": rp, "r_dual": rd, "rho": rho})
+                progress("admm", k, int(max_iter))
+        self.iterations += k
+        self.trace.append({"iter": self.iterations, "r_prim": rp, "r_dual": rd, "eps_prim": ep,
+                           "eps_dual": ed, "rho": rho})
+        self.x, self.z, self.ux, self.uz, self.rho = x, z, ux, uz, rho
+        self.xh, self.c = xh, c
+        self.seconds += time.perf_counter() - t0
+        return converged
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(W^T of the live columns from the soft-threshold step -- exactly sparse --, the
+        inactive entries clamped at their bound in the last iteration)."""
+        WT = (self.xh * self._t(self.e[:, None] * self.s)).cpu().numpy().astype(np.float64)
+        clamp = (~self.act) & (self.c > self.V)  # the prox's input above the bound
+        return WT, clamp.cpu().numpy()
 
 
 # ----------------------------------------------------------------------------------------------
 # polish: the KKT system of (4) / eq. 11 on a fixed support and bound set
 
 
-def _kkt_solve(Kmat: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+def _try_solve(Kmat: np.ndarray, rhs: np.ndarray) -> np.ndarray | None:
+    """Solve the symmetric KKT system, or None when it is singular or badly conditioned."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", scipy.linalg.LinAlgWarning)
         try:
             sol = scipy.linalg.solve(Kmat, rhs, assume_a="sym")
-            if np.all(np.isfinite(sol)):
-                res = np.linalg.norm(Kmat @ sol - rhs)
-                if res <= 1e-9 * (np.linalg.norm(rhs) + 1e-300):
-                    return sol
         except (np.linalg.LinAlgError, scipy.linalg.LinAlgWarning, ValueError):
-            pass
-    return np.linalg.lstsq(Kmat, rhs, rcond=None)[0]
+            return None
+    if not np.all(np.isfinite(sol)):
+        return None
+    if np.linalg.norm(Kmat @ sol - rhs) > 1e-9 * (np.linalg.norm(rhs) + 1e-300):
+        return None
+    return sol
+
+
+@dataclass
+class _Sets:
+    S: list[np.ndarray]  # support (coordinates of Wa, bias included when present)
+    sgn: list[np.ndarray]  # signs on the support (0 for the bias)
+    T: list[np.ndarray]  # inactive samples held at the bound
+
+    def key(self) -> int:
+        return hash(tuple(a.tobytes() for m in range(len(self.S))
+                          for a in (self.S[m], self.sgn[m], self.T[m])))
+
+
+@dataclass
+class _Candidate:
+    U: np.ndarray  # (Na, L) = Wa^T of the live columns
+    t: float
+    sets: _Sets
+    cols: list
+    certified: bool
+
+
+@dataclass
+class _PolishResult:
+    best: _Candidate | None  # the certified candidate, else the feasible one with least l1
+    first: _Candidate | None  # round 1 (ADMM's sets), for the least-squares repair
+    log: list[dict] = field(default_factory=list)
 
 
 class _Polish:
-    """Active-set refinement of the ADMM answer for the live columns of a layer."""
+    """Active-set refinement of ADMM's answer for the live columns of a layer."""
 
-    def __init__(self, Xa, Y, V, act, bias: bool, eps: float | None, lam: float | None):
+    def __init__(self, Xa, Y, V, act, bias: bool, n_in: int, eps: float | None,
+                 lam: float | None, wscale: float = 1.0) -> None:
         self.Xa, self.Y, self.V, self.act = Xa, Y, V, act
         self.P, self.Na = Xa.shape
         self.L = Y.shape[1]
         self.bias = bias
+        self.n_in = n_in
         self.eps, self.lam = eps, lam
-        self.exact = eps is not None and eps == 0.0
-        self.yscale = float(np.max(np.abs(Y))) if Y.size else 1.0
-        self.yscale = self.yscale if self.yscale > 0 else 1.0
+        self.exact = lam is None and eps == 0.0
+        top = float(np.max(np.abs(Y))) if Y.size else 0.0
+        self.yscale = top if top > 0 else 1.0
         self.cache: dict[int, tuple] = {}
+        self.lp_cache: dict[int, tuple] = {}
+        self.lp_calls = 0
+        self.zero_tol = 1e-12 * wscale
 
-    def _column(self, m: int, S: np.ndarray, sgn: np.ndarray, T: np.ndarray):
+    def column(self, m: int, S: np.ndarray, sgn: np.ndarray, T: np.ndarray) -> tuple:
+        """(u_a, u_b, nu_a, nu_b, c, b, a, degenerate): u(t) = u_a + t u_b on S, the active
+        misfit of column m is c + 2 b t + a t^2."""
         key = (S.tobytes(), sgn.tobytes(), T.tobytes())
         hit = self.cache.get(m)
         if hit is not None and hit[0] == key:
             return hit[1]
-        a = self.act[:, m]
-        XS = self.Xa[:, S]
-        Aa = XS[a]
+        a = np.flatnonzero(self.act[:, m])
+        Aa = self.Xa[np.ix_(a, S)]
         y = self.Y[a, m]
         k, q = len(S), len(T)
-        Km = np.zeros((k + q, k + q))
-        Km[:k, :k] = Aa.T @ Aa
-        rhs = np.zeros((k + q, 2))
-        rhs[:k, 0] = Aa.T @ y
-        rhs[:k, 1] = -sgn
-        if q:
-            B = XS[T]
-            Km[:k, k:] = B.T
-            Km[k:, :k] = B
-            rhs[k:, 0] = self.V[T, m]
-        sol = _kkt_solve(Km, rhs) if k + q else np.zeros((0, 2))
+        G = Aa.T @ Aa
+        h = Aa.T @ y
+        B = self.Xa[np.ix_(T, S)] if q else np.zeros((0, k))
+        vT = self.V[T, m]
+
+        def system(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            qk = len(rows)
+            Km = np.zeros((k + qk, k + qk))
+            Km[:k, :k] = G
+            Km[:k, k:] = B[rows].T
+            Km[k:, :k] = B[rows]
+            rhs = np.zeros((k + qk, 2))
+            rhs[:k, 0] = h
+            rhs[:k, 1] = -sgn
+            rhs[k:, 0] = vT[rows]
+            return Km, rhs
+
+        keep = np.arange(q)
+        degenerate = False
+        sol = _try_solve(*system(keep)) if k + q else np.zeros((0, 2))
+        if sol is None:
+            degenerate = True
+            if q:
+                # bound rows that are combinations of others (e.g. samples equal on S) make
+                # the system singular: keep an independent subset; their multipliers are then
+                # not unique, which the LP certificate accounts for
+                Rq, piv = scipy.linalg.qr(B.T, mode="r", pivoting=True)
+                d = np.abs(np.diag(Rq))
+                rank = int((d > 1e-10 * d[0]).sum()) if d.size and d[0] > 0 else 0
+                keep = np.sort(piv[:rank])
+            Km, rhs = system(keep)
+            sol = _try_solve(Km, rhs)
+            if sol is None:
+                sol = np.linalg.lstsq(Km, rhs, rcond=None)[0]
         ua, ub = sol[:k, 0], sol[:k, 1]
-        na, nb = sol[k:, 0], sol[k:, 1]
+        na, nb = np.zeros(q), np.zeros(q)
+        na[keep], nb[keep] = sol[k:, 0], sol[k:, 1]
         ra = Aa @ ua - y
         rb = Aa @ ub
-        out = (ua, ub, na, nb, float(ra @ ra), float(ra @ rb), float(rb @ rb))
+        out = (ua, ub, na, nb, float(ra @ ra), float(ra @ rb), float(rb @ rb), degenerate)
         self.cache[m] = (key, out)
         return out
 
-    def run(self, WT: np.ndarray, tight: np.ndarray, rounds: int, target: float | None):
-        """Returns (WT, t, converged, log). ``target`` is the eps aimed at (slightly below the
-        layer's eps, for rounding); None in fixed-lambda mode."""
-        Xa, act = self.Xa, self.act
-        Na, L = self.Na, self.L
+    def _t_for(self, cols: list, target: float | None) -> float | None:
+        if self.lam is not None:
+            return 1.0 / (2.0 * self.lam)
+        if self.exact:
+            return 0.0
+        c = sum(cc[4] for cc in cols)
+        b = sum(cc[5] for cc in cols)
+        a = sum(cc[6] for cc in cols)
+        goal = target * target
+        if c > goal:
+            return None  # eps cannot be met on this support
+        if a <= 0:
+            return 0.0
+        return float((-b + np.sqrt(max(b * b - a * (c - goal), 0.0))) / a)
+
+    @staticmethod
+    def at(cand: _Candidate, t: float) -> np.ndarray:
+        """The candidate's support and bound set at another t."""
+        U = np.zeros_like(cand.U)
+        for m, S in enumerate(cand.sets.S):
+            ua, ub = cand.cols[m][:2]
+            U[S, m] = ua + t * ub
+        return U
+
+    def _lp_certify(self, m: int, S: np.ndarray, sgn: np.ndarray, T: np.ndarray,
+                    gr: np.ndarray, t: float) -> bool:
+        """Is there nu >= 0 on T with X_T^T nu + gr = -t s on S and |.| <= t off S?"""
+        key = (S.tobytes(), sgn.tobytes(), T.tobytes(), float(t))
+        hit = self.lp_cache.get(m)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        self.lp_calls += 1
+        B = self.Xa[T]  # (q, Na)
+        on = np.zeros(self.Na, dtype=bool)
+        on[S] = True
+        if self.bias:
+            on[self.Na - 1] = True
+        full_s = np.zeros(self.Na)
+        full_s[S] = sgn
+        tol = 1e-7 * t + 1e-12 * self.yscale
+        A_eq = B[:, on].T
+        b_eq = -t * full_s[on] - gr[on]
+        Boff = B[:, ~on].T
+        A_ub = np.vstack([Boff, -Boff])
+        b_ub = np.concatenate([t - gr[~on], t + gr[~on]]) + tol
+        # equalities as two-sided inequalities with the same small slack
+        A_ub = np.vstack([A_ub, A_eq, -A_eq])
+        b_ub = np.concatenate([b_ub, b_eq + tol, -b_eq + tol])
+        res = scipy.optimize.linprog(np.zeros(len(T)), A_ub=A_ub, b_ub=b_ub,
+                                     bounds=(0, None), method="highs-ipm")
+        self.lp_cache[m] = (key, res.status == 0)
+        return res.status == 0
+
+    def run(self, WT: np.ndarray, tight: np.ndarray, rounds: int,
+            target: float | None) -> _PolishResult:
+        Xa, act, Na, L = self.Xa, self.act, self.Na, self.L
         bidx = Na - 1 if self.bias else None
-        S, sgn, Tset = [], [], []
+        S, sgn, T = [], [], []
         for m in range(L):
             nz = np.flatnonzero(WT[:, m] != 0)
             if bidx is not None:
@@ -317,101 +479,106 @@ class _Polish:
                 sv[nz == bidx] = 0.0
             S.append(nz.astype(np.int64))
             sgn.append(sv)
-            Tset.append(np.flatnonzero(tight[:, m] & ~act[:, m]).astype(np.int64))
-        log: list[dict] = []
-        t = 0.0 if target is None or self.exact else None
-        if self.lam is not None:
-            t = 1.0 / (2.0 * self.lam)
-        U = np.zeros((Na, L))
-        converged = False
-        feasible = True
+            T.append(np.flatnonzero(tight[:, m] & ~act[:, m]).astype(np.int64))
+        sets = _Sets(S, sgn, T)
+        out = _PolishResult(best=None, first=None)
+        best_l1 = np.inf
+        seen: set[int] = set()
+        tol_z = 1e-10 * self.yscale
         for rnd in range(rounds):
-            cols = [self._column(m, S[m], sgn[m], Tset[m]) for m in range(L)]
-            if self.lam is None and not self.exact:
-                c = sum(cc[4] for cc in cols)
-                b = sum(cc[5] for cc in cols)
-                a = sum(cc[6] for cc in cols)
-                goal = target ** 2
-                if c > goal:
-                    feasible = False
-                    log.append({"round": rnd + 1, "infeasible_on_support": True})
-                    break
-                if a <= 0:
-                    t = 0.0
-                else:
-                    disc = b * b - a * (c - goal)
-                    t = (-b + np.sqrt(max(disc, 0.0))) / a
-            # assemble the candidate and its multipliers
-            U[:] = 0.0
+            key = sets.key()
+            if key in seen:
+                out.log.append({"round": rnd + 1, "cycle": True})
+                break
+            seen.add(key)
+            cols = [self.column(m, sets.S[m], sets.sgn[m], sets.T[m]) for m in range(L)]
+            t = self._t_for(cols, target)
+            if t is None:
+                out.log.append({"round": rnd + 1, "infeasible_on_support": True})
+                break
+            U = np.zeros((Na, L))
             Nu = np.zeros((self.P, L))
             for m in range(L):
                 ua, ub, na, nb = cols[m][:4]
-                U[S[m], m] = ua + t * ub
-                if len(Tset[m]):
-                    Nu[Tset[m], m] = na + t * nb
+                U[sets.S[m], m] = ua + t * ub
+                if len(sets.T[m]):
+                    Nu[sets.T[m], m] = na + t * nb
+            cand = _Candidate(U=U, t=t, sets=sets, cols=cols, certified=False)
+            if rnd == 0:
+                out.first = cand
             Z = Xa @ U
             R = np.where(act, Z - self.Y, 0.0)
-            changes = {"sign": 0, "bound_out": 0, "bound_in": 0, "support_in": 0}
-            newS, newsgn, newT = [], [], []
             if not self.exact:
-                G = Xa.T @ (R + Nu)  # (Na, L): X_Om^T r + X_T^T nu
+                Gr = Xa.T @ R
+                G = Gr + Xa.T @ Nu  # (Na, L): X_Om^T r + X_T^T nu'
+            ch = {"sign": 0, "bound_in": 0, "bound_out": 0, "support_in": 0, "lp_ok": 0}
+            worst = {"sign_mag": 0.0, "grad_viol": 0.0}
+            primal_ok = True
+            nS, nsg, nT = [], [], []
             for m in range(L):
-                Sm, sm, Tm = S[m], sgn[m], Tset[m]
+                Sm, sm, Tm = sets.S[m], sets.sgn[m], sets.T[m]
                 u = U[Sm, m]
-                # multipliers of the bound set must be >= 0
-                if len(Tm):
-                    nu = Nu[Tm, m]
-                    tol_nu = 1e-9 * (float(np.max(np.abs(nu))) + (t or 0.0) * self.yscale)
-                    keep = nu >= -tol_nu
-                    changes["bound_out"] += int((~keep).sum())
-                    Tm = Tm[keep]
-                # bounds outside the set must hold
-                inact = ~act[:, m]
-                viol = inact & (Z[:, m] > self.V[:, m] + 1e-10 * self.yscale)
+                # values pinned at zero by the bound set come out as rounding noise
+                near0 = (sm != 0) & (np.abs(u) <= self.zero_tol)
+                wrong = (sm != 0) & (u * sm < 0) & ~near0
+                viol = ~act[:, m] & (Z[:, m] > self.V[:, m] + tol_z)
                 viol[Tm] = False
-                if viol.any():
-                    changes["bound_in"] += int(viol.sum())
-                    Tm = np.union1d(Tm, np.flatnonzero(viol)).astype(np.int64)
-                if not self.exact:
-                    # signs on the support
-                    bad = (sm != 0) & (u * sm <= 0)
-                    if bad.any():
-                        changes["sign"] += int(bad.sum())
-                        Sm, sm = Sm[~bad], sm[~bad]
-                    # subgradients off the support
-                    g = G[:, m]
-                    off = np.ones(Na, dtype=bool)
-                    off[S[m]] = False
-                    if bidx is not None:
-                        off[bidx] = False
-                    grow = off & (np.abs(g) > t * (1.0 + 1e-7) + 1e-13 * self.yscale)
-                    if grow.any():
-                        changes["support_in"] += int(grow.sum())
-                        add = np.flatnonzero(grow)
-                        order = np.argsort(np.concatenate([Sm, add]))
-                        Sm = np.concatenate([Sm, add])[order]
-                        sm = np.concatenate([sm, -np.sign(g[add])])[order]
-                newS.append(Sm)
-                newsgn.append(sm)
-                newT.append(Tm)
-            log.append({"round": rnd + 1, "t": t, **changes})
-            self.final = (S, sgn, Tset, cols)
-            if not any(changes.values()):
-                converged = True
+                if wrong.any() or viol.any():
+                    primal_ok = False
+                    ch["sign"] += int(wrong.sum())
+                    ch["bound_in"] += int(viol.sum())
+                    if wrong.any():
+                        worst["sign_mag"] = max(worst["sign_mag"], float(np.abs(u[wrong]).max()))
+                    keep = ~wrong & ~near0
+                    nS.append(Sm[keep])
+                    nsg.append(sm[keep])
+                    nT.append(np.union1d(Tm, np.flatnonzero(viol)).astype(np.int64))
+                    continue
+                if self.exact:
+                    nS.append(Sm)
+                    nsg.append(sm)
+                    nT.append(Tm)
+                    continue
+                # dual feasibility: multipliers >= 0, subgradients within [-1, 1] off S
+                Se, se = Sm[~near0], sm[~near0]
+                nu = Nu[Tm, m]
+                tol_nu = 1e-9 * (float(np.max(np.abs(nu))) if len(nu) else 0.0) + 1e-14
+                neg = nu < -tol_nu
+                g = G[:, m]
+                off = np.ones(Na, dtype=bool)
+                off[Se] = False
+                if bidx is not None:
+                    off[bidx] = False
+                grow = off & (np.abs(g) > t * (1.0 + 1e-7) + 1e-12 * self.yscale)
+                if (neg.any() or grow.any()) and len(Tm) and cols[m][7]:
+                    if self._lp_certify(m, Se, se, Tm, Gr[:, m], t):
+                        ch["lp_ok"] += 1
+                        neg[:] = False
+                        grow[:] = False
+                if grow.any():
+                    worst["grad_viol"] = max(worst["grad_viol"],
+                                             float(np.abs(g[grow]).max()) / max(t, 1e-300) - 1)
+                ch["bound_out"] += int(neg.sum())
+                ch["support_in"] += int(grow.sum())
+                add = np.flatnonzero(grow)
+                newS = np.concatenate([Se, add])
+                order = np.argsort(newS)
+                nS.append(newS[order])
+                nsg.append(np.concatenate([se, -np.sign(g[add])])[order])
+                nT.append(Tm[~neg])
+            if primal_ok:
+                l1 = float(np.abs(U[: self.n_in]).sum())
+                if l1 < best_l1:
+                    best_l1, out.best = l1, cand
+            ch_total = sum(v for kk, v in ch.items() if kk != "lp_ok")
+            out.log.append({"round": rnd + 1, "t": t, **ch, **worst})
+            if primal_ok and ch_total == 0:
+                # eps = 0 (program 8): primal checks only, no optimality certificate
+                cand.certified = not self.exact
+                out.best = cand
                 break
-            S, sgn, Tset = newS, newsgn, newT
-        if not feasible:
-            return None, t, False, log
-        return U, t, converged, log
-
-    def at(self, t: float) -> np.ndarray:
-        """The last round's candidate (same support, signs and bound set) at another t."""
-        S, _, _, cols = self.final
-        U = np.zeros((self.Na, self.L))
-        for m in range(self.L):
-            ua, ub = cols[m][:2]
-            U[S[m], m] = ua + t * ub
-        return U
+            sets = _Sets(nS, nsg, nT)
+        return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -437,11 +604,35 @@ def _inactive_violation(program: LayerProgram, Wa: np.ndarray) -> float:
     return float(np.linalg.norm(np.where(Y > 0, 0.0, np.maximum(Z - V, 0.0))))
 
 
+def _bisect(make, ok, lo: float, hi: float, steps: int = 60):
+    """Largest s in [lo, hi] (to 2^-steps) with ok(make(s)), assuming ok(make(lo));
+    returns (s, make(s)) or (None, None) when even lo fails."""
+    best = make(lo)
+    if not ok(best):
+        return None, None
+    top = make(hi)
+    if ok(top):
+        return hi, top
+    a, b = lo, hi
+    for _ in range(steps):
+        mid = 0.5 * (a + b)
+        trial = make(mid)
+        if ok(trial):
+            a, best = mid, trial
+        else:
+            b = mid
+        if b - a <= 1e-12 * max(abs(hi), 1e-300):
+            break
+    return a, best
+
+
 def solve_layer(program: LayerProgram, settings: SolverSettings,
                 progress: Progress = no_progress, device: str = "cpu", dtype: str = "float64",
                 admm_settings: ADMMSettings | None = None) -> ADMMSolution:
-    """Solve program (4)/(6) (or eq. 11 at a fixed lambda) for the whole layer with ADMM plus
-    an active-set polish. ``admm_settings`` (or ``settings.admm`` when present) tunes ADMM."""
+    """Solve program (4)/(6) -- or eq. 11 for every column at a fixed ``program.lam`` -- for the
+    whole layer with ADMM and an active-set polish. ``admm_settings`` (or ``settings.admm``
+    when the settings carry one) tunes ADMM; ``device``/``dtype`` are torch's for ADMM (the
+    polish runs in float64 numpy)."""
     t0 = time.perf_counter()
     opts = admm_settings or getattr(settings, "admm", None) or ADMMSettings()
     M, N = program.n_out, program.n_in
@@ -453,6 +644,15 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
     thr = settings.zero_threshold * float(np.max(np.abs(program.W0))) if program.W0.size else 0.0
     eps = None if program.epsilon is None else float(program.epsilon)
     lam = None if program.lam is None else float(program.lam)
+    ytop = max(1.0, float(np.abs(Y).max())) if Y.size else 1.0
+
+    # eps = 0 (program 8) is met to rounding only
+    eps_ok = None if eps is None else (eps if eps > 0 else 1e-10 * float(np.linalg.norm(Y)))
+
+    def ok(W: np.ndarray) -> bool:
+        if eps_ok is None:
+            return _inactive_violation(program, W) <= 1e-8 * ytop
+        return program.constraint_value(W) <= eps_ok
 
     Wa = Wa0.copy()
     status = ["unsolved"] * M
@@ -470,104 +670,117 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
 
     history: list[dict] = []
     lam_out: float | None = lam
-    iterations = 0
-    rounds = 0
-    admm_conv = True
-    pol_conv = True
+    solver = None
+    rounds = retries = 0
+    admm_conv = pol_conv = True
     if live:
         idx = np.asarray(live)
         l1mask = np.ones(Xa.shape[1])
         if program.bias:
             l1mask[-1] = 0.0
-        res = _run_admm(Xa, Y[:, idx], V[:, idx], act[:, idx], Wa0[idx].T, l1mask, eps, lam,
-                        opts, device, dtype, progress)
-        iterations = res.iterations
-        admm_conv = res.converged
-        history.append({"stage": "admm", "iterations": res.iterations,
-                        "converged": res.converged, "rho": res.rho,
-                        "rho_updates": res.rho_updates, "factorizations": res.factorizations,
-                        "seconds": round(res.seconds, 4), "trace": res.trace[-10:]})
+        Yl, Vl, actl = Y[:, idx], V[:, idx], act[:, idx]
+        solver = _ADMM(Xa, Yl, Vl, actl, Wa0[idx].T, l1mask, eps, lam, opts, device, dtype)
 
         def assemble(WT: np.ndarray) -> np.ndarray:
             out = Wa.copy()
             out[idx] = WT.T
             return _threshold(out, N, thr)
 
-        def ok(W: np.ndarray) -> bool:
-            if eps is None:
-                return _inactive_violation(program, W) <= 1e-8 * max(1.0, float(np.abs(Y).max()))
-            return program.constraint_value(W) <= eps
-
-        cand_admm = assemble(res.WT)
-        chosen, chosen_status = None, INACCURATE
-        pol_conv = False
-        if opts.polish:
-            tp = time.perf_counter()
-            pol = _Polish(Xa, Y[:, idx], V[:, idx], act[:, idx], program.bias, eps, lam)
-            target = None if eps is None else eps * (1.0 - 1e-9)
-            U, t, pol_conv, log = pol.run(res.WT, res.tight, opts.polish_rounds, target)
-            rounds = len(log)
-            progress("polish", rounds, opts.polish_rounds)
-            if U is not None:
-                cand = assemble(U)
-                if eps is not None and eps > 0 and not ok(cand):
-                    # rounding or thresholding pushed it over: shrink t (the misfit grows with t)
-                    cand = None
-                    lo, hi = 0.0, t
-                    for _ in range(60):
-                        mid = 0.5 * (lo + hi)
-                        c2 = assemble(pol.at(mid))
-                        if ok(c2):
-                            lo, cand = mid, c2
-                        else:
-                            hi = mid
-                        if hi - lo <= 1e-9 * t:
-                            break
-                if cand is not None and ok(cand):
-                    chosen, chosen_status = cand, (SOLVED if pol_conv else INACCURATE)
-                if t is not None and t > 0 and lam is None:
-                    lam_out = 1.0 / (2.0 * t)
-            history.append({"stage": "polish", "rounds": rounds, "converged": pol_conv,
-                            "lambda": lam_out, "seconds": round(time.perf_counter() - tp, 4),
-                            "log": log[-10:]})
-        if ok(cand_admm) and (chosen is None or
-                              (not pol_conv and _l1(cand_admm, N) < _l1(chosen, N))):
-            chosen, chosen_status = cand_admm, INACCURATE
-        if chosen is None:
-            # last resort: pull the ADMM answer towards the (feasible) original weights
-            if ok(Wa0):
-                lo, hi = 0.0, 1.0  # weight of the ADMM answer
-                best = Wa0.copy()
-                for _ in range(40):
-                    mid = 0.5 * (lo + hi)
-                    trial = _threshold(mid * cand_admm + (1 - mid) * Wa0, N, thr)
-                    if ok(trial):
-                        lo, best = mid, trial
-                    else:
-                        hi = mid
-                chosen, chosen_status = best, MIXED
-                history.append({"stage": "fallback", "admm_weight": lo})
-                for m in live:
-                    failed.append({"column": m, "status": MIXED,
-                                   "action": f"mixed with original weights ({lo:.3g} ADMM)"})
-            else:
-                chosen, chosen_status = cand_admm, "epsilon_not_reached"
-                for m in live:
-                    failed.append({"column": m, "status": chosen_status,
-                                   "action": "kept ADMM answer; original weights infeasible"})
-        Wa = chosen
+        target = None if eps is None else eps * (1.0 - 1e-9)
+        wscale = float(np.abs(Wa0).max()) if Wa0.size else 1.0
+        pol = _Polish(Xa, Yl, Vl, actl, program.bias, N, eps, lam, wscale=wscale or 1.0)
+        tol_abs, tol_rel = opts.eps_abs, opts.eps_rel
+        attempts = 1 + int(opts.retry and opts.polish)
+        best: tuple | None = None  # (W, certified, l1, source)
+        for attempt in range(attempts):
+            if attempt:
+                retries += 1
+                tol_abs, tol_rel = tol_abs / opts.retry_factor, tol_rel / opts.retry_factor
+            admm_conv = solver.run(opts.max_iter, tol_abs, tol_rel, progress)
+            WT, tight = solver.result()
+            history.append({"stage": "admm", "attempt": attempt + 1,
+                            "iterations": solver.iterations, "converged": admm_conv,
+                            "rho": solver.rho, "rho_updates": solver.rho_updates,
+                            "factorizations": solver.factorizations,
+                            "seconds": round(solver.seconds, 4), "trace": solver.trace[-5:]})
+            found: list[tuple] = []
+            first = None
+            if opts.polish:
+                tp = time.perf_counter()
+                with _blas_threads(opts.polish_blas_threads):
+                    res = pol.run(WT, tight, opts.polish_rounds, target)
+                rounds += len(res.log)
+                first = res.first
+                progress("polish", len(res.log), opts.polish_rounds)
+                cand = res.best
+                if cand is not None:
+                    Wc = assemble(cand.U)
+                    if not ok(Wc) and eps is not None and eps > 0 and cand.t > 0:
+                        # thresholding or rounding pushed it over: the misfit grows with t
+                        _, Wc = _bisect(lambda s, c=cand: assemble(_Polish.at(c, s)), ok,
+                                        0.0, cand.t)
+                    if Wc is not None and ok(Wc):
+                        found.append((Wc, cand.certified, _l1(Wc, N), "polish"))
+                        if lam is None and cand.t > 0:
+                            lam_out = 1.0 / (2.0 * cand.t)
+                history.append({"stage": "polish", "attempt": attempt + 1,
+                                "rounds": len(res.log),
+                                "certified": bool(cand is not None and cand.certified),
+                                "lambda": lam_out, "lp_calls": pol.lp_calls,
+                                "seconds": round(time.perf_counter() - tp, 4),
+                                "log": res.log[-6:]})
+            # ADMM's own answer, pulled onto the constraint when it is marginally outside
+            # (towards the least-squares fit on its support and bound set)
+            Wadmm = assemble(WT)
+            if not ok(Wadmm) and first is None:
+                with _blas_threads(opts.polish_blas_threads):
+                    first = pol.run(WT, tight, 1, target).first
+            if not ok(Wadmm) and first is not None:
+                tfit = 0.0 if lam is None else first.t
+                Wfit = assemble(_Polish.at(first, tfit))
+                _, Wadmm = _bisect(lambda s, a=Wadmm, b=Wfit: _threshold(s * a + (1 - s) * b,
+                                                                         N, thr), ok, 0.0, 1.0)
+            if Wadmm is not None and ok(Wadmm):
+                found.append((Wadmm, False, _l1(Wadmm, N), "admm"))
+            for f in found:
+                if best is None or (f[1], -f[2]) > (best[1], -best[2]):
+                    best = f
+            if best is not None and best[1]:
+                break
+        pol_conv = bool(best is not None and best[1])
+        if best is not None:
+            Wa = best[0]
+            st = SOLVED if best[1] else INACCURATE
+            history.append({"stage": "chosen", "source": best[3], "certified": best[1]})
+        elif ok(Wa0):
+            # last resort: pull ADMM's answer towards the (feasible) original weights
+            Wadmm = assemble(solver.result()[0])
+            s, Wa = _bisect(lambda s: _threshold(s * Wadmm + (1 - s) * Wa0, N, thr), ok,
+                            0.0, 1.0)
+            if Wa is None:  # thresholding the original weights already breaks eps
+                s, Wa = 0.0, Wa0.copy()
+            st = MIXED
+            history.append({"stage": "chosen", "source": "mixed_with_original",
+                            "admm_weight": s})
+            for m in live:
+                failed.append({"column": m, "status": MIXED,
+                               "action": f"mixed with the original weights ({s:.3g} ADMM)"})
+        else:
+            Wa = assemble(solver.result()[0])
+            st = NOT_REACHED
+            for m in live:
+                failed.append({"column": m, "status": NOT_REACHED,
+                               "action": "kept ADMM's answer; the original weights are "
+                                         "infeasible too"})
         for m in live:
-            status[m] = chosen_status
+            status[m] = st
     constraint = program.constraint_value(Wa)
-    if eps is not None:
-        reached = constraint <= eps
-    else:
-        reached = _inactive_violation(program, Wa) <= 1e-8 * max(1.0, float(np.abs(Y).max()))
+    reached = ok(Wa)
+    iterations = solver.iterations if solver is not None else 0
     return ADMMSolution(
         Wa=Wa, lam=lam_out, constraint=constraint, status=status, failed=failed,
-        solves=1 if live else 0, retries=0, iterations=iterations,
+        solves=1 if live else 0, retries=retries, iterations=iterations,
         seconds=time.perf_counter() - t0, passes=rounds, dead_columns=dead,
-        eps_reached=bool(reached), history=history, admm_iterations=iterations,
-        admm_converged=admm_conv, polish_converged=pol_conv,
+        eps_reached=bool(reached), history=history, admm_converged=admm_conv,
+        polish_converged=pol_conv,
     )
-
