@@ -95,23 +95,23 @@ class ADMMSettings:
         are more than ``adapt_tol`` apart.
     polish: solve the KKT system of (4) on ADMM's support and bound set (active-set rounds).
     polish_blas_threads: BLAS threads during the polish (None: leave as is).
-    retry: when the polish cannot certify the answer, resume ADMM once with tolerances divided
-        by ``retry_factor`` and polish again.
+    retry: when the polish cannot certify the answer, resume ADMM once (in float64) with
+        tolerances divided by ``retry_factor`` and polish again.
     """
 
     rho: float | None = None
     ratio: float = 1.0
     alpha: float = 1.6
     max_iter: int = 10000
-    eps_abs: float = 1e-7
-    eps_rel: float = 1e-6
+    eps_abs: float = 1e-8
+    eps_rel: float = 1e-7
     stable_checks: int = 10
     check_every: int = 5
     adaptive_rho: bool = True
     adapt_every: int = 25
     adapt_tol: float = 5.0
     polish: bool = True
-    polish_rounds: int = 25
+    polish_rounds: int = 50
     polish_blas_threads: int | None = 1
     retry: bool = True
     retry_factor: float = 100.0
@@ -285,6 +285,19 @@ class _ADMM:
         self.seconds += time.perf_counter() - t0
         return converged
 
+    def promote(self) -> bool:
+        """Continue in float64 (a float32 run stalls at its rounding floor); False if already."""
+        if self.dt == torch.float64:
+            return False
+        self.dt = torch.float64
+        for name in ("A", "Y", "V", "actf", "Vm", "wl1", "x", "z", "ux", "uz", "xh", "c"):
+            setattr(self, name, getattr(self, name).to(torch.float64))
+        K = self.A.T @ self.A
+        K.diagonal().add_(self.r)
+        self.Kinv = torch.cholesky_inverse(torch.linalg.cholesky(K))
+        self.factorizations += 1
+        return True
+
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """(W^T of the live columns from the soft-threshold step -- exactly sparse --, the
         inactive entries clamped at their bound in the last iteration)."""
@@ -357,6 +370,7 @@ class _Polish:
         self.lp_cache: dict[int, tuple] = {}
         self.lp_calls = 0
         self.zero_tol = 1e-12 * wscale
+        self.max_moves = 3
 
     def column(self, m: int, S: np.ndarray, sgn: np.ndarray, T: np.ndarray) -> tuple:
         """(u_a, u_b, nu_a, nu_b, c, b, a, degenerate): u(t) = u_a + t u_b on S, the active
@@ -465,6 +479,30 @@ class _Polish:
         self.lp_cache[m] = (key, res.status == 0)
         return res.status == 0
 
+    def _dual_moves(self, m, Se, se, Tm, neg, grow, g, nu, t, ch, worst, moved) -> tuple:
+        """A few dual moves for column m, the worst first, releasing bounds before growing the
+        support (wholesale moves can cycle). Returns the column's next (S, signs, T)."""
+        if grow.any():
+            worst["grad_viol"] = max(worst["grad_viol"],
+                                     float(np.abs(g[grow]).max()) / max(t, 1e-300) - 1)
+        if neg.any():
+            drop = np.flatnonzero(neg)
+            drop = drop[np.argsort(nu[drop])[: self.max_moves]]
+            neg = np.zeros_like(neg)
+            neg[drop] = True
+            grow = np.zeros_like(grow)
+        add = np.flatnonzero(grow)
+        if len(add) > self.max_moves:
+            add = add[np.argsort(-np.abs(g[add]))[: self.max_moves]]
+        add = np.sort(add)
+        ch["bound_out"] += int(neg.sum())
+        ch["support_in"] += len(add)
+        if len(add) or neg.any():
+            moved.append(m)
+        newS = np.concatenate([Se, add])
+        order = np.argsort(newS)
+        return newS[order], np.concatenate([se, -np.sign(g[add])])[order], Tm[~neg]
+
     def run(self, WT: np.ndarray, tight: np.ndarray, rounds: int,
             target: float | None) -> _PolishResult:
         Xa, act, Na, L = self.Xa, self.act, self.Na, self.L
@@ -511,10 +549,14 @@ class _Polish:
             if not self.exact:
                 Gr = Xa.T @ R
                 G = Gr + Xa.T @ Nu  # (Na, L): X_Om^T r + X_T^T nu'
-            ch = {"sign": 0, "bound_in": 0, "bound_out": 0, "support_in": 0, "lp_ok": 0}
+            ch = {"sign": 0, "bound_in": 0, "bound_out": 0, "support_in": 0, "deferred": 0,
+                  "lp_ok": 0}
             worst = {"sign_mag": 0.0, "grad_viol": 0.0}
             primal_ok = True
+            moved: list[int] = []
+            pending: list[tuple] = []
             nS, nsg, nT = [], [], []
+
             for m in range(L):
                 Sm, sm, Tm = sets.S[m], sets.sgn[m], sets.T[m]
                 u = U[Sm, m]
@@ -525,6 +567,7 @@ class _Polish:
                 viol[Tm] = False
                 if wrong.any() or viol.any():
                     primal_ok = False
+                    moved.append(m)
                     ch["sign"] += int(wrong.sum())
                     ch["bound_in"] += int(viol.sum())
                     if wrong.any():
@@ -551,27 +594,34 @@ class _Polish:
                     off[bidx] = False
                 grow = off & (np.abs(g) > t * (1.0 + 1e-7) + 1e-12 * self.yscale)
                 if (neg.any() or grow.any()) and len(Tm) and cols[m][7]:
-                    if self._lp_certify(m, Se, se, Tm, Gr[:, m], t):
-                        ch["lp_ok"] += 1
-                        neg[:] = False
-                        grow[:] = False
-                if grow.any():
-                    worst["grad_viol"] = max(worst["grad_viol"],
-                                             float(np.abs(g[grow]).max()) / max(t, 1e-300) - 1)
-                ch["bound_out"] += int(neg.sum())
-                ch["support_in"] += int(grow.sum())
-                add = np.flatnonzero(grow)
-                newS = np.concatenate([Se, add])
-                order = np.argsort(newS)
-                nS.append(newS[order])
-                nsg.append(np.concatenate([se, -np.sign(g[add])])[order])
-                nT.append(Tm[~neg])
+                    # degenerate bound set: the multipliers are not unique, an LP decides;
+                    # deferred until the other columns (and so t) have settled
+                    pending.append((m, len(nS), Se, se, Tm, neg, grow, g, nu))
+                    nS.append(Sm)
+                    nsg.append(sm)
+                    nT.append(Tm)
+                    continue
+                sets_m = self._dual_moves(m, Se, se, Tm, neg, grow, g, nu, t, ch, worst, moved)
+                nS.append(sets_m[0])
+                nsg.append(sets_m[1])
+                nT.append(sets_m[2])
+            settled = primal_ok and not moved
+            for m, pos, Se, se, Tm, neg, grow, g, nu in pending:
+                if not settled:
+                    ch["deferred"] += 1
+                    continue
+                if self._lp_certify(m, Se, se, Tm, Gr[:, m], t):
+                    ch["lp_ok"] += 1
+                    nS[pos], nsg[pos], nT[pos] = Se, se, Tm
+                    continue
+                nS[pos], nsg[pos], nT[pos] = self._dual_moves(m, Se, se, Tm, neg, grow, g, nu,
+                                                              t, ch, worst, moved)
             if primal_ok:
                 l1 = float(np.abs(U[: self.n_in]).sum())
                 if l1 < best_l1:
                     best_l1, out.best = l1, cand
             ch_total = sum(v for kk, v in ch.items() if kk != "lp_ok")
-            out.log.append({"round": rnd + 1, "t": t, **ch, **worst})
+            out.log.append({"round": rnd + 1, "t": t, **ch, **worst, "columns": moved[:8]})
             if primal_ok and ch_total == 0:
                 # eps = 0 (program 8): primal checks only, no optimality certificate
                 cand.certified = not self.exact
@@ -695,7 +745,10 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
         for attempt in range(attempts):
             if attempt:
                 retries += 1
-                tol_abs, tol_rel = tol_abs / opts.retry_factor, tol_rel / opts.retry_factor
+                # a low-precision run continues in float64 at the same tolerances; a float64
+                # run continues with tighter ones
+                if not solver.promote():
+                    tol_abs, tol_rel = tol_abs / opts.retry_factor, tol_rel / opts.retry_factor
             admm_conv = solver.run(opts.max_iter, tol_abs, tol_rel, progress)
             WT, tight = solver.result()
             history.append({"stage": "admm", "attempt": attempt + 1,
@@ -707,8 +760,12 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
             first = None
             if opts.polish:
                 tp = time.perf_counter()
+                # an ADMM answer that the polish cannot settle quickly goes on (in float64,
+                # or with tighter tolerances) rather than being pushed through many rounds
+                last = attempt + 1 == attempts
+                n_rounds = opts.polish_rounds if last else min(opts.polish_rounds, 10)
                 with _blas_threads(opts.polish_blas_threads):
-                    res = pol.run(WT, tight, opts.polish_rounds, target)
+                    res = pol.run(WT, tight, n_rounds, target)
                 rounds += len(res.log)
                 first = res.first
                 progress("polish", len(res.log), opts.polish_rounds)
