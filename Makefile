@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO ?= demo_out
 NETTRIM := $(BIN)/nettrim
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench lint clean fashion-mnist
 
 # torch is installed first and pinned to the CPU build that lies on this machine's disk:
 # a loose `torch` requirement would pull a multi-GB CUDA build.
@@ -36,8 +36,14 @@ demo: install
 	$(BIN)/python -m nettrim_cli.demo compare $(DEMO)/model.pt $(DEMO)/pruned.pt \
 		--calib $(DEMO)/calib.npy
 
-bench: install
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist (installed here when missing).
+fashion-mnist:
+	@test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz || \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
+
+bench: install fashion-mnist
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench_admm.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

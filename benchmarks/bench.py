@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nettrim_cli.checkpoint import Checkpoint, trace_layers
+from nettrim_cli.checkpoint import trace_layers
 from nettrim_cli.datasets import accuracy, load_fashion_mnist, mlp, train
 from nettrim_cli.dump import DumpReader, write_dump
 from nettrim_cli.program import LayerProgram
@@ -130,43 +130,55 @@ def main() -> None:
              f"training images, seed 0, test accuracy {100 * acc:.2f}%), {prog.n_samples} "
              f"samples, columns {cols[0]}..{cols[-1]} ({len(cols)} live columns), "
              f"lambda = {a.lam}, OSQP eps_abs = eps_rel = 1e-5, polishing on.", ""]
-    tol = {"eps_abs": 1e-5, "eps_rel": 1e-5}
+    # the same OSQP settings for both paths; no retry, so a column the plain formulation
+    # cannot finish costs it max_iter iterations once (reported), not an hour of retries
+    tol = {"eps_abs": 1e-5, "eps_rel": 1e-5, "max_iter": 4000, "retry_factor": 1.0}
     plain = OSQPSettings(**tol, screening=False, formulation="split")
     fast = OSQPSettings(**tol)
-    print("plain formulation (1 process) ...", file=sys.stderr)
-    Wp, tp, sp_ = run_columns(prog, cols, a.lam, plain, workers=1)
-    print(f"  {tp:.1f} s", file=sys.stderr)
-    Wf1, tf1, sf1 = run_columns(prog, cols, a.lam, fast, workers=1)
-    print(f"optimised, 1 worker: {tf1:.1f} s", file=sys.stderr)
+    rows_p, rows_f = [], []
+    for m in cols:
+        Wp, tp, sp_ = run_columns(prog, [m], a.lam, plain, workers=1)
+        Wf, tf, sf = run_columns(prog, [m], a.lam, fast, workers=1)
+        rows_p.append((m, Wp[0], tp, sp_))
+        rows_f.append((m, Wf[0], tf, sf))
+        print(f"  column {m}: plain {tp:.2f} s {list(sp_['status_counts'])}, optimised "
+              f"{tf:.3f} s {list(sf['status_counts'])}", file=sys.stderr)
     nw = os.cpu_count() or 1
-    Wf2, tf2, sf2 = run_columns(prog, cols, a.lam, fast, workers=nw)
-    print(f"optimised, {nw} workers: {tf2:.1f} s", file=sys.stderr)
-    obj_p = np.array([objective(prog, m, Wp[i], a.lam) for i, m in enumerate(cols)])
-    obj_f = np.array([objective(prog, m, Wf2[i], a.lam) for i, m in enumerate(cols)])
-    rel = np.abs(obj_f - obj_p) / np.abs(obj_p)
-    viol = max(float(np.max(prog.Xa[~prog.active(m)] @ Wf2[i], initial=0.0))
-               for i, m in enumerate(cols))
-    nnz_p = int(np.count_nonzero(Wp[:, :-1]))
-    nnz_f = int(np.count_nonzero(Wf2[:, :-1]))
+    Wall, tall, sall = run_columns(prog, cols, a.lam, fast, workers=nw)
+    print(f"optimised, {nw} workers, all columns: {tall:.1f} s", file=sys.stderr)
     k = len(cols)
+    tp = sum(r[2] for r in rows_p)
+    tf1 = sum(r[2] for r in rows_f)
+    ok = [i for i, r in enumerate(rows_p) if list(r[3]["status_counts"]) == ["solved"]]
+    tp_ok = sum(rows_p[i][2] for i in ok)
+    tf_ok = sum(rows_f[i][2] for i in ok)
+    obj_p = np.array([objective(prog, rows_p[i][0], rows_p[i][1], a.lam) for i in ok])
+    obj_f = np.array([objective(prog, rows_p[i][0], Wall[i], a.lam) for i in ok])
+    rel = np.abs(obj_f - obj_p) / np.abs(obj_p) if ok else np.array([np.nan])
+    wdiff = max((float(np.abs(Wall[i] - rows_p[i][1]).max()) for i in ok), default=np.nan)
+    viol = max(float(np.max(prog.Xa[~prog.active(m)] @ Wall[i], initial=0.0))
+               for i, m in enumerate(cols))
+    same = bool(np.array_equal(np.stack([r[1] for r in rows_f]), Wall))
     lines += [
         "| path | seconds | s / column | columns / s / core | ratio to plain |",
         "|---|---:|---:|---:|---:|",
-        f"| plain eq. 14 (split, all inactive rows), 1 process | {tp:.1f} | {tp / k:.2f} | "
-        f"{k / tp:.3f} | 1.0 |",
+        f"| plain eq. 14 (split, every inactive sample a row), 1 process | {tp:.1f} | "
+        f"{tp / k:.2f} | {k / tp:.3f} | 1.0 |",
         f"| optimised (screening, epigraph), 1 worker | {tf1:.1f} | {tf1 / k:.3f} | "
         f"{k / tf1:.2f} | {tp / tf1:.1f}x |",
-        f"| optimised, {nw} workers | {tf2:.1f} | {tf2 / k:.3f} | {k / tf2 / nw:.2f} | "
-        f"{tp / tf2:.1f}x |", "",
-        f"- eq. 11 objective, optimised vs plain: largest relative difference {rel.max():.2e} "
-        f"(mean {rel.mean():.2e}).",
-        f"- largest weight difference: {np.abs(Wf2 - Wp).max():.2e} (largest weight "
-        f"{np.abs(Wp).max():.2f}); nonzeros {nnz_f} (optimised) vs {nnz_p} (plain).",
-        f"- worst inactive-sample constraint u^T x_p <= 0 over all {prog.n_samples} samples: "
-        f"{viol:.2e} (positive means violated).",
-        f"- the 1- and {nw}-worker optimised runs give identical weights: "
-        f"{bool(np.array_equal(Wf1, Wf2))}.",
-        f"- OSQP iterations: plain {sp_['iterations']}, optimised {sf2['iterations']}.", ""]
+        f"| optimised, {nw} workers | {tall:.1f} | {tall / k:.3f} | {k / tall / nw:.2f} | "
+        f"{tp / tall:.1f}x |", "",
+        f"- the plain formulation reached OSQP's `solved` on {len(ok)} of {k} columns within "
+        f"max_iter = 4000 (the others end at max_iter; the optimised path solved all: "
+        f"{sall['status_counts']}). On the {len(ok)} columns both solved: plain {tp_ok:.1f} s, "
+        f"optimised (1 worker) {tf_ok:.1f} s, ratio {tp_ok / max(tf_ok, 1e-9):.1f}x.",
+        f"- eq. 11 objective, optimised vs plain, on those columns: largest relative "
+        f"difference {np.max(rel):.2e} (mean {np.mean(rel):.2e}).",
+        f"- largest weight difference on those columns: {wdiff:.2e} (largest weight "
+        f"{np.abs(prog.W0).max():.2f}).",
+        f"- worst inactive-sample constraint u^T x_p <= 0 over all {prog.n_samples} samples, "
+        f"optimised: {viol:.2e} (positive means violated).",
+        f"- 1-worker and {nw}-worker optimised runs give identical weights: {same}.", ""]
     probe = (20000, 1000, 1000, 4) if a.quick else (60000, 1000, 1000, 8)
     print(f"memory probe {probe} ...", file=sys.stderr)
     out = subprocess.run([sys.executable, __file__, "--probe", *map(str, probe)],

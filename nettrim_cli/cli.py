@@ -158,11 +158,21 @@ def _progress(console, quiet: bool = False):
         yield prog
 
 
-def _solver_fn(name: str):
+def _solver_fn(name: str, device: str = "cpu", dtype: str = "float64"):
     if name == "osqp":
         from nettrim_cli.solvers.search import solve_layer
 
         return solve_layer
+    if name == "admm":
+        import torch
+
+        from nettrim_cli.solvers import admm
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BadInput("--device cuda: no CUDA device is available to torch here; use "
+                           "--device cpu")
+        return lambda program, settings, progress: admm.solve_layer(
+            program, settings, progress, device=device, dtype=dtype)
     raise BadInput(f"unknown solver {name!r}")
 
 
@@ -181,7 +191,13 @@ def _solver_fn(name: str):
 @click.option("--lambda", "lam", type=float, help="Solve eq. 14 with this fixed lambda.")
 @click.option("--scope", type=click.Choice(["layer", "column"]),
               help="One lambda per layer (exact program 4, default) or per column.")
-@click.option("--solver", type=click.Choice(["osqp"]), help="Layer solver. Default osqp.")
+@click.option("--solver", type=click.Choice(["osqp", "admm"]),
+              help="Layer solver: osqp (column by column, the reference; default) or admm "
+                   "(whole layer at once, torch).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Device for --solver admm.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float64",
+              show_default=True, help="Precision for --solver admm.")
 @click.option("--workers", type=int,
               help="Worker processes for the columns (default: all cores); results do not "
                    "depend on it.")
@@ -192,7 +208,7 @@ def _solver_fn(name: str):
 @with_ckpt_options
 @handle_errors
 def prune(model, acts, output, report_path, config_path, mode, epsilon, gamma, lam, scope,
-          solver, workers, strict, force, quiet, arch, trust_checkpoint):
+          solver, device, dtype, workers, strict, force, quiet, arch, trust_checkpoint):
     """Prune a checkpoint with Net-Trim; write the pruned checkpoint and a JSON report.
 
     Example: nettrim prune model.pt --acts acts.h5 --mode cascade --gamma 1.1
@@ -238,8 +254,8 @@ def prune(model, acts, output, report_path, config_path, mode, epsilon, gamma, l
             def on_columns(stage, done, total):
                 prog.update(ctask, completed=done, total=total, description=stage)
 
-            result = run_prune(ckpt, dump, settings, _solver_fn(solver_name), on_layer,
-                               on_columns)
+            result = run_prune(ckpt, dump, settings, _solver_fn(solver_name, device, dtype),
+                               on_layer, on_columns)
         acts_sha = sha256_file(acts)
     seconds = time.perf_counter() - t0
     failed = [(o.info.name, f) for o in result.layers if o.solution

@@ -26,7 +26,7 @@ TOP_KEYS: dict[str, tuple[type, ...]] = {
     "workers": (int,),
 }
 SECTIONS = {"osqp": OSQPSettings, "search": SearchSettings}
-SOLVERS = ("osqp",)
+SOLVERS = ("osqp", "admm")
 
 
 def _typecheck(key: str, value: Any, types: tuple[type, ...], path: str) -> None:

@@ -97,10 +97,13 @@ class ColumnWork:
         if is_solved(r.status) and np.isfinite(r.wa).all():
             self.last = r.wa
             wa = threshold(r.wa, program.n_in, sh["thr"])
+            err = program.column_error(self.m, wa)
         else:
             wa = program.Wa0[self.m].copy()  # never write a wrong column
-        return ColumnOutcome(wa=wa, err=program.column_error(self.m, wa), status=r.status,
-                             iterations=r.iterations, seconds=r.seconds, retried=r.retried)
+            # during the search an unsolved column must not make a lambda look feasible
+            err = program.column_error(self.m, wa) if polish else math.inf
+        return ColumnOutcome(wa=wa, err=err, status=r.status, iterations=r.iterations,
+                             seconds=r.seconds, retried=r.retried)
 
 
 class LocalEvaluator:
@@ -284,6 +287,7 @@ class _Group:
         self.evals += 1
         self.trace.append((lam, err))
         if err <= self.target:
+            prev = self.hi_err
             self.hi, self.hi_err = lam, err
             self.side = 1 if self.side != 1 else self.side
             if self.evals == 1 and all_zero:
@@ -291,6 +295,12 @@ class _Group:
             elif self.evals == 1:
                 self.lo = None  # met at the start: look below it
             if err >= (1.0 - rtol) * self.target:
+                self.done = True
+            if self.lo is None and self.evals > 1 and (
+                    abs(prev - err) <= 1e-3 * max(prev, 1e-300)
+                    or lam < self.floor * 1e-4):
+                # going down, the constraint value no longer changes: below the floor the
+                # solution is settled (weights zero or fixed by the inequalities)
                 self.done = True
         else:
             self.lo, self.lo_err = lam, err
