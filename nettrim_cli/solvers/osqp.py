@@ -61,19 +61,32 @@ class ScaledLayer:
     """
 
     def __init__(self, program: LayerProgram) -> None:
-        Xa = program.Xa
+        X = program.X
         N = program.n_in
         self.N = N
         self.bias = program.bias
-        X = Xa[:, :N]
-        self.mu = X.mean(axis=0) if self.bias else np.zeros(N)
-        Xc = X - self.mu if self.bias else X
-        d = np.sqrt(np.mean(Xc * Xc, axis=0))
+        # built in one preallocated array: the layer's data is held twice at most (X and Xs)
+        Xs = np.empty((X.shape[0], N + int(self.bias)))
+        W = Xs[:, :N]
+        W[...] = X
+        self.mu = W.mean(axis=0) if self.bias else np.zeros(N)
+        if self.bias:
+            W -= self.mu
+            Xs[:, N] = 1.0
+        d = np.sqrt(np.einsum("ij,ij->j", W, W) / max(W.shape[0], 1))
         d[~(d > 0)] = 1.0
         self.d = d
-        Xs = Xc / d
-        self.Xs = np.hstack([Xs, np.ones((Xs.shape[0], 1))]) if self.bias else Xs
-        self.gram = self.Xs.T @ self.Xs
+        W /= d
+        self.Xs = Xs
+        self.gram = Xs.T @ Xs
+
+    def column_error(self, program: LayerProgram, m: int, wa: np.ndarray) -> float:
+        """program.column_error(m, wa) computed on the scaled data (no copy of X_a needed)."""
+        z = self.Xs @ self.to_scaled(wa)
+        act = program.active(m)
+        r = z[act] - program.Y[act, m]
+        viol = np.maximum(z[~act] - program.bound(m)[~act], 0.0)
+        return float(r @ r + viol @ viol)
 
     def to_scaled(self, wa: np.ndarray) -> np.ndarray:
         sa = np.array(wa, dtype=np.float64)
@@ -192,12 +205,18 @@ class ColumnQP:
         else:
             self.eq_rows = None
             n_in = self.inactive.size
-            if n_in < act.sum():
-                Xin = Xs[self.inactive]
-                G = layer.gram - Xin.T @ Xin
-            else:
-                G = Xs[act].T @ Xs[act]
-            b = Xs[act].T @ y
+            # X_Omega X_Omega^T from the smaller of the two sample sets, in row blocks so that
+            # no copy of the layer's data is made
+            rows = self.inactive if n_in < act.sum() else np.flatnonzero(act)
+            G = np.zeros_like(layer.gram)
+            for i in range(0, rows.size, 4096):
+                blk = Xs[rows[i:i + 4096]]
+                G += blk.T @ blk
+            if rows is self.inactive:
+                G = layer.gram - G
+            yfull = np.zeros(Xs.shape[0])
+            yfull[act] = y
+            b = Xs.T @ yfull
             # a fixed positive scale of the objective keeps OSQP's dual residual in sensible
             # units; it does not move the minimiser
             self.scale = max(float(np.mean(np.diag(G))), 1e-12)
@@ -210,7 +229,7 @@ class ColumnQP:
             self.working = np.asarray(working, dtype=np.int64)
         elif settings.screening and self.n_inactive > settings.screen_init:
             # most likely to bind: the smallest margin v - x^T w0 under the original weights
-            margin = self.v - Xs[self.inactive] @ layer.to_scaled(program.Wa0[m])
+            margin = self.v - (Xs @ layer.to_scaled(program.Wa0[m]))[self.inactive]
             self.working = np.sort(np.argsort(margin, kind="stable")[: settings.screen_init])
         else:
             self.working = np.arange(self.n_inactive)
@@ -276,7 +295,7 @@ class ColumnQP:
         more than OSQP's own primal tolerance, plus as many of the nearest-to-failing ones
         (they tend to be violated next)."""
         sa = self.D @ z
-        gap = self.layer.Xs[self.inactive] @ sa - self.v
+        gap = (self.layer.Xs @ sa)[self.inactive] - self.v
         tol = 10 * (self.settings.eps_abs + self.settings.eps_rel * np.abs(self.v)) + 1e-12
         gap[self.working] = -np.inf
         bad = np.flatnonzero(gap > tol)

@@ -97,11 +97,11 @@ class ColumnWork:
         if is_solved(r.status) and np.isfinite(r.wa).all():
             self.last = r.wa
             wa = threshold(r.wa, program.n_in, sh["thr"])
-            err = program.column_error(self.m, wa)
+            err = sh["layer"].column_error(program, self.m, wa)
         else:
             wa = program.Wa0[self.m].copy()  # never write a wrong column
             # during the search an unsolved column must not make a lambda look feasible
-            err = program.column_error(self.m, wa) if polish else math.inf
+            err = sh["layer"].column_error(program, self.m, wa) if polish else math.inf
         return ColumnOutcome(wa=wa, err=err, status=r.status, iterations=r.iterations,
                              seconds=r.seconds, retried=r.retried)
 
@@ -400,8 +400,10 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
     for m in live:
         if not is_solved(status[m]):
             failed.append({"column": m, "status": status[m], "action": "kept original weights"})
+    constraint = math.sqrt(sum(layer.column_error(program, m, Wa[m]) for m in range(M)))
+    del layer
     return LayerSolution(
-        Wa=Wa, lam=lam_out, constraint=program.constraint_value(Wa), status=status,
+        Wa=Wa, lam=lam_out, constraint=constraint, status=status,
         failed=failed, solves=stats["solves"], retries=stats["retries"],
         iterations=stats["iterations"], seconds=time.perf_counter() - t0,
         passes=max((len(h.get("trace", ())) or h.get("evaluations", 1) for h in history),
