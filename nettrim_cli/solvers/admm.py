@@ -58,7 +58,7 @@ import torch
 
 from nettrim_cli.program import NONE, LayerProgram
 from nettrim_cli.solvers.base import LayerSolution, Progress, SolverSettings, no_progress
-from nettrim_cli.solvers.osqp import dead_column
+from nettrim_cli.solvers.osqp import settle_dead_columns
 
 try:
     from threadpoolctl import threadpool_limits
@@ -685,7 +685,7 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
     polish runs in float64 numpy)."""
     t0 = time.perf_counter()
     opts = admm_settings or getattr(settings, "admm", None) or ADMMSettings()
-    M, N = program.n_out, program.n_in
+    N = program.n_in
     Xa = program.Xa
     Wa0 = program.Wa0
     Y = np.asarray(program.Y, dtype=np.float64)
@@ -704,19 +704,8 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
             return _inactive_violation(program, W) <= 1e-8 * ytop
         return program.constraint_value(W) <= eps_ok
 
-    Wa = Wa0.copy()
-    status = ["unsolved"] * M
+    Wa, status, live, dead = settle_dead_columns(program)
     failed: list[dict] = []
-    live: list[int] = []
-    dead = 0
-    for m in range(M):
-        wa = dead_column(program, m)
-        if wa is None:
-            live.append(m)
-        else:
-            Wa[m] = wa
-            status[m] = DEAD
-            dead += 1
 
     history: list[dict] = []
     lam_out: float | None = lam

@@ -381,3 +381,19 @@ def dead_column(program: LayerProgram, m: int) -> np.ndarray | None:
     if (v >= 0).all():
         return np.zeros(program.n_in)
     return None
+
+
+def settle_dead_columns(program: LayerProgram) -> tuple[np.ndarray, list[str], list[int], int]:
+    """Start a layer's answer: the original weights, with every dead neuron (see
+    dead_column) settled. Returns (Wa, status per column, live columns, dead count)."""
+    Wa = program.Wa0.copy()
+    status = ["unsolved"] * program.n_out
+    live: list[int] = []
+    for m in range(program.n_out):
+        wa = dead_column(program, m)
+        if wa is None:
+            live.append(m)
+        else:
+            Wa[m] = wa
+            status[m] = "dead_neuron"
+    return Wa, status, live, program.n_out - len(live)

@@ -35,7 +35,7 @@ from threadpoolctl import threadpool_limits
 
 from nettrim_cli.program import LayerProgram
 from nettrim_cli.solvers.base import LayerSolution, Progress, SolverSettings, no_progress
-from nettrim_cli.solvers.osqp import ColumnQP, ScaledLayer, dead_column, is_solved
+from nettrim_cli.solvers.osqp import ColumnQP, ScaledLayer, is_solved, settle_dead_columns
 
 # The layer being solved, set before worker processes are forked so that they share it.
 _SHARED: dict = {}
@@ -343,24 +343,12 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
     """
     t0 = time.perf_counter()
     M = program.n_out
-    Wa0 = program.Wa0
     n_workers = workers if workers is not None else settings.workers
     n_workers = n_workers or default_workers()
     thr = settings.zero_threshold * float(np.max(np.abs(program.W0))) if program.W0.size else 0.0
     layer = ScaledLayer(program)
-    Wa = Wa0.copy()
-    status = ["unsolved"] * M
+    Wa, status, live, dead = settle_dead_columns(program)
     failed: list[dict] = []
-    dead = 0
-    live: list[int] = []
-    for m in range(M):
-        wa = dead_column(program, m)
-        if wa is None:
-            live.append(m)
-        else:
-            Wa[m] = wa
-            status[m] = "dead_neuron"
-            dead += 1
     exact = program.epsilon is not None and program.epsilon == 0.0
     _SHARED.clear()
     _SHARED.update(program=program, layer=layer, settings=settings, thr=thr, exact=exact,
