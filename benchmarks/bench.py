@@ -91,6 +91,40 @@ def run_columns(prog: LayerProgram, cols: list[int], lam: float, osqp: OSQPSetti
     return sol.Wa, time.perf_counter() - t, sol.summary()
 
 
+def whole_layer(prog: LayerProgram, eps_r: float) -> list[str]:
+    """The whole layer at eps = eps_r ||Y||_F: the optimised OSQP path (lambda search, all
+    cores) against the whole-layer ADMM solver, same program, one run."""
+    from nettrim_cli.solvers.admm import solve_layer as admm_solve
+
+    eps = eps_r * float(np.linalg.norm(prog.Y))
+    layer = LayerProgram(X=prog.X, Y=prog.Y, W0=prog.W0, b0=prog.b0, epsilon=eps,
+                         name=prog.name)
+    layer._Xa = prog.Xa
+    out = ["", f"Whole layer ({prog.n_out} columns) at eps = {eps_r} ||Y||_F:", "",
+           "| solver | seconds | nonzeros | sparsity | constraint / eps | discrepancy | status |",
+           "|---|---:|---:|---:|---:|---:|---|"]
+    res = {}
+    for name, fn in (("osqp (optimised, all cores)", lambda: solve_layer(layer,
+                                                                          SolverSettings())),
+                     ("admm (cpu, float64)", lambda: admm_solve(layer, SolverSettings()))):
+        print(f"whole layer: {name} ...", file=sys.stderr)
+        t = time.perf_counter()
+        sol = fn()
+        secs = time.perf_counter() - t
+        w = sol.Wa[:, : prog.n_in]
+        nnz = int(np.count_nonzero(w))
+        res[name] = (secs, nnz)
+        out.append(f"| {name} | {secs:.1f} | {nnz} | {1 - nnz / w.size:.4f} | "
+                   f"{sol.constraint / eps:.4f} | {layer.discrepancy(sol.Wa):.4g} | "
+                   f"{sol.summary()['status_counts']} |")
+        print(f"  {secs:.1f} s, {nnz} nonzeros", file=sys.stderr)
+    (t_o, n_o), (t_a, n_a) = res.values()
+    out += ["", f"ADMM / OSQP time ratio: OSQP took {t_o / t_a:.2f}x the ADMM time; sparsity "
+            f"difference {100 * (n_o - n_a) / w.size:+.2f} percentage points (OSQP minus ADMM "
+            "nonzeros over weights).", ""]
+    return out
+
+
 def status_counts(rows: list) -> dict:
     out: dict[str, int] = {}
     for r in rows:
@@ -122,6 +156,7 @@ def main() -> None:
     ap.add_argument("--columns", type=int, default=16)
     ap.add_argument("--lam", type=float, default=0.05)
     ap.add_argument("--quick", action="store_true", help="fewer columns, smaller memory probe")
+    ap.add_argument("--eps", type=float, default=0.05, help="relative eps for the whole layer")
     ap.add_argument("--out", default="benchmarks/results.md")
     ap.add_argument("--probe", nargs=4, type=int, metavar=("P", "N", "M", "COLS"))
     a = ap.parse_args()
@@ -188,6 +223,8 @@ def main() -> None:
         f"- worst inactive-sample constraint u^T x_p <= 0 over all {prog.n_samples} samples, "
         f"optimised: {viol:.2e} (positive means violated).",
         f"- 1-worker and {nw}-worker optimised runs give identical weights: {same}.", ""]
+    if not a.quick:
+        lines += whole_layer(prog, a.eps)
     probe = (20000, 1000, 1000, 4) if a.quick else (60000, 1000, 1000, 8)
     print(f"memory probe {probe} ...", file=sys.stderr)
     out = subprocess.run([sys.executable, __file__, "--probe", *map(str, probe)],
