@@ -99,9 +99,10 @@ class ColumnWork:
             wa = threshold(r.wa, program.n_in, sh["thr"])
             err = sh["layer"].column_error(program, self.m, wa)
         else:
-            wa = program.Wa0[self.m].copy()  # never write a wrong column
-            # during the search an unsolved column must not make a lambda look feasible
-            err = sh["layer"].column_error(program, self.m, wa) if polish else math.inf
+            # never write a wrong column: an unsolved one keeps (and is measured with) its
+            # original weights, which is what would be written for it
+            wa = program.Wa0[self.m].copy()
+            err = sh["layer"].column_error(program, self.m, wa)
         return ColumnOutcome(wa=wa, err=err, status=r.status, iterations=r.iterations,
                              seconds=r.seconds, retried=r.retried)
 
