@@ -48,7 +48,6 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -125,22 +124,9 @@ class ADMMSolution(LayerSolution):
     polish_converged: bool = False
 
     def summary(self) -> dict:
-        counts = Counter(self.status)
-        return {
-            "name": "admm",
-            "status_counts": dict(sorted(counts.items())),
-            "failed_columns": self.failed,
-            "solves": self.solves,
-            "retries": self.retries,
-            "iterations": self.iterations,
-            "seconds": round(self.seconds, 4),
-            "polish_rounds": self.passes,
-            "dead_columns": self.dead_columns,
-            "epsilon_reached": self.eps_reached,
-            "admm_converged": self.admm_converged,
-            "polish_converged": self.polish_converged,
-            "history": self.history,
-        }
+        return {**self.common_summary("admm"), "polish_rounds": self.passes,
+                "admm_converged": self.admm_converged,
+                "polish_converged": self.polish_converged, "history": self.history}
 
 
 # ----------------------------------------------------------------------------------------------

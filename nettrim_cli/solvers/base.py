@@ -104,19 +104,20 @@ class LayerSolution:
     history: list[dict] = field(default_factory=list)
     workers: int = 1
 
-    def summary(self) -> dict:
-        counts = Counter(self.status)
+    def common_summary(self, name: str) -> dict:
+        """The report fields every solver shares."""
         return {
-            "name": "osqp",
-            "status_counts": dict(sorted(counts.items())),
+            "name": name,
+            "status_counts": dict(sorted(Counter(self.status).items())),
             "failed_columns": self.failed,
             "solves": self.solves,
             "retries": self.retries,
             "iterations": self.iterations,
             "seconds": round(self.seconds, 4),
-            "lambda_evaluations": self.passes,
-            "workers": self.workers,
             "dead_columns": self.dead_columns,
             "epsilon_reached": self.eps_reached,
-            "lambda_search": self.history,
         }
+
+    def summary(self) -> dict:
+        return {**self.common_summary("osqp"), "lambda_evaluations": self.passes,
+                "workers": self.workers, "lambda_search": self.history}
