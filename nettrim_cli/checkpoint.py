@@ -397,10 +397,23 @@ def pruned_copy(ckpt: Checkpoint, weights: dict[str, tuple[np.ndarray, np.ndarra
     return model
 
 
+def _save_bytes(obj, dest) -> None:
+    """torch.save through a buffer: saved to a path, the zip's inner folder is named after the
+    file (a random temporary name here), so equal checkpoints would differ byte for byte."""
+    if not isinstance(dest, (str, os.PathLike)):
+        torch.save(obj, dest)
+        return
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with open(dest, "wb") as fh:
+        fh.write(buf.getbuffer())
+
+
 def save_checkpoint(ckpt: Checkpoint, model: nn.Module, dest: str) -> None:
-    """Write ``model`` to ``dest`` (a path; callers handle atomicity) in the input's form."""
+    """Write ``model`` to ``dest`` (a path; callers handle atomicity) in the input's form.
+    The bytes depend only on the weights (see _save_bytes)."""
     if ckpt.form == "module":
-        torch.save(model, dest)
+        _save_bytes(model, dest)
         return
     sd = {ckpt.prefix + k: v.detach().clone() for k, v in model.state_dict().items()}
     container = ckpt.container
@@ -412,4 +425,4 @@ def save_checkpoint(ckpt: Checkpoint, model: nn.Module, dest: str) -> None:
     else:
         out = dict(container)
         out.update(sd)
-    torch.save(out, dest)
+    _save_bytes(out, dest)
