@@ -84,6 +84,7 @@ def build_report(result: PruneResult, inputs: dict[str, dict], solver: str,
         "format": REPORT_FORMAT,
         "format_version": REPORT_VERSION,
         "nettrim_version": __version__,
+        "method": "netrim",
         "mode": s.mode,
         "settings": settings,
         "inputs": inputs,
@@ -164,7 +165,10 @@ def render_table(report: dict, console) -> None:
     """Draw the report as rich tables on ``console``."""
     from rich.table import Table
 
-    t = Table(title=f"nettrim {report['mode']} report", title_justify="left")
+    method = report.get("method", "netrim")
+    title = (f"nettrim {report['mode']} report" if method == "netrim"
+             else f"{method} baseline report (nettrim)")
+    t = Table(title=title, title_justify="left")
     for col in ("layer", "act", "shape", "nonzeros", "sparsity", "eps", "lambda", "disc.",
                 "rel.", "failed", "s"):
         t.add_column(col, justify="left" if col in ("layer", "act") else "right",
@@ -192,3 +196,166 @@ def render_table(report: dict, console) -> None:
         lines.append(f"bound: {n['bound_note']}")
     for line in lines:
         console.print(line)
+
+
+# ----------------------------------------------------------------------------------------------
+# Baselines (magnitude, wanda, sparsegpt): the same schema, with what does not apply set to null
+
+
+def build_baseline_report(result, all_layers: list, inputs: dict[str, dict],
+                          settings: dict, seconds: float) -> dict:
+    """A nettrim-report v1 for a ``baselines.BaselineResult``, with the same per-layer and
+    network fields as Net-Trim's; eps, lambda, the constraint and the bound are null.
+    ``all_layers``: the checkpoint's traced layers (kept layers are listed too). ``mode`` is
+    "parallel" because every layer is pruned on the original network's input to it."""
+    layers = []
+    pruned = {o.info.name: o for o in result.layers}
+    for info in all_layers:  # every traced layer (LayerInfo), in forward order
+        o = pruned.get(info.name)
+        if o is None:
+            layers.append({"name": info.name, "kind": info.kind, "activation": None,
+                           "program": "kept (not pruned)", "note": info.note})
+            continue
+        params = int(o.W.size)
+        nnz_after = int(np.count_nonzero(o.W))
+        layers.append({
+            "name": info.name,
+            "kind": info.kind,
+            "activation": info.activation,
+            "program": f"{result.method} (one shot, no activation constraint)",
+            "shape": [int(o.W.shape[0]), int(o.W.shape[1])],
+            "bias": o.b0 is not None,
+            "params": params,
+            "nonzeros_before": int(np.count_nonzero(o.W0)),
+            "nonzeros_after": nnz_after,
+            "sparsity": 1.0 - nnz_after / params if params else 0.0,
+            "kept_target": o.count,
+            "epsilon": None,
+            "lambda": None,
+            "constraint": None,
+            "discrepancy": o.discrepancy,
+            "relative_discrepancy": o.discrepancy / o.y_norm if o.y_norm else 0.0,
+            "output_norm": o.y_norm,
+            "solver": {"name": result.method, "seconds": round(o.seconds, 4)},
+        })
+    full = {"mode": "parallel", "epsilon": None, "gamma": None, "lambda": None,
+            "solver": result.method, "zero_threshold": None, "osqp": None, "search": None}
+    full.update(settings)
+    return _clean({
+        "format": REPORT_FORMAT,
+        "format_version": REPORT_VERSION,
+        "nettrim_version": __version__,
+        "method": result.method,
+        "mode": "parallel",
+        "settings": full,
+        "inputs": inputs,
+        "outputs": {},
+        "seconds": seconds,
+        "layers": layers,
+        "network": result.network,
+    })
+
+
+# ----------------------------------------------------------------------------------------------
+# Plots (matplotlib, the optional extra `plots`)
+
+PLOTS_HINT = "matplotlib is needed for --plot: pip install 'nettrim[plots]'"
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise BadInput(PLOTS_HINT) from e
+    return plt
+
+
+def pattern_weights(path: str, report: dict, trust: bool = False) -> dict[str, np.ndarray]:
+    """The weight matrices of the report's pruned layers, read from a pruned checkpoint (a
+    module or a state_dict; no --arch needed: only the tensors are read)."""
+    from torch import nn
+
+    from nettrim_cli.checkpoint import _as_state_dict, _read_bytes, _torch_load_safe
+
+    obj, _ = _torch_load_safe(_read_bytes(path), path, trust)
+    if isinstance(obj, nn.Module):
+        sd = obj.state_dict()
+    else:
+        found = _as_state_dict(obj)
+        if found is None:
+            raise BadInput("checkpoint is neither an nn.Module nor a state_dict of tensors",
+                           path)
+        sd = found[0]
+        if sd and all(k.startswith("module.") for k in sd):
+            sd = {k[len("module."):]: v for k, v in sd.items()}
+    out = {}
+    for layer in report["layers"]:
+        if not layer.get("shape"):
+            continue
+        key = f"{layer['name']}.weight"
+        t = sd.get(key)
+        if t is None or list(t.shape) != list(layer["shape"]):
+            got = "missing" if t is None else f"of shape {list(t.shape)}"
+            raise BadInput(f"checkpoint does not belong to the report: {key} is {got}, the "
+                           f"report says {layer['shape']}", path)
+        out[layer["name"]] = t.detach().cpu().double().numpy()
+    return out
+
+
+def plot_names(report: dict, weights: dict | None) -> list[str]:
+    names = ["sparsity.png", "discrepancy.png"]
+    for name in (weights or {}):
+        names.append(f"pattern_{_safe(name)}.png")
+    return names
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "layer"
+
+
+def write_plots(report: dict, out_dir: str, weights: dict | None = None) -> list[str]:
+    """Bar charts of per-layer sparsity and relative discrepancy, and (with ``weights``) the
+    nonzero pattern of each pruned weight matrix, as PNG files in ``out_dir``; each file is
+    written atomically. Returns the paths written."""
+    import os
+
+    from nettrim_cli.atomic import atomic_path
+
+    plt = _pyplot()
+    rows = [r for r in layer_rows(report) if r["params"] is not None]
+    labels = [str(r["name"]) for r in rows]
+    method = report.get("method", "netrim")
+    written = []
+
+    def save(fig, name):
+        dest = os.path.join(out_dir, name)
+        with atomic_path(dest) as tmp:
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        written.append(dest)
+
+    for key, title, name in (("sparsity", "fraction of weights pruned", "sparsity.png"),
+                             ("relative_discrepancy", "||Yhat - Y||_F / ||Y||_F",
+                              "discrepancy.png")):
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(rows) + 2), 3.2))
+        vals = [r[key] if r[key] is not None else 0.0 for r in rows]
+        ax.bar(range(len(rows)), vals, color="tab:blue")
+        ax.set_xticks(range(len(rows)), labels, rotation=45 if len(rows) > 6 else 0)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(title)
+        ax.set_title(f"{method}: {title}")
+        save(fig, name)
+    for lname, W in (weights or {}).items():
+        h, w = W.shape
+        scale = 6.0 / max(h, w)
+        fig, ax = plt.subplots(figsize=(max(2.5, w * scale + 1), max(2.0, h * scale + 0.8)))
+        ax.imshow(W != 0, cmap="Greys", interpolation="nearest", aspect="auto")
+        nnz = int(np.count_nonzero(W))
+        ax.set_title(f"layer {lname}: {nnz} of {W.size} nonzero")
+        ax.set_xlabel("input")
+        ax.set_ylabel("output")
+        save(fig, f"pattern_{_safe(lname)}.png")
+    return written

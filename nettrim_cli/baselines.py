@@ -1,0 +1,281 @@
+"""One-shot pruning baselines that Net-Trim is compared with, at a given per-layer count.
+
+Each arithmetic function takes a layer's weights ``W`` (M outputs x N inputs), optionally its
+calibration inputs ``X`` (P samples x N) and ``count``, the number of weights to keep, and
+returns new weights with exactly ``count`` kept positions (the others exactly zero). Biases are
+never touched and never counted. None of them uses the ReLU constraint of Net-Trim.
+
+- ``magnitude``: Han, Pool, Tran, Dally, "Learning both weights and connections for efficient
+  neural networks" (NIPS 2015), one shot without retraining -- the paper's HPTD baseline:
+  keep the ``count`` largest |w| of the layer.
+- ``wanda``: Sun, Liu, Bair, Kolter, "A simple and effective pruning approach for large
+  language models" (2023): score |W_ij| * ||X_j||_2, compared within each output row; no
+  weight update.
+- ``sparsegpt``: Frantar, Alistarh, "SparseGPT: massive language models can be accurately
+  pruned in one-shot" (ICML 2023): optimal-brain-surgeon masks and updates with one Cholesky
+  factor of H^-1, H = X^T X + damp * mean(diag) * I, block by block over the input columns.
+
+``prune_layers`` runs one of them over a checkpoint's prunable layers on the calibration
+inputs of the *original* network (from the activation dump), i.e. every layer independently,
+as in Net-Trim's parallel mode.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from nettrim_cli.checkpoint import Checkpoint, LayerInfo, pruned_copy
+from nettrim_cli.dump import DumpReader, forward_collect
+from nettrim_cli.errors import BadInput
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+SPARSEGPT_DAMP = 0.01
+SPARSEGPT_BLOCK = 128
+
+
+def count_for_sparsity(size: int, sparsity: float) -> int:
+    """Weights kept at a uniform sparsity: round((1 - s) * size), halves rounded up."""
+    return int(np.floor((1.0 - sparsity) * size + 0.5))
+
+
+def _check(W: np.ndarray, count: int) -> None:
+    if W.ndim != 2:
+        raise ValueError(f"W must be 2-D, got shape {W.shape}")
+    if not 0 <= count <= W.size:
+        raise ValueError(f"count {count} outside [0, {W.size}]")
+
+
+def _lowest(scores: np.ndarray, k: int) -> np.ndarray:
+    """Flat indices of the ``k`` smallest scores; ties go to the lower index (stable)."""
+    return np.argsort(scores, kind="stable")[:k]
+
+
+def magnitude(W: np.ndarray, count: int) -> np.ndarray:
+    """Keep the ``count`` largest |w| of the whole layer (ties: the lower flat index wins)."""
+    _check(W, count)
+    out = np.array(W, dtype=np.float64, copy=True)
+    flat = out.reshape(-1)
+    flat[_lowest(np.abs(flat), W.size - count)] = 0.0
+    return out
+
+
+def row_counts(scores: np.ndarray, count: int) -> np.ndarray:
+    """Weights kept per row: as equal as possible and summing to ``count``.
+
+    Every row keeps floor(count / M); the remaining r = count mod M extra weights go to the r
+    rows whose next-best score (their (q+1)-th largest) is largest, ties to the lower row.
+    """
+    M, N = scores.shape
+    q, r = divmod(count, M)
+    counts = np.full(M, q, dtype=np.int64)
+    if r:
+        nxt = -np.sort(-scores, axis=1)[:, q]  # q < N whenever r > 0
+        counts[np.argsort(-nxt, kind="stable")[:r]] += 1
+    return counts
+
+
+def wanda(W: np.ndarray, X: np.ndarray, count: int) -> np.ndarray:
+    """Keep, in each output row, the weights with the largest |W_ij| * ||X_j||_2.
+
+    Wanda compares scores within each output row at a uniform per-row sparsity; when
+    ``count`` is not a multiple of the number of rows the rows' counts differ by at most one
+    (see ``row_counts``), so the layer keeps exactly ``count``. No weight is updated.
+    """
+    _check(W, count)
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != W.shape[1]:
+        raise ValueError(f"X has shape {X.shape}, expected (P, {W.shape[1]})")
+    norms = np.sqrt(np.einsum("pj,pj->j", X, X))
+    scores = np.abs(W) * norms[None, :]
+    keep = row_counts(scores, count)
+    out = np.array(W, dtype=np.float64, copy=True)
+    for i in range(W.shape[0]):
+        out[i, _lowest(scores[i], W.shape[1] - keep[i])] = 0.0
+    return out
+
+
+def block_prune_counts(n_cols: int, n_rows: int, count: int, blocksize: int) -> list[int]:
+    """How many weights each column block prunes: proportional to its width, cumulatively
+    rounded so that the blocks together prune exactly n_rows * n_cols - count."""
+    total = n_rows * n_cols - count
+    edges = list(range(0, n_cols, blocksize)) + [n_cols]
+    done = [int(np.floor(total * e / n_cols + 0.5)) for e in edges]
+    done[-1] = total
+    return [b - a for a, b in zip(done[:-1], done[1:], strict=True)]
+
+
+def sparsegpt(W: np.ndarray, X: np.ndarray, count: int, damp: float = SPARSEGPT_DAMP,
+              blocksize: int = SPARSEGPT_BLOCK) -> np.ndarray:
+    """SparseGPT's one-shot OBS pruning of a layer to ``count`` kept weights.
+
+    H = X^T X + damp * mean(diag(X^T X)) * I; U = the upper Cholesky factor of H^-1, shared
+    by all rows. Columns are visited in blocks of ``blocksize``; in each block the weights with
+    the smallest w^2 / U_jj^2 over the whole block (all rows together, as SparseGPT's
+    unstructured mode does) are pruned, and each pruned column's error is spread over the
+    columns to its right (inside the block at once, to later blocks after it). The number
+    pruned per block is its share of the layer total, rounded cumulatively, so the layer keeps
+    exactly ``count`` positions. Input features that are zero on every sample have their
+    weights set to zero first (they do not change the output on X).
+    """
+    _check(W, count)
+    X = np.asarray(X, dtype=np.float64)
+    M, N = W.shape
+    if X.ndim != 2 or X.shape[1] != N:
+        raise ValueError(f"X has shape {X.shape}, expected (P, {N})")
+    if count == W.size:
+        return np.array(W, dtype=np.float64, copy=True)
+    W = np.array(W, dtype=np.float64, copy=True)
+    H = X.T @ X
+    dead = np.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H[np.diag_indices(N)] += damp * float(np.mean(np.diag(H)))
+    try:
+        Hinv = np.linalg.inv(np.linalg.cholesky(H))  # L^-1, so H^-1 = L^-T L^-1
+        U = np.linalg.cholesky(Hinv.T @ Hinv).T  # upper factor: H^-1 = U^T U
+    except np.linalg.LinAlgError:
+        H[np.diag_indices(N)] += float(np.mean(np.diag(H)))
+        Hinv = np.linalg.inv(np.linalg.cholesky(H))
+        U = np.linalg.cholesky(Hinv.T @ Hinv).T
+    prune_counts = block_prune_counts(N, M, count, blocksize)
+    for b, i1 in enumerate(range(0, N, blocksize)):
+        i2 = min(i1 + blocksize, N)
+        W1 = W[:, i1:i2].copy()
+        U1 = U[i1:i2, i1:i2]
+        d = np.diag(U1)
+        scores = (W1 ** 2 / d[None, :] ** 2).reshape(-1)
+        mask = np.zeros(W1.size, dtype=bool)
+        mask[_lowest(scores, prune_counts[b])] = True
+        mask = mask.reshape(W1.shape)
+        Err = np.zeros_like(W1)
+        for j in range(i2 - i1):
+            w = W1[:, j]
+            q = np.where(mask[:, j], 0.0, w)
+            err = (w - q) / d[j]
+            W1[:, j:] -= np.outer(err, U1[j, j:])
+            W1[:, j] = q  # exact zeros where pruned
+            Err[:, j] = err
+        W[:, i1:i2] = W1
+        W[:, i2:] -= Err @ U[i1:i2, i2:]
+    return W
+
+
+@dataclass
+class BaselineLayer:
+    info: LayerInfo
+    W0: np.ndarray
+    b0: np.ndarray | None
+    W: np.ndarray
+    count: int
+    discrepancy: float
+    y_norm: float
+    seconds: float
+
+
+@dataclass
+class BaselineResult:
+    method: str
+    layers: list[BaselineLayer]
+    network: dict
+
+    @property
+    def weights(self) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+        return {o.info.name: (o.W, o.b0) for o in self.layers}
+
+
+def prune_one(method: str, W: np.ndarray, X: np.ndarray | None, count: int) -> np.ndarray:
+    if method == "magnitude":
+        return magnitude(W, count)
+    if method == "wanda":
+        return wanda(W, X, count)
+    if method == "sparsegpt":
+        return sparsegpt(W, X, count)
+    raise BadInput(f"unknown pruning method {method!r}; use netrim, {', '.join(METHODS)}")
+
+
+def _act(Z: np.ndarray, activation: str) -> np.ndarray:
+    return np.maximum(Z, 0.0) if activation == "relu" else Z
+
+
+def _outputs(model: torch.nn.Module, inputs: np.ndarray) -> np.ndarray:
+    return np.concatenate([out.astype(np.float64)
+                           for _, _, out in forward_collect(model, [], inputs)], axis=0)
+
+
+def prune_layers(ckpt: Checkpoint, dump: DumpReader, method: str, counts: dict[str, int],
+                 on_layer: Callable[[int, int, str], None] | None = None) -> BaselineResult:
+    """Prune every prunable layer of ``ckpt`` with ``method`` to ``counts[name]`` weights.
+
+    Each layer sees the original network's input to it from the dump (no cascade), and its
+    discrepancy is measured the way Net-Trim's parallel mode measures it: ||act(X W^T + b) -
+    act(X W0^T + b)||_F on that input, act the ReLU for a layer followed by one.
+    """
+    prunable = ckpt.prunable
+    out: list[BaselineLayer] = []
+    for i, info in enumerate(prunable):
+        if on_layer is not None:
+            on_layer(i, len(prunable), info.name)
+        t0 = time.perf_counter()
+        mod = ckpt.module(info.name)
+        W0 = mod.weight.detach().cpu().double().numpy()
+        b0 = mod.bias.detach().cpu().double().numpy() if mod.bias is not None else None
+        X = dump.layer_input(i)
+        W = prune_one(method, W0, X, counts[info.name])
+        bias = b0 if b0 is not None else 0.0
+        Y = _act(dump.layer_preact(i), info.activation)
+        Yhat = _act(X @ W.T + bias, info.activation)
+        out.append(BaselineLayer(info=info, W0=W0, b0=b0, W=W, count=counts[info.name],
+                                 discrepancy=float(np.linalg.norm(Yhat - Y)),
+                                 y_norm=float(np.linalg.norm(Y)),
+                                 seconds=time.perf_counter() - t0))
+    inputs = dump.inputs()
+    y = _outputs(ckpt.model, inputs)
+    yhat = _outputs(pruned_copy(ckpt, {o.info.name: (o.W, o.b0) for o in out}), inputs)
+    disc = float(np.linalg.norm(yhat - y))
+    ynorm = float(np.linalg.norm(y))
+    params = sum(o.W.size for o in out)
+    nnz = sum(int(np.count_nonzero(o.W)) for o in out)
+    network = {
+        "params": params,
+        "nonzeros_before": sum(int(np.count_nonzero(o.W0)) for o in out),
+        "nonzeros_after": nnz,
+        "pruned_fraction": 1.0 - nnz / params if params else 0.0,
+        "discrepancy": disc,
+        "relative_discrepancy": disc / ynorm if ynorm > 0 else 0.0,
+        "output_norm": ynorm,
+        "bound": None,
+        "bound_formula": None,
+        "bound_note": f"not applicable: {method} has no eps and no bound",
+        "bound_holds": None,
+    }
+    return BaselineResult(method=method, layers=out, network=network)
+
+
+def counts_from_report(report: dict, layers: list[LayerInfo], path: str) -> dict[str, int]:
+    """Per-layer kept-weight counts from a nettrim report (``path`` names it in errors);
+    refused unless its pruned layers are exactly ``layers`` (names and shapes)."""
+    theirs = [(la.get("name"), list(la.get("shape") or []), la.get("nonzeros_after"))
+              for la in report["layers"] if la.get("kind") == "linear"]
+    mine = [(la.name, [la.out_features, la.in_features]) for la in layers]
+    if [(n, s) for n, s, _ in theirs] != mine:
+        raise BadInput("--match: the report is of another model: its Linear layers "
+                       f"{[(n, s) for n, s, _ in theirs]} differ from the checkpoint's {mine}",
+                       path)
+    counts = {}
+    for name, shape, nnz in theirs:
+        size = shape[0] * shape[1]
+        if not isinstance(nnz, int) or isinstance(nnz, bool) or not 0 <= nnz <= size:
+            raise BadInput(f"--match: layer {name!r} has nonzeros_after {nnz!r}, not an "
+                           f"integer in [0, {size}]", path)
+        counts[name] = nnz
+    return counts
+
+
+def counts_for_sparsity(layers: list[LayerInfo], sparsity: float) -> dict[str, int]:
+    return {la.name: count_for_sparsity(la.out_features * la.in_features, sparsity)
+            for la in layers}
