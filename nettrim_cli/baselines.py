@@ -99,14 +99,32 @@ def wanda(W: np.ndarray, X: np.ndarray, count: int) -> np.ndarray:
     return out
 
 
-def block_prune_counts(n_cols: int, n_rows: int, count: int, blocksize: int) -> list[int]:
-    """How many weights each column block prunes: proportional to its width, cumulatively
-    rounded so that the blocks together prune exactly n_rows * n_cols - count."""
-    total = n_rows * n_cols - count
-    edges = list(range(0, n_cols, blocksize)) + [n_cols]
-    done = [int(np.floor(total * e / n_cols + 0.5)) for e in edges]
+def allocate(sizes: list[int], total: int) -> list[int]:
+    """Split ``total`` over parts of the given sizes in proportion, rounding the running sum
+    (halves up), so the parts add up to ``total`` exactly and none exceeds its size."""
+    whole = sum(sizes)
+    if whole == 0:
+        return [0] * len(sizes)
+    cum = np.cumsum([0, *sizes])
+    done = [int(np.floor(total * c / whole + 0.5)) for c in cum]
     done[-1] = total
     return [b - a for a, b in zip(done[:-1], done[1:], strict=True)]
+
+
+def block_prune_counts(dead: np.ndarray, n_rows: int, count: int,
+                       blocksize: int) -> list[int]:
+    """How many weights each column block of SparseGPT prunes so that the layer keeps exactly
+    ``count``: a block first prunes the weights of its dead input features (zero on every
+    sample; they are already zero), and the rest of the layer's total is split over the blocks
+    in proportion to their live weights (``allocate``). When ``count`` exceeds the live
+    weights, all of those are kept and the layer holds fewer than ``count`` nonzeros."""
+    n_cols = len(dead)
+    starts = range(0, n_cols, blocksize)
+    dead_b = [n_rows * int(dead[a:a + blocksize].sum()) for a in starts]
+    live_b = [n_rows * min(blocksize, n_cols - a) - d for a, d in zip(starts, dead_b,
+                                                                       strict=True)]
+    rest = max(0, n_rows * n_cols - count - sum(dead_b))
+    return [d + k for d, k in zip(dead_b, allocate(live_b, rest), strict=True)]
 
 
 def sparsegpt(W: np.ndarray, X: np.ndarray, count: int, damp: float = SPARSEGPT_DAMP,
@@ -117,10 +135,13 @@ def sparsegpt(W: np.ndarray, X: np.ndarray, count: int, damp: float = SPARSEGPT_
     by all rows. Columns are visited in blocks of ``blocksize``; in each block the weights with
     the smallest w^2 / U_jj^2 over the whole block (all rows together, as SparseGPT's
     unstructured mode does) are pruned, and each pruned column's error is spread over the
-    columns to its right (inside the block at once, to later blocks after it). The number
-    pruned per block is its share of the layer total, rounded cumulatively, so the layer keeps
-    exactly ``count`` positions. Input features that are zero on every sample have their
-    weights set to zero first (they do not change the output on X).
+    columns to its right (inside the block at once, to later blocks after it). Input features
+    that are zero on every sample have their weights set to zero first (as SparseGPT does;
+    they do not change the output on X) and count as pruned; the rest of the layer's pruning
+    is split over the blocks in proportion to their size, rounded cumulatively
+    (``block_prune_counts``), so the layer keeps exactly ``count`` weights (unless ``count``
+    exceeds the weights of live features). A kept weight is never exactly zero in practice:
+    it is the original weight plus the compensation of the columns to its left.
     """
     _check(W, count)
     X = np.asarray(X, dtype=np.float64)
@@ -142,7 +163,7 @@ def sparsegpt(W: np.ndarray, X: np.ndarray, count: int, damp: float = SPARSEGPT_
         H[np.diag_indices(N)] += float(np.mean(np.diag(H)))
         Hinv = np.linalg.inv(np.linalg.cholesky(H))
         U = np.linalg.cholesky(Hinv.T @ Hinv).T
-    prune_counts = block_prune_counts(N, M, count, blocksize)
+    prune_counts = block_prune_counts(dead, M, count, blocksize)
     for b, i1 in enumerate(range(0, N, blocksize)):
         i2 = min(i1 + blocksize, N)
         W1 = W[:, i1:i2].copy()
