@@ -356,7 +356,12 @@ def _workdir(path, resume, output, model_sha, acts_sha, settings, solver_name, d
     manifest = {"model_sha256": model_sha, "acts_sha256": acts_sha, "settings": recorded,
                 "solver": solver_name, "device": device, "dtype": dtype,
                 "nettrim": __version__}
-    return WorkDir(path, manifest, resume)
+    work = WorkDir(path, manifest, resume)
+    if resume:
+        layers, cols = work.recorded()
+        click.echo(f"nettrim: resuming from {path}: {layers} layer(s) finished, {cols} "
+                   "column(s) of the next one recorded", err=True)
+    return work
 
 
 @main.command()

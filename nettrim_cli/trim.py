@@ -5,6 +5,7 @@ through callbacks.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from nettrim_cli.dump import DumpReader, forward_collect
 from nettrim_cli.errors import BadInput
 from nettrim_cli.program import RELU, LayerProgram
 from nettrim_cli.solvers.base import LayerSolution, Progress, SolverSettings, no_progress
+from nettrim_cli.workdir import WorkDir, solution_from_meta, solution_meta
 
 PARALLEL = "parallel"
 CASCADE = "cascade"
@@ -94,7 +96,7 @@ def _outputs(model: torch.nn.Module, layers: list[LayerInfo], inputs: np.ndarray
 
 def prune(ckpt: Checkpoint, dump: DumpReader, settings: PruneSettings, solver: LayerSolver,
           on_layer: Callable[[int, int, str], None] | None = None,
-          progress: Progress = no_progress) -> PruneResult:
+          progress: Progress = no_progress, workdir: WorkDir | None = None) -> PruneResult:
     """Run parallel (Algorithm 1) or cascade (Algorithm 2) Net-Trim over the prunable layers.
 
     Args:
@@ -104,6 +106,8 @@ def prune(ckpt: Checkpoint, dump: DumpReader, settings: PruneSettings, solver: L
         solver: the layer solver, e.g. ``nettrim_cli.solvers.search.solve_layer``.
         on_layer: called as on_layer(index, count, name) before each prunable layer.
         progress: the solver's per-column progress callback.
+        workdir: where finished layers (and, for solvers that take a ``journal``, columns)
+            are recorded durably; layers recorded there are taken from it (resume).
     Returns:
         the pruned weights per layer, per-layer outcomes and network-level figures.
     """
@@ -123,6 +127,12 @@ def prune(ckpt: Checkpoint, dump: DumpReader, settings: PruneSettings, solver: L
             on_layer(i, len(prunable), info.name)
         t0 = time.perf_counter()
         W0, b0 = _original(ckpt, info)
+        record = workdir.load_layer(i) if workdir is not None else None
+        if record is not None:
+            outcome = _recorded_outcome(info, record, W0, b0)
+            pruned[info.name] = (outcome.W, outcome.b)
+            outcomes.append(outcome)
+            continue
         Y = _target(dump.layer_preact(i), info.activation)
         if settings.mode == PARALLEL or i == 0:
             X = dump.layer_input(i)
@@ -143,19 +153,42 @@ def prune(ckpt: Checkpoint, dump: DumpReader, settings: PruneSettings, solver: L
         program = LayerProgram(X=X, Y=Y, W0=W0, b0=b0, activation=info.activation,
                                V=V if info.activation == RELU else None, epsilon=eps,
                                lam=settings.lam, name=info.name)
-        sol = solver(program, settings.solver, progress)
+        if workdir is not None and "journal" in inspect.signature(solver).parameters:
+            sol = solver(program, settings.solver, progress, journal=workdir.journal(i))
+        else:
+            sol = solver(program, settings.solver, progress)
         W = sol.Wa[:, :info.in_features].copy()
         b = sol.Wa[:, info.in_features].copy() if b0 is not None else None
         pruned[info.name] = (W, b)
-        outcomes.append(LayerOutcome(info=info, W=W, b=b, W0=W0, epsilon=eps, solution=sol,
-                                     discrepancy=program.discrepancy(sol.Wa), y_norm=y_norm,
-                                     seconds=time.perf_counter() - t0))
+        outcome = LayerOutcome(info=info, W=W, b=b, W0=W0, epsilon=eps, solution=sol,
+                               discrepancy=program.discrepancy(sol.Wa), y_norm=y_norm,
+                               seconds=time.perf_counter() - t0)
+        outcomes.append(outcome)
+        if workdir is not None:
+            workdir.save_layer(i, {"W": W, "b": b, "Wa": sol.Wa}, {
+                "name": info.name, "epsilon": eps, "discrepancy": outcome.discrepancy,
+                "y_norm": y_norm, "seconds": outcome.seconds, "solution": solution_meta(sol)})
     kept = [LayerOutcome(info=la, W=None, b=None, W0=None, epsilon=None, solution=None,
                          discrepancy=None, y_norm=None) for la in layers if not la.prunable]
     order = {la.name: k for k, la in enumerate(layers)}
     outcomes = sorted(outcomes + kept, key=lambda o: order[o.info.name])
     network = _network_figures(ckpt, layers, inputs, pruned, outcomes, settings)
     return PruneResult(settings=settings, layers=outcomes, network=network)
+
+
+def _recorded_outcome(info: LayerInfo, record, W0, b0) -> LayerOutcome:
+    """A layer finished by an earlier, interrupted run, as recorded in the work folder."""
+    arrays, meta = record
+    W, Wa = arrays.get("W"), arrays.get("Wa")
+    b = arrays.get("b")
+    if (meta.get("name") != info.name or W is None or Wa is None or W.shape != W0.shape
+            or (b is None) != (b0 is None)):
+        raise BadInput(f"the work folder's record of layer {info.name} does not fit the model; "
+                       "remove the folder to start over")
+    return LayerOutcome(info=info, W=W, b=b, W0=W0, epsilon=meta["epsilon"],
+                        solution=solution_from_meta(meta["solution"], Wa),
+                        discrepancy=meta["discrepancy"], y_norm=meta["y_norm"],
+                        seconds=meta["seconds"])
 
 
 def _network_figures(ckpt, layers, inputs, pruned, outcomes, settings) -> dict:

@@ -70,6 +70,8 @@ class ColumnOutcome:
     iterations: int
     seconds: float
     retried: bool
+    zero: bool = False  # every weight (not the bias) is zero
+    state: tuple | None = None  # (last solution, working set) when a journal records it
 
 
 class ColumnWork:
@@ -79,8 +81,8 @@ class ColumnWork:
     def __init__(self, m: int) -> None:
         self.m = m
         self.qp: ColumnQP | None = None
-        self.working: np.ndarray | None = None
-        self.last: np.ndarray | None = None
+        # a resumed run starts from the state its records left (see nettrim_cli.workdir)
+        self.last, self.working = _SHARED.get("states", {}).get(m, (None, None))
 
     def solve(self, lam: float, polish: bool) -> ColumnOutcome:
         sh = _SHARED
@@ -104,7 +106,9 @@ class ColumnWork:
             wa = program.Wa0[self.m].copy()
             err = sh["layer"].column_error(program, self.m, wa)
         return ColumnOutcome(wa=wa, err=err, status=r.status, iterations=r.iterations,
-                             seconds=r.seconds, retried=r.retried)
+                             seconds=r.seconds, retried=r.retried,
+                             zero=not wa[: program.n_in].any(),
+                             state=(self.last, self.working) if sh.get("record") else None)
 
 
 class LocalEvaluator:
@@ -114,11 +118,13 @@ class LocalEvaluator:
         self.works = {m: ColumnWork(m) for m in columns}
 
     def evaluate(self, requests: dict[int, float], polish: bool,
-                 progress=None) -> dict[int, ColumnOutcome]:
+                 progress=None, on_result=None) -> dict[int, ColumnOutcome]:
         out = {}
         with threadpool_limits(1):
             for i, (m, lam) in enumerate(sorted(requests.items())):
                 out[m] = self.works[m].solve(lam, polish)
+                if on_result is not None:
+                    on_result(m, out[m])
                 if progress is not None:
                     progress(i + 1, len(requests))
         return out
@@ -171,7 +177,7 @@ class ProcessEvaluator:
         self.retries = 0
 
     def evaluate(self, requests: dict[int, float], polish: bool,
-                 progress=None) -> dict[int, ColumnOutcome]:
+                 progress=None, on_result=None) -> dict[int, ColumnOutcome]:
         per: dict[int, dict[int, float]] = {}
         for m, lam in requests.items():
             per.setdefault(self.owner[m], {})[m] = lam
@@ -202,6 +208,8 @@ class ProcessEvaluator:
                     continue
                 if msg[0] == "done":
                     out[msg[1]] = msg[2]
+                    if on_result is not None:
+                        on_result(msg[1], msg[2])
                     if progress is not None:
                         progress(len(out), len(requests))
                 elif msg[0] == "end":
@@ -214,7 +222,7 @@ class ProcessEvaluator:
             self.retries += len(missing)
             for m in missing:
                 self.fallback.works.setdefault(m, ColumnWork(m))
-            out.update(self.fallback.evaluate(missing, polish))
+            out.update(self.fallback.evaluate(missing, polish, on_result=on_result))
         return out
 
     def _lose(self, w: int) -> None:
@@ -331,7 +339,8 @@ def _persist(program: LayerProgram, n_cols: int, budget_mb: float) -> bool:
 
 
 def solve_layer(program: LayerProgram, settings: SolverSettings,
-                progress: Progress = no_progress, workers: int | None = None) -> LayerSolution:
+                progress: Progress = no_progress, workers: int | None = None,
+                journal=None) -> LayerSolution:
     """Solve the layer program column by column with OSQP; lambda fixed or chosen from eps.
 
     Args:
@@ -339,6 +348,11 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
         settings: OSQP, search and zero-threshold settings.
         progress: progress(stage, done, total), called as columns finish.
         workers: worker processes (default ``settings.workers``, 0 meaning all cores).
+        journal: a ``nettrim_cli.workdir.ColumnJournal``: record every column evaluation
+            durably and answer the ones it already holds (resume). Used only where the columns'
+            problems are rebuilt for every evaluation (see ``_persist``), since only there a
+            resumed evaluation is bit-identical to an uninterrupted one; elsewhere its records
+            are cleared and the layer starts over.
     Returns:
         the pruned weights with exact zeros, the lambda(s), and the solver's record.
     """
@@ -351,18 +365,42 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
     Wa, status, live, dead = settle_dead_columns(program)
     failed: list[dict] = []
     exact = program.epsilon is not None and program.epsilon == 0.0
+    persist = _persist(program, len(live), settings.memory_budget_mb)
+    if journal is not None:
+        if persist:
+            journal.clear()
+            journal = None
+        else:
+            journal.load()
     _SHARED.clear()
     _SHARED.update(program=program, layer=layer, settings=settings, thr=thr, exact=exact,
-                   persist=_persist(program, len(live), settings.memory_budget_mb))
+                   persist=persist, record=journal is not None,
+                   states=dict(journal.states) if journal is not None else {})
     stats = {"solves": 0, "retries": 0, "iterations": 0}
     history: list[dict] = []
     lam_out: float | list | None = None
     reached = True
     evaluator = _evaluator(live, n_workers) if live else None
     try:
-        def run(requests: dict[int, float], polish: bool, stage: str):
-            res = evaluator.evaluate(
-                requests, polish, progress=lambda d, t: progress(stage, d, t))
+        def run(requests: dict[int, float], polish: bool, stage: str, key: str):
+            res: dict[int, ColumnOutcome] = {}
+            todo = requests
+            if journal is not None:
+                for m, lam in requests.items():
+                    e = journal.lookup(key, m, lam)
+                    if e is not None:
+                        res[m] = ColumnOutcome(
+                            wa=e.wa, err=e.err, status=e.status, iterations=e.iterations,
+                            seconds=e.seconds, retried=e.retried, zero=e.zero)
+                todo = {m: lam for m, lam in requests.items() if m not in res}
+
+            def on_result(m: int, r: ColumnOutcome) -> None:
+                journal.record(key, m, todo[m], r, final=polish)
+
+            if todo:
+                extra = {"on_result": on_result} if journal is not None else {}
+                res.update(evaluator.evaluate(
+                    todo, polish, progress=lambda d, t: progress(stage, d, t), **extra))
             for r in res.values():
                 stats["solves"] += 1
                 stats["retries"] += int(r.retried)
@@ -373,7 +411,7 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
             pass
         elif program.lam is not None or exact:
             lam = program.lam if program.lam is not None else math.inf
-            res = run({m: lam for m in live}, True, "solve")
+            res = run({m: lam for m in live}, True, "solve", "solve")
             for m in live:
                 Wa[m], status[m] = res[m].wa, res[m].status
             lam_out = None if exact else float(program.lam)
@@ -417,17 +455,16 @@ def _search(program, settings, layer, live, run, Wa, status, history):
                          floor=floors[m] if math.isfinite(floors[m]) else base) for m in live]
     else:
         raise ValueError(f"unknown lambda scope {s.scope!r}")
-    n = program.n_in
     for step in range(s.max_evals):
         todo = [g for g in groups if not g.done]
         if not todo:
             break
         lams = {id(g): g.next_lambda() for g in todo}
         res = run({m: lams[id(g)] for g in todo for m in g.columns}, False,
-                  f"lambda step {step + 1}")
+                  f"lambda step {step + 1}", f"s{step}")
         for g in todo:
             err = math.sqrt(sum(res[m].err for m in g.columns))
-            zero = all(not res[m].wa[:n].any() for m in g.columns)
+            zero = all(res[m].zero for m in g.columns)
             g.update(lams[id(g)], err, zero, s.rtol)
     # the chosen lambdas, solved once more with polishing, and checked against eps; a group
     # whose polished answer misses eps (numerically) moves its lambda up a little and retries
@@ -442,7 +479,7 @@ def _search(program, settings, layer, live, run, Wa, status, history):
                 g.hi *= 1.0 + 4 * s.rtol
             for m in g.columns:
                 chosen[m] = g.hi
-        res = run(chosen, True, "polish")
+        res = run(chosen, True, "polish", f"p{attempt}")
         still = []
         for g in pending:
             for m in g.columns:
