@@ -201,6 +201,15 @@ def _solver_fn(name: str, device: str = "cpu", dtype: str = "float64"):
 @click.option("--workers", type=int,
               help="Worker processes for the columns (default: all cores); results do not "
                    "depend on it.")
+@click.option("--executor", type=click.Choice(["local", "ray"]),
+              help="Solve the columns in local processes (default) or as Ray actors on a Ray "
+                   "cluster (pip install 'nettrim[ray]'); the same result either way.")
+@click.option("--address", metavar="HOST:PORT",
+              help="The Ray cluster for --executor ray (HOST:PORT, ray://HOST:PORT or auto; "
+                   "default: start a local Ray instance).")
+@click.option("--osqp-algebra", type=click.Choice(["builtin", "cuda"]),
+              help="OSQP's linear algebra: builtin (CPU, default) or cuda (pip install "
+                   "'osqp[cu12]', an NVIDIA GPU).")
 @click.option("--strict", is_flag=True,
               help="Exit 1 and write nothing if any column is not solved.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
@@ -221,7 +230,8 @@ def _solver_fn(name: str, device: str = "cpu", dtype: str = "float64"):
 @handle_errors
 def prune(model, acts, output, report_path, config_path, mode, epsilon, gamma, lam, scope,
           solver, device, dtype, workers, strict, force, workdir, resume, quiet, arch,
-          trust_checkpoint, method="netrim", match_path=None, sparsity=None):
+          trust_checkpoint, method="netrim", match_path=None, sparsity=None, executor=None,
+          address=None, osqp_algebra=None):
     """Prune a checkpoint with Net-Trim; write the pruned checkpoint and a JSON report.
 
     Example: nettrim prune model.pt --acts acts.h5 --mode cascade --gamma 1.1
@@ -239,7 +249,8 @@ def prune(model, acts, output, report_path, config_path, mode, epsilon, gamma, l
         netrim_flags = {"--config": config_path, "--mode": mode, "--epsilon": epsilon,
                         "--gamma": gamma, "--lambda": lam, "--scope": scope, "--solver": solver,
                         "--workers": workers, "--workdir": workdir, "--resume": resume or None,
-                        "--strict": strict or None}
+                        "--strict": strict or None, "--executor": executor, "--address": address,
+                        "--osqp-algebra": osqp_algebra}
         return _prune_baseline(model, acts, output, report_path, method, match_path, sparsity,
                                force, quiet, arch, trust_checkpoint, netrim_flags)
     if output == "-" and report_path == "-":
@@ -252,7 +263,8 @@ def prune(model, acts, output, report_path, config_path, mode, epsilon, gamma, l
             raise BadInput("--report and -o name the same file", report_path)
     config = load_config(config_path)
     flags = {"mode": mode, "epsilon": epsilon, "gamma": gamma, "lambda": lam, "scope": scope,
-             "solver": solver, "workers": workers}
+             "solver": solver, "workers": workers, "executor": executor, "address": address,
+             "osqp_algebra": osqp_algebra}
     settings, solver_name = build_settings(config, flags, source=config_path or "flags")
     ckpt = _load(model, arch, trust_checkpoint)
     t0 = time.perf_counter()

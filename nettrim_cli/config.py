@@ -7,6 +7,7 @@ override the file.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -24,6 +25,8 @@ TOP_KEYS: dict[str, tuple[type, ...]] = {
     "solver": (str,),
     "zero_threshold": (float, int),
     "workers": (int,),
+    "executor": (str,),
+    "address": (str,),
 }
 SECTIONS = {"osqp": OSQPSettings, "search": SearchSettings}
 SOLVERS = ("osqp", "admm")
@@ -70,6 +73,53 @@ def load_config(path: str | None) -> dict[str, Any]:
             raise BadInput(f"unknown config key {key!r} (known: "
                            f"{', '.join(sorted([*TOP_KEYS, *SECTIONS]))})", path)
     return data
+
+
+EXECUTORS = ("local", "ray")
+ALGEBRAS = ("builtin", "cuda")
+# HOST:PORT, ray://HOST:PORT (Ray Client) or "auto" (the cluster started on this machine)
+_ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9_.\-]+:\d{1,5})$")
+
+
+def _executor_settings(solver: SolverSettings, merged: dict[str, Any], flags: dict[str, Any],
+                       source: str) -> None:
+    """executor / address / osqp.algebra: validated, and checked to be usable here (the Ray
+    package, the osqp CUDA algebra), so that a missing extra is a usage error (exit 2)."""
+
+    def origin(key: str, flag: str) -> str:
+        return flag if flags.get(key) is not None else source
+
+    executor = merged.get("executor", "local")
+    if executor not in EXECUTORS:
+        raise BadInput(f"executor must be 'local' or 'ray', got {executor!r}",
+                       origin("executor", "--executor"))
+    address = merged.get("address")
+    if address is not None:
+        if executor != "ray":
+            if flags.get("address") is not None:
+                raise BadInput("--address needs --executor ray", "--address")
+            address = None  # a preset's address is for its ray executor only
+        elif not _ADDRESS.match(address):
+            raise BadInput(f"address must be HOST:PORT, ray://HOST:PORT or 'auto', got "
+                           f"{address!r}", origin("address", "--address"))
+    if executor == "ray":
+        from nettrim_cli.solvers.ray_exec import import_ray
+
+        import_ray()
+    solver.executor, solver.address = executor, address
+    if flags.get("osqp_algebra") is not None:
+        solver.osqp.algebra = flags["osqp_algebra"]
+    algebra = solver.osqp.algebra
+    where = origin("osqp_algebra", "--osqp-algebra")
+    if algebra not in ALGEBRAS:
+        raise BadInput(f"osqp.algebra must be 'builtin' or 'cuda', got {algebra!r}", where)
+    if algebra != "builtin":
+        import osqp
+
+        if not osqp.algebra_available(algebra):
+            raise BadInput("the osqp CUDA algebra is not installed (pip install 'osqp[cu12]'; "
+                           "it needs CUDA 12 and an NVIDIA GPU); use --osqp-algebra builtin",
+                           where)
 
 
 def build_settings(config: dict[str, Any], flags: dict[str, Any],
@@ -136,4 +186,5 @@ def build_settings(config: dict[str, Any], flags: dict[str, Any],
         mode=mode, epsilon=None if eps is None else float(eps), gamma=gamma,
         lam=None if lam is None else float(lam),
         solver=SolverSettings(osqp=osqp, search=search, zero_threshold=zt, workers=workers))
+    _executor_settings(settings.solver, merged, flags, source)
     return settings, solver

@@ -36,6 +36,10 @@ class OSQPSettings:
     # program (11) with |u_i| <= t_i, whose Hessian block is a quarter of the size -- faster
     # factorisations and iterations, the same minimiser.
     formulation: str = "epigraph"
+    # OSQP's linear-algebra backend: "builtin" (CPU, QDLDL; the reference) or "cuda" (needs
+    # the osqp CUDA build, `pip install 'osqp[cu12]'`, and an NVIDIA GPU). Passed to
+    # osqp.OSQP(algebra=...), not to setup().
+    algebra: str = "builtin"
 
     def as_osqp(self) -> dict:
         return {
@@ -76,6 +80,11 @@ class SolverSettings:
     # Keep every column's OSQP problem between lambda evaluations if they fit in this much
     # memory; otherwise rebuild each from its last solution and working set.
     memory_budget_mb: float = 2048.0
+    # Where the columns are solved: "local" (this machine's processes) or "ray" (actors on a
+    # Ray cluster, see nettrim_cli/solvers/ray_exec.py); address: the Ray cluster to join
+    # (HOST:PORT or "auto"; None starts a local Ray instance).
+    executor: str = "local"
+    address: str | None = None
 
 
 @dataclass

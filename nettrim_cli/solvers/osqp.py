@@ -246,7 +246,7 @@ class ColumnQP:
             rows.insert(0, self.eq_rows)
             lo.insert(0, self.y)
             hi.insert(0, self.y)
-        self.solver = osqp.OSQP()
+        self.solver = osqp.OSQP(algebra=self.settings.algebra)
         self.solver.setup(self.P, self.q(self._lam), sp.vstack(rows).tocsc(),
                           np.concatenate(lo), np.concatenate(hi), **self.settings.as_osqp())
         if x is not None:

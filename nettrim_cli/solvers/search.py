@@ -318,7 +318,14 @@ class _Group:
             self.done = True
 
 
-def _evaluator(columns: list[int], workers: int):
+def _evaluator(columns: list[int], workers: int, settings: SolverSettings | None = None,
+               requested: int | None = None):
+    if settings is not None and settings.executor == "ray":
+        from nettrim_cli.solvers.ray_exec import RayEvaluator
+
+        # --workers N: N actors; unset or 0: one per CPU of the Ray cluster
+        asked = requested if requested is not None else settings.workers
+        return RayEvaluator(columns, asked or None, settings.address)
     if workers > 1 and len(columns) >= 2 * workers:
         return ProcessEvaluator(columns, workers)
     return LocalEvaluator(columns)
@@ -380,7 +387,7 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
     history: list[dict] = []
     lam_out: float | list | None = None
     reached = True
-    evaluator = _evaluator(live, n_workers) if live else None
+    evaluator = _evaluator(live, n_workers, settings, workers) if live else None
     try:
         def run(requests: dict[int, float], polish: bool, stage: str, key: str):
             res: dict[int, ColumnOutcome] = {}
@@ -420,8 +427,7 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
                                        history)
     finally:
         if evaluator is not None:
-            if isinstance(evaluator, ProcessEvaluator):
-                stats["retries"] += evaluator.retries
+            stats["retries"] += getattr(evaluator, "retries", 0)
             evaluator.close()
         _SHARED.clear()
     for m in live:
@@ -435,7 +441,8 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
         iterations=stats["iterations"], seconds=time.perf_counter() - t0,
         passes=max((len(h.get("trace", ())) or h.get("evaluations", 1) for h in history),
                    default=1), dead_columns=dead,
-        eps_reached=reached, history=history, workers=n_workers)
+        eps_reached=reached, history=history,
+        workers=getattr(evaluator, "n_workers", n_workers))
 
 
 def _search(program, settings, layer, live, run, Wa, status, history):

@@ -1,0 +1,177 @@
+"""--executor ray: the columns solved by Ray actors give the local run's answer, bit for bit,
+also when an actor is killed in the middle of a layer; without Ray, a one-line usage error.
+
+One local Ray instance (2 CPUs, no dashboard) is shared by the whole module: it takes a few
+seconds to start.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import sys
+
+import numpy as np
+import pytest
+from conftest import invoke
+
+from nettrim_cli.solvers import ray_exec
+from nettrim_cli.solvers.base import SolverSettings
+from nettrim_cli.solvers.ray_exec import RayEvaluator
+from nettrim_cli.solvers.search import solve_layer
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray_exec.shutdown_pool()
+    ray.shutdown()
+
+
+def _program(seed=0, P=200, N=12, M=10, cascade=False):
+    from test_workers import program
+
+    return program(seed=seed, P=P, N=N, M=M, cascade=cascade)
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _prune(env, name, mode, *extra):
+    out = env.out / f"{name}.pt"
+    r = invoke("prune", env.a.model, "--acts", env.a.acts, "--mode", mode, "--epsilon", "0.1",
+               "-o", out, "-q", *extra)
+    assert r.exit_code == 0, (r.stderr, r.exception)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["parallel", "cascade"])
+def test_cli_ray_checkpoint_is_byte_identical_to_local(ray_cluster, env, mode):
+    local = _prune(env, "local", mode, "--workers", "1")
+    remote = _prune(env, "ray", mode, "--executor", "ray", "--workers", "2")
+    assert _sha(local) == _sha(remote)
+
+
+def test_config_executor_key(ray_cluster, env):
+    cfg = env.write("ray.toml", 'mode = "parallel"\nexecutor = "ray"\n')
+    local = _prune(env, "local", "parallel", "--workers", "1")
+    remote = _prune(env, "ray", "parallel", "--config", cfg)
+    assert _sha(local) == _sha(remote)
+
+
+@pytest.mark.parametrize("cascade", [False, True])
+def test_layer_weights_identical_and_actor_count(ray_cluster, cascade):
+    s = SolverSettings()
+    ref = solve_layer(_program(cascade=cascade), s, workers=1)
+    s.executor = "ray"
+    sol = solve_layer(_program(cascade=cascade), s, workers=2)
+    assert sol.workers == 2
+    assert np.array_equal(ref.Wa, sol.Wa)
+    assert ref.lam == sol.lam and ref.status == sol.status
+
+
+def test_killed_actor_is_replaced_and_the_answer_is_identical(ray_cluster, monkeypatch):
+    """ray.kill one actor while an evaluation is in flight: a new actor replays its columns'
+    evaluations and the layer's answer is still bit-identical to the local one."""
+    killed = []
+
+    def hook(ev, call):
+        if call == 3:
+            ray.kill(ev.actors[0], no_restart=True)
+            killed.append(call)
+
+    s = SolverSettings()
+    ref = solve_layer(_program(seed=1), s, workers=1)
+    s.executor = "ray"
+    monkeypatch.setattr(RayEvaluator, "_hook", staticmethod(hook))
+    sol = solve_layer(_program(seed=1), s, workers=2)
+    assert killed == [3]
+    assert sol.retries > 0
+    assert np.array_equal(ref.Wa, sol.Wa)
+    assert ref.lam == sol.lam and ref.status == sol.status
+
+
+def test_killed_actor_via_cli_gives_identical_checkpoint(ray_cluster, env, monkeypatch):
+    def hook(ev, call):
+        if call == 2:
+            ray.kill(ev.actors[-1], no_restart=True)
+
+    local = _prune(env, "local", "cascade", "--workers", "1")
+    monkeypatch.setattr(RayEvaluator, "_hook", staticmethod(hook))
+    remote = _prune(env, "ray", "cascade", "--executor", "ray", "--workers", "2")
+    assert _sha(local) == _sha(remote)
+
+
+def test_an_actor_that_keeps_dying_leaves_its_columns_reported(ray_cluster, monkeypatch):
+    """Beyond MAX_RESTARTS its columns keep their original weights with status worker_lost,
+    listed in failed_columns; none is dropped."""
+    monkeypatch.setattr(ray_exec, "MAX_RESTARTS", 0)
+    share = []
+
+    def hook(ev, call):
+        if call == 1:
+            share.extend(ev.shares[0])
+            ray.kill(ev.actors[0], no_restart=True)
+
+    monkeypatch.setattr(RayEvaluator, "_hook", staticmethod(hook))
+    s = SolverSettings()
+    s.executor = "ray"
+    prog = _program(seed=2)
+    sol = solve_layer(prog, s, workers=2)
+    lost = [f["column"] for f in sol.failed if f["status"] == ray_exec.LOST]
+    assert lost == share and len(share) >= 2
+    for m in lost:
+        assert np.array_equal(sol.Wa[m], prog.Wa0[m])
+    assert len(sol.status) == prog.n_out
+    assert all(st in ("solved", "dead_neuron") for m, st in enumerate(sol.status)
+               if m not in lost), sol.status
+
+
+def test_without_ray_installed_exit_2_names_the_extra(env, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    monkeypatch.delitem(sys.modules, "ray", raising=False)
+    out = env.out / "p.pt"
+    r = invoke("prune", env.a.model, "--acts", env.a.acts, "-o", out, "--executor", "ray")
+    assert r.exit_code == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nettrim[ray]" in lines[0], r.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('executor = "dask"\n', "executor"),
+    ('executor = 3\n', "executor"),
+    ('executor = "ray"\naddress = "not an address"\n', "address"),
+])
+def test_bad_executor_config_is_refused(env, text, needle):
+    cfg = env.write("bad.toml", text)
+    r = invoke("prune", env.a.model, "--acts", env.a.acts, "-o", env.out / "p.pt",
+               "--config", cfg)
+    assert r.exit_code == 2, r.stderr
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_address_without_ray_executor_is_refused(env):
+    r = invoke("prune", env.a.model, "--acts", env.a.acts, "-o", env.out / "p.pt",
+               "--address", "127.0.0.1:6379")
+    assert r.exit_code == 2 and "--executor ray" in r.stderr
+
+
+def test_unreachable_address_fails_fast():
+    """Nothing listens on port 9 here: refused at once (exit 2), not after ray.init's minutes
+    of retries."""
+    from nettrim_cli.errors import BadInput
+
+    with pytest.raises(BadInput, match="cannot reach the Ray cluster"):
+        ray_exec._reachable("127.0.0.1:9")
