@@ -294,11 +294,36 @@ def load_checkpoint(path: str, arch: str | None = None, trust: bool = False) -> 
         ckpt = Checkpoint(model=model, form="state_dict", path=path, container=obj, sd_key=key,
                           prefix=prefix, trusted=trusted)
     ckpt.sha256 = digest
-    ckpt.model.eval()
-    for name, t in list(ckpt.model.named_parameters()) + list(ckpt.model.named_buffers()):
+    try:  # a damaged pickle can build a module that lacks its own internals
+        ckpt.model.eval()
+        tensors = list(ckpt.model.named_parameters()) + list(ckpt.model.named_buffers())
+        _check_linears(ckpt.model)
+    except BadInput as e:
+        raise BadInput(str(e), path) from e
+    except Exception as e:  # noqa: BLE001
+        msg = str(e).splitlines()[0][:160] if str(e) else ""
+        raise BadInput(f"the checkpoint's module is malformed ({type(e).__name__}: {msg})",
+                       path) from e
+    for name, t in tensors:
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise BadInput(f"parameter {name!r} holds NaN or Inf", path)
     return ckpt
+
+
+def _check_linears(model: nn.Module) -> None:
+    """Every Linear's weight and bias agree with its declared in/out features (a damaged
+    module pickle can disagree, and the declared sizes shape the dump)."""
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Linear):
+            continue
+        w, b = mod.weight, mod.bias
+        shape = (mod.out_features, mod.in_features)
+        if not isinstance(w, torch.Tensor) or tuple(w.shape) != shape or \
+                (b is not None and (not isinstance(b, torch.Tensor)
+                                    or tuple(b.shape) != shape[:1])):
+            raise BadInput(f"layer {name!r} declares {shape[1]} -> {shape[0]} features but "
+                           f"holds weights of shape "
+                           f"{tuple(getattr(w, 'shape', ()))}; the module is malformed")
 
 
 def trace_layers(model: nn.Module, sample: torch.Tensor, path: str = "",

@@ -46,6 +46,8 @@ def load_array_file(path: str, what: str = "inputs") -> np.ndarray:
     low = path.lower()
     try:
         if low.endswith(".npy"):
+            with open(path, "rb") as fh:
+                _check_npy_header(fh, os.path.getsize(path), path, what)
             arr = np.load(path, allow_pickle=False)
         elif low.endswith(".npz"):
             with np.load(path, allow_pickle=False) as z:
@@ -57,6 +59,14 @@ def load_array_file(path: str, what: str = "inputs") -> np.ndarray:
                         pick = keys[0]
                     else:
                         raise BadInput(f"npz has no array named {what!r} (found {keys})", path)
+                info = z.zip.getinfo(f"{pick}.npy")
+                # deflate cannot expand data more than ~1032x: a larger declared size is a lie
+                if info.compress_size > os.path.getsize(path) or \
+                        info.file_size > 1100 * info.compress_size + 4096:
+                    raise BadInput(f"npz member {pick!r} declares {info.file_size} bytes, more "
+                                   "than the archive can hold (corrupt file)", path)
+                with z.zip.open(info) as fh:
+                    _check_npy_header(fh, info.file_size, path, what)
                 arr = z[pick]
         elif low.endswith((".h5", ".hdf5")):
             with h5py.File(path, "r") as f:
@@ -69,11 +79,16 @@ def load_array_file(path: str, what: str = "inputs") -> np.ndarray:
             raise BadInput("unknown file type; use .npy, .npz or .h5", path)
     except BadInput:
         raise
-    except (OSError, ValueError, EOFError) as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt file fails in many ways (zipfile's
+        # BadZipFile, the header parser's TokenError, h5py's KeyError/RuntimeError, ...)
         if "allow_pickle" in str(e):  # numpy's advice to unpickle does not apply here
             raise BadInput(f"cannot read {what}: the file holds pickled Python objects, not a "
                            "numeric array (pickles are never loaded)", path) from e
-        raise BadInput(f"cannot read {what} ({str(e).splitlines()[0][:200]})", path) from e
+        msg = str(e).splitlines()[0][:200] if str(e).strip() else ""
+        raise BadInput(f"cannot read {what} ({type(e).__name__}{': ' + msg if msg else ''})",
+                       path) from e
     arr = np.asarray(arr)
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
             or arr.dtype == np.bool_):
@@ -85,10 +100,50 @@ def load_array_file(path: str, what: str = "inputs") -> np.ndarray:
     return arr
 
 
+def _check_npy_header(fh, size: int, path: str, what: str) -> None:
+    """Refuse an .npy stream whose header declares more data than the stream holds, before
+    numpy allocates the array (a 100-byte file may declare a shape of terabytes)."""
+    start = fh.tell()
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version in ((2, 0), (3, 0)):  # the same header layout
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:
+        raise BadInput(f"{what}: unknown .npy format version {version[0]}.{version[1]} "
+                       "(corrupt file?)", path)
+    if dtype.hasobject:
+        return  # refused by np.load(allow_pickle=False) with its own message
+    need = fh.tell() - start + int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if need > size:
+        raise BadInput(f"{what}: the header declares shape {tuple(shape)} of {dtype} ({need} "
+                       f"bytes) but the file holds {size} bytes (truncated or corrupt)", path)
+
+
 def _check_declared(ds: h5py.Dataset, path: str) -> None:
+    """Refuse a dataset whose declared shape is too large, or whose data is not all stored in
+    this file (unwritten chunks, external or virtual storage), before anything is read."""
     n = int(np.prod(ds.shape, dtype=np.float64)) if ds.shape else 1
     if n > MAX_ELEMENTS:
         raise BadInput(f"dataset {ds.name} declares shape {ds.shape}, too large to read", path)
+    dcpl = ds.id.get_create_plist()
+    layout = dcpl.get_layout()
+    if layout not in (h5py.h5d.COMPACT, h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED) or \
+            dcpl.get_external_count():
+        raise BadInput(f"dataset {ds.name} keeps its data outside this file (external or "
+                       "virtual storage), which is not read", path)
+    if n == 0 or layout == h5py.h5d.COMPACT:
+        return
+    if layout == h5py.h5d.CHUNKED:
+        need = int(np.prod([-(-s // c) for s, c in zip(ds.shape, ds.chunks, strict=True)],
+                           dtype=np.float64))
+        have = ds.id.get_num_chunks()
+        if have < need:
+            raise BadInput(f"dataset {ds.name} declares shape {ds.shape} but only {have} of its "
+                           f"{need} chunks were written (truncated or corrupt)", path)
+    elif ds.id.get_storage_size() < n * ds.dtype.itemsize:
+        raise BadInput(f"dataset {ds.name} declares shape {ds.shape} but holds only "
+                       f"{ds.id.get_storage_size()} bytes (truncated or corrupt)", path)
 
 
 def _layer_io(model: nn.Module, layers: list[LayerInfo], batch: torch.Tensor):
@@ -223,9 +278,16 @@ class DumpReader:
         if "inputs" not in f or not isinstance(f["inputs"], h5py.Dataset):
             raise BadInput("dump has no /inputs dataset", path)
         _check_declared(f["inputs"], path)
+        if not np.issubdtype(f["inputs"].dtype, np.floating):
+            raise BadInput(f"/inputs has dtype {f['inputs'].dtype}, expected floating point",
+                           path)
         self.n_samples = int(f["inputs"].shape[0]) if f["inputs"].ndim else 0
         if self.n_samples == 0:
             raise BadInput("dump holds zero samples", path)
+        if "labels" in f and not isinstance(f["labels"], h5py.Dataset):
+            raise BadInput("/labels is not a dataset", path)
+        if "labels" in f:
+            _check_declared(f["labels"], path)
         if "labels" in f and f["labels"].shape[:1] != (self.n_samples,):
             raise BadInput(f"/labels has shape {f['labels'].shape}, expected "
                            f"({self.n_samples},)", path)
@@ -233,7 +295,12 @@ class DumpReader:
             raise BadInput("dump has no layers", path)
         self.layers: list[DumpLayer] = []
         for i, key in enumerate(sorted(f["layers"].keys())):
+            if key != f"{i:03d}":
+                raise BadInput(f"layer groups must be /layers/000, /layers/001, ... without "
+                               f"gaps; found /layers/{key} at position {i}", path)
             g = f["layers"][key]
+            if not isinstance(g, h5py.Group):
+                raise BadInput(f"/layers/{key} is not a group", path)
             a = g.attrs
             for attr in ("name", "kind", "activation", "in_features", "out_features", "bias"):
                 if attr not in a:

@@ -101,10 +101,13 @@ def report_json(report: dict) -> str:
 
 def load_report(path: str, text: str) -> dict:
     """Parse and check a report file's text (``path`` only names it in errors)."""
+    def no_constant(name: str):
+        raise ValueError(f"{name} is not valid JSON")
+
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BadInput(f"not JSON ({e})", path) from e
+        data = json.loads(text, parse_constant=no_constant)
+    except (json.JSONDecodeError, ValueError, RecursionError) as e:
+        raise BadInput(f"not JSON ({str(e).splitlines()[0][:200]})", path) from e
     if not isinstance(data, dict) or data.get("format") != REPORT_FORMAT:
         raise BadInput("not a nettrim report (missing \"format\": \"nettrim-report\")", path)
     if data.get("format_version") != REPORT_VERSION:
@@ -115,7 +118,48 @@ def load_report(path: str, text: str) -> dict:
             raise BadInput(f"report lacks {key!r}", path)
     if not isinstance(data["layers"], list):
         raise BadInput("report 'layers' is not a list", path)
+    _check_fields(data, path)
     return data
+
+
+_NUMBER = (int, float)
+_TEXT = (str,)
+# the fields the renderers read, and the JSON types each may hold (None always allowed)
+_LAYER_FIELDS = {**dict.fromkeys(("name", "kind", "activation", "program"), _TEXT),
+                 **dict.fromkeys(("params", "nonzeros_before", "nonzeros_after", "sparsity",
+                                  "epsilon", "discrepancy", "relative_discrepancy"), _NUMBER),
+                 "lambda": (*_NUMBER, list), "shape": (list,), "solver": (dict,)}
+_NETWORK_FIELDS = {**dict.fromkeys(("params", "nonzeros_before", "nonzeros_after",
+                                    "pruned_fraction", "discrepancy", "relative_discrepancy",
+                                    "bound"), _NUMBER),
+                   "bound_formula": _TEXT, "bound_note": _TEXT, "bound_holds": (bool,)}
+
+
+def _check_fields(data: dict, path: str) -> None:
+    """A report whose fields have the wrong JSON types is refused here, naming the field,
+    instead of failing half-way through rendering."""
+
+    def check(obj: dict, spec: dict, where: str) -> None:
+        for key, types in spec.items():
+            v = obj.get(key)
+            if v is not None and not isinstance(v, types):
+                raise BadInput(f"report field {where}{key} has type {type(v).__name__}, "
+                               f"expected {' or '.join(t.__name__ for t in types)}", path)
+
+    if not isinstance(data["mode"], str):
+        raise BadInput("report field 'mode' is not a string", path)
+    if not isinstance(data["network"], dict):
+        raise BadInput("report field 'network' is not an object", path)
+    check(data["network"], _NETWORK_FIELDS, "network.")
+    for i, layer in enumerate(data["layers"]):
+        if not isinstance(layer, dict):
+            raise BadInput(f"report field layers[{i}] is not an object", path)
+        check(layer, _LAYER_FIELDS, f"layers[{i}].")
+        if isinstance(layer.get("lambda"), list) and not all(
+                v is None or isinstance(v, _NUMBER) for v in layer["lambda"]):
+            raise BadInput(f"report field layers[{i}].lambda holds a non-number", path)
+        check(layer.get("solver") or {}, {"seconds": _NUMBER, "failed_columns": (list,)},
+              f"layers[{i}].solver.")
 
 
 def layer_rows(report: dict) -> list[dict]:

@@ -30,6 +30,19 @@ import scipy.sparse as sp
 from nettrim_cli.program import NONE, LayerProgram
 
 SOLVED = "solved"
+# OSQP 1.x status codes (SolverStatus) and the names recorded in the report
+STATUS_NAMES = {1: "solved", 2: "solved_inaccurate", 3: "primal_infeasible",
+                4: "primal_infeasible_inaccurate", 5: "dual_infeasible",
+                6: "dual_infeasible_inaccurate", 7: "maximum_iterations_reached",
+                8: "run_time_limit_reached", 9: "problem_non_convex", 10: "interrupted",
+                11: "unsolved"}
+INTERRUPTED = "interrupted"
+# P is PSD by construction, so "non convex" is rounding in the factorisation; a retry with
+# the same matrix fails the same way. Every other unsolved status is retried once with more
+# iterations and tighter tolerances (infeasibility tolerances included: the column's original
+# weights are feasible, so an infeasibility certificate is numerical trouble).
+NO_RETRY = frozenset({"problem_non_convex"})
+OSQP_INF_TOL = 1e-4  # OSQP's default eps_prim_inf / eps_dual_inf
 
 
 @dataclass
@@ -42,8 +55,16 @@ class ColumnResult:
 
 
 def _status_name(info) -> str:
-    name = str(info.status).strip().lower()
-    return name.replace(" ", "_")
+    """The status as a report name: from status_val when it is a known code, else from the
+    status text ("solved inaccurate" -> "solved_inaccurate")."""
+    try:
+        code = int(getattr(info, "status_val", 0))
+    except (TypeError, ValueError):
+        code = 0
+    if code in STATUS_NAMES:
+        return STATUS_NAMES[code]
+    name = str(getattr(info, "status", "") or "").strip().lower().replace(" ", "_")
+    return name or f"unknown_status_{code}"
 
 
 def is_solved(status: str) -> bool:
@@ -275,19 +296,25 @@ class ColumnQP:
         self.solver.update_settings(polishing=polish)
         res = self.solver.solve(raise_error=False)
         status = _status_name(res.info)
+        if status == INTERRUPTED:  # OSQP caught Ctrl-C: stop, as the user asked
+            raise KeyboardInterrupt
         iters, secs, retried = int(res.info.iter), float(res.info.run_time), False
-        if not is_solved(status) and status not in ("primal_infeasible", "dual_infeasible"):
+        if not is_solved(status) and status not in NO_RETRY:
             s = self.settings
-            self.solver.update_settings(max_iter=int(s.max_iter * s.retry_factor),
-                                        eps_abs=s.eps_abs / s.retry_factor,
-                                        eps_rel=s.eps_rel / s.retry_factor, polishing=True)
+            f = s.retry_factor
+            self.solver.update_settings(max_iter=int(s.max_iter * f), eps_abs=s.eps_abs / f,
+                                        eps_rel=s.eps_rel / f, eps_prim_inf=OSQP_INF_TOL / f,
+                                        eps_dual_inf=OSQP_INF_TOL / f, polishing=True)
             res = self.solver.solve(raise_error=False)
             status = _status_name(res.info)
+            if status == INTERRUPTED:
+                raise KeyboardInterrupt
             iters += int(res.info.iter)
             secs += float(res.info.run_time)
             retried = True
             self.solver.update_settings(max_iter=int(s.max_iter), eps_abs=s.eps_abs,
-                                        eps_rel=s.eps_rel)
+                                        eps_rel=s.eps_rel, eps_prim_inf=OSQP_INF_TOL,
+                                        eps_dual_inf=OSQP_INF_TOL)
         return res, status, iters, secs, retried
 
     def _violated(self, z: np.ndarray) -> np.ndarray:
