@@ -55,6 +55,8 @@ GUARD_S = 20.0  # per example: past this it counts as a hang
 MEM_LIMIT = 256 * 1024**2  # numpy allocations per example (tracemalloc peak)
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck), print_blob=True)
+# a reader fuzzed in several variants (file kinds, checkpoint forms) splits its examples
+FUZZ_EACH = settings(FUZZ, max_examples=max(EXAMPLES // 3, 20))
 ARCH = "nettrim_test_archs:tiny"
 
 COUNTS: dict[str, Counter] = defaultdict(Counter)
@@ -269,10 +271,10 @@ def read_report(path: Path):
 # Byte-level fuzzing, one test per reader
 
 
-def _fuzz_bytes(reader: str, src: Path, dest: Path, fn) -> None:
+def _fuzz_bytes(reader: str, src: Path, dest: Path, fn, each: bool = False) -> None:
     data = Path(src).read_bytes()
 
-    @FUZZ
+    @(FUZZ_EACH if each else FUZZ)
     @given(ops=byte_mutations(len(data)))
     def run(ops):
         dest.write_bytes(apply_bytes(data, ops))
@@ -288,13 +290,14 @@ def test_fuzz_dump_bytes(seeds, tmp_path):
 @pytest.mark.parametrize("kind", ["npy", "npz", "npz_compressed", "h5"])
 def test_fuzz_array_bytes(seeds, tmp_path, kind):
     ext = {"npz_compressed": "npz"}.get(kind, kind)
-    _fuzz_bytes("arrays", seeds[kind], tmp_path / f"calib.{ext}", read_array)
+    _fuzz_bytes("arrays", seeds[kind], tmp_path / f"calib.{ext}", read_array, each=True)
 
 
 @pytest.mark.parametrize("form", ["module", "state_dict", "wrapped_state_dict",
                                   "wrapped_model", "dataparallel_prefix", "legacy"])
 def test_fuzz_checkpoint_bytes(seeds, tmp_path, form):
-    _fuzz_bytes("checkpoint", seeds[f"ckpt_{form}"], tmp_path / "model.pt", read_checkpoint)
+    _fuzz_bytes("checkpoint", seeds[f"ckpt_{form}"], tmp_path / "model.pt", read_checkpoint,
+                each=True)
 
 
 def test_fuzz_config_bytes(seeds, tmp_path):
