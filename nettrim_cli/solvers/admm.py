@@ -46,6 +46,7 @@ last resort the layer is mixed with the original weights until the constraint ho
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -111,6 +112,10 @@ class ADMMSettings:
     adapt_tol: float = 5.0
     polish: bool = True
     polish_rounds: int = 50
+    # the polish stops starting new rounds after max(polish_min_seconds, polish_time_factor
+    # * ADMM's seconds): on large layers a round costs seconds and may never certify
+    polish_time_factor: float = 1.0
+    polish_min_seconds: float = 5.0
     polish_blas_threads: int | None = 1
     retry: bool = True
     retry_factor: float = 100.0
@@ -490,7 +495,7 @@ class _Polish:
         return newS[order], np.concatenate([se, -np.sign(g[add])])[order], Tm[~neg]
 
     def run(self, WT: np.ndarray, tight: np.ndarray, rounds: int,
-            target: float | None) -> _PolishResult:
+            target: float | None, deadline: float = math.inf) -> _PolishResult:
         Xa, act, Na, L = self.Xa, self.act, self.Na, self.L
         bidx = Na - 1 if self.bias else None
         S, sgn, T = [], [], []
@@ -510,6 +515,9 @@ class _Polish:
         seen: set[int] = set()
         tol_z = 1e-10 * self.yscale
         for rnd in range(rounds):
+            if rnd and time.perf_counter() > deadline:
+                out.log.append({"round": rnd + 1, "stopped": "time budget"})
+                break
             key = sets.key()
             if key in seen:
                 out.log.append({"round": rnd + 1, "cycle": True})
@@ -740,7 +748,8 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
                 last = attempt + 1 == attempts
                 n_rounds = opts.polish_rounds if last else min(opts.polish_rounds, 10)
                 with _blas_threads(opts.polish_blas_threads):
-                    res = pol.run(WT, tight, n_rounds, target)
+                    res = pol.run(WT, tight, n_rounds, target, deadline=tp + max(
+                        opts.polish_min_seconds, opts.polish_time_factor * solver.seconds))
                 rounds += len(res.log)
                 first = res.first
                 progress("polish", len(res.log), opts.polish_rounds)

@@ -1,0 +1,218 @@
+"""`make experiments`: the paper's section 6 on Fashion-MNIST, through the `nettrim` CLI.
+
+For each network (NN2-10K, NN3-30K, NN3-60K, CNN-10K/30K/60K, see NETWORKS) and seed: train it,
+dump its activations on the calibration set, prune it with Net-Trim in parallel and cascade
+mode, prune it with the baselines (magnitude = the paper's HPTD, Wanda-style,
+SparseGPT-style) at the same per-layer counts (`--match`), fine-tune every pruned model with
+its mask fixed, evaluate everything on the 10,000 test images, and draw the figures. The same
+again at about 90% pruning (a larger eps). Then docs/results.md is written from what is on disk.
+
+Every step writes its output atomically and is skipped when the output exists, so a rerun
+resumes where the last one stopped (delete EXP_DIR/<net> to redo a network). Wall times are
+measured here and kept in EXP_DIR/<net>/times.json.
+
+Environment: EXP_DIR (default exp_out), NETS (comma list, default all six), SEEDS (default 0),
+CALIB_MAX (calibration samples, default 10000: the first samples of the network's training
+set), FT_EPOCHS (default 3), DTYPE (of the ADMM solver, default float32). The Net-Trim settings are
+experiments/netrim.toml (the whole-layer ADMM solver, the project's fastest).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch import nn
+
+from nettrim_cli.datasets import load_fashion_mnist, mlp
+
+ROOT = Path(__file__).resolve().parent.parent
+EXP = Path(os.environ.get("EXP_DIR", ROOT / "exp_out"))
+DOCS = ROOT / "docs"
+SEEDS = [int(s) for s in os.environ.get("SEEDS", "0").split(",")]
+CALIB_MAX = int(os.environ.get("CALIB_MAX", "10000"))
+FT_EPOCHS = int(os.environ.get("FT_EPOCHS", "3"))
+CONFIG = ROOT / "experiments" / "netrim.toml"
+DTYPE = os.environ.get("DTYPE", "float32")
+NETTRIM = [sys.executable, "-m", "nettrim_cli"]
+
+# name: (architecture, training samples, training epochs)
+NETWORKS = {
+    "NN2-10K": ("784-300-300-10", 10_000, 30),
+    "NN3-30K": ("784-300-500-300-10", 30_000, 15),
+    "NN3-60K": ("784-300-1000-300-10", 60_000, 10),
+    "CNN-10K": ("cnn", 10_000, 15),
+    "CNN-30K": ("cnn", 30_000, 8),
+    "CNN-60K": ("cnn", 60_000, 5),
+}
+# eps of each setting (relative, section 3.1); gamma for cascade
+SETTINGS = {
+    "base": {"parallel": 0.06, "cascade": 0.04, "gamma": 1.1},
+    "high": {"parallel": 0.25, "cascade": 0.2, "gamma": 1.1},
+}
+BASELINES = ["magnitude", "wanda", "sparsegpt"]
+NOISE = "0,0.2,0.4,0.6,0.8,1.0,1.2,1.4,1.6"
+
+
+def cnn() -> nn.Sequential:
+    """Two 5x5 conv layers of 32 filters, each followed by 2x2 max pooling, a fully connected
+    layer of 512 and the output layer (section 6). Inputs are flat 784-vectors."""
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 28, 28)),
+        nn.Conv2d(1, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 4 * 4, 512), nn.ReLU(), nn.Linear(512, 10))
+
+
+def build(arch: str) -> nn.Sequential:
+    return cnn() if arch == "cnn" else mlp(tuple(int(w) for w in arch.split("-")))
+
+
+def run(*args: str, out: Path | None = None, stdout: Path | None = None) -> float:
+    """Run `nettrim ARGS` unless ``out`` (or ``stdout``) exists; returns its wall time."""
+    target = out or stdout
+    if target is not None and target.exists():
+        return 0.0
+    t0 = time.perf_counter()
+    print("+ nettrim", " ".join(args), flush=True)
+    if stdout is not None:
+        text = subprocess.run(NETTRIM + list(args), check=True, capture_output=True,
+                              text=True).stdout
+        tmp = stdout.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(stdout)
+    else:
+        subprocess.run(NETTRIM + list(args), check=True)
+    return time.perf_counter() - t0
+
+
+def write_h5(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+    if path.exists():
+        return
+    tmp = path.with_suffix(".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("inputs", data=x.astype(np.float32))
+        f.create_dataset("labels", data=y.astype(np.int64))
+    tmp.replace(path)
+
+
+def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> nn.Module:
+    """Adam (lr 1e-3, batch 128, seeded), cross-entropy, a fixed number of epochs."""
+    torch.manual_seed(seed)
+    gen = np.random.default_rng(seed)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(epochs):
+        order = torch.as_tensor(gen.permutation(len(x)))
+        for i in range(0, len(x), 128):
+            idx = order[i:i + 128]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def one_network(name: str, seed: int, data: dict) -> None:
+    arch, n_train, epochs = NETWORKS[name]
+    d = EXP / name / f"seed{seed}"
+    d.mkdir(parents=True, exist_ok=True)
+    times_path = d / "times.json"
+    times = load_json(times_path) if times_path.exists() else {}
+
+    def timed(key: str, seconds: float) -> None:
+        if seconds > 0:
+            times[key] = round(seconds, 2)
+            times_path.write_text(json.dumps(times, indent=1, sort_keys=True))
+
+    xtr, ytr = data["train"][0][:n_train], data["train"][1][:n_train]
+    train_h5, test_h5 = d / "train.h5", EXP / "test.h5"
+    write_h5(train_h5, xtr, ytr)
+    calib = d / "calib.npy"
+    if not calib.exists():
+        np.save(calib, xtr[:CALIB_MAX])
+        np.save(d / "calib_labels.npy", ytr[:CALIB_MAX])
+    model = d / "model.pt"
+    if not model.exists():
+        t0 = time.perf_counter()
+        net = train(build(arch), xtr, ytr, epochs, seed)
+        torch.save(net, d / "model.tmp")
+        (d / "model.tmp").replace(model)
+        timed("train", time.perf_counter() - t0)
+    acts = d / "acts.h5"
+    timed("dump", run("dump", str(model), "--inputs", str(calib), "--labels",
+                      str(d / "calib_labels.npy"), "-o", str(acts), out=acts))
+    run("eval", str(model), "--data", str(test_h5), "--noise", NOISE, "--format", "json",
+        stdout=d / "eval-original.json")
+    for level, eps in SETTINGS.items():
+        for mode in ("parallel", "cascade"):
+            tag = f"{level}-netrim-{mode}"
+            pruned, report = d / f"{tag}.pt", d / f"{tag}.json"
+            args = ["prune", str(model), "--acts", str(acts), "--config", str(CONFIG), "--mode",
+                    mode, "--epsilon", str(eps[mode]), "--dtype", DTYPE, "-o", str(pruned),
+                    "--report", str(report), "-q"]
+            if mode == "cascade":
+                args += ["--gamma", str(eps["gamma"])]
+            timed(f"prune {tag}", run(*args, out=report))
+            for method in BASELINES:
+                btag = f"{level}-{method}-{mode}"
+                timed(f"prune {btag}", run(
+                    "prune", str(model), "--acts", str(acts), "--method", method, "--match",
+                    str(report), "-o", str(d / f"{btag}.pt"), "--report",
+                    str(d / f"{btag}.json"), "-q", out=d / f"{btag}.json"))
+            for t in [tag] + [f"{level}-{m}-{mode}" for m in BASELINES]:
+                noise = ["--noise", NOISE] if level == "base" and t in (
+                    tag, f"base-magnitude-{mode}") else []
+                run("eval", str(d / f"{t}.pt"), "--data", str(test_h5), *noise, "--format",
+                    "json", stdout=d / f"eval-{t}.json")
+                ft = d / f"{t}-ft.pt"
+                timed(f"finetune {t}", run(
+                    "finetune", str(d / f"{t}.pt"), "--data", str(train_h5), "--epochs",
+                    str(FT_EPOCHS), "--lr", "1e-4", "--seed", str(seed), "-o", str(ft),
+                    "--summary", str(d / f"{t}-ft.json"), "-q", out=ft))
+                run("eval", str(ft), "--data", str(test_h5), "--format", "json",
+                    stdout=d / f"eval-{t}-ft.json")
+
+
+def main() -> int:
+    nets = [n for n in os.environ.get("NETS", ",".join(NETWORKS)).split(",") if n]
+    EXP.mkdir(parents=True, exist_ok=True)
+    data = {"train": load_fashion_mnist("train"), "test": load_fashion_mnist("test")}
+    write_h5(EXP / "test.h5", *data["test"])
+    for name in nets:
+        for seed in SEEDS:
+            one_network(name, seed, data)
+    (EXP / "machine.json").write_text(json.dumps({
+        "cpu": platform.processor() or _cpu_name(), "cores": os.cpu_count(),
+        "python": platform.python_version(), "torch": torch.__version__}, indent=1))
+    from experiments import figures, write_results
+
+    figures.main(EXP, DOCS)
+    write_results.main(EXP, DOCS, nets, SEEDS)
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
