@@ -104,6 +104,8 @@ def main(exp: Path, docs: Path, nets: list[str], seeds: list[int]) -> Path:
                                    for s in seeds)]
     machine = _load(exp / "machine.json") or {}
     spiral = _load(exp / "fig1-spiral.json")
+    nets_text = ", ".join(f"{n} ({NETWORKS[n][0]}, {NETWORKS[n][1]:,} training images, "
+                          f"{NETWORKS[n][2]} epochs)" for n in done)
     out = [
         "# Experiments: the paper's section 6 on Fashion-MNIST",
         "",
@@ -117,8 +119,7 @@ def main(exp: Path, docs: Path, nets: list[str], seeds: list[int]) -> Path:
         "",
         "## What was run",
         "",
-        f"- Networks: {', '.join(f'{n} ({NETWORKS[n][0]}, {NETWORKS[n][1]:,} training images, '
-                                 f'{NETWORKS[n][2]} epochs)' for n in done)}; seeds "
+        f"- Networks: {nets_text}; seeds "
         f"{', '.join(map(str, seeds))}. Trained with Adam (lr 1e-3, batch 128), cross-entropy, "
         "no augmentation. The CNNs prune their two fully connected layers only, as the paper "
         "does (the conv layers are kept).",
@@ -127,8 +128,9 @@ def main(exp: Path, docs: Path, nets: list[str], seeds: list[int]) -> Path:
         "the 30K/60K runs within the machine's time).",
         f"- Net-Trim: `nettrim prune --config experiments/netrim.toml --dtype {DTYPE}` (the "
         "whole-layer ADMM solver stopped at relative tolerance 1e-4, no polish) in parallel and "
-        "cascade mode at the eps below. Baselines: `nettrim prune --method magnitude|wanda|sparsegpt --match "
-        "<the Net-Trim report>`, so every baseline has exactly the Net-Trim model's per-layer "
+        "cascade mode at the eps below. Baselines: `nettrim prune --method "
+        "magnitude|wanda|sparsegpt --match <the Net-Trim report>`, so every baseline has "
+        "exactly the Net-Trim model's per-layer "
         "nonzero counts. HPTD is the paper's name for magnitude pruning.",
         f"- FT: `nettrim finetune --epochs {FT_EPOCHS} --lr 1e-4` on the network's training "
         "set with the pruned weights held at zero.",
