@@ -206,7 +206,7 @@ def _solver_fn(name: str, device: str = "cpu", dtype: str = "float64"):
                    "cluster (pip install 'nettrim[ray]'); the same result either way.")
 @click.option("--address", metavar="HOST:PORT",
               help="The Ray cluster for --executor ray (HOST:PORT, ray://HOST:PORT or auto; "
-                   "default: start a local Ray instance).")
+                   "default: RAY_ADDRESS if set, else a new local Ray instance).")
 @click.option("--osqp-algebra", type=click.Choice(["builtin", "cuda"]),
               help="OSQP's linear algebra: builtin (CPU, default) or cuda (pip install "
                    "'osqp[cu12]', an NVIDIA GPU).")

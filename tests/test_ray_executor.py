@@ -25,7 +25,8 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # "local": a new instance even if a cluster was started on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray_exec.shutdown_pool()
     ray.shutdown()
@@ -72,6 +73,26 @@ def test_layer_weights_identical_and_actor_count(ray_cluster, cascade):
     assert sol.workers == 2
     assert np.array_equal(ref.Wa, sol.Wa)
     assert ref.lam == sol.lam and ref.status == sol.status
+
+
+def test_layer_data_is_put_once_and_actors_are_reused(ray_cluster, monkeypatch):
+    """One ray.put per layer (the actors get its reference); the evaluations send only
+    lambdas; the actors stay for the next layer."""
+    real_put = ray.put
+    puts = []
+
+    def put(value, *a, **k):
+        puts.append(type(value).__name__)
+        return real_put(value, *a, **k)
+
+    monkeypatch.setattr(ray, "put", put)
+    s = SolverSettings()
+    s.executor = "ray"
+    solve_layer(_program(seed=3), s, workers=2)
+    first = list(ray_exec._POOL["actors"])
+    solve_layer(_program(seed=4, cascade=True), s, workers=2)
+    assert puts == ["dict", "dict"]
+    assert ray_exec._POOL["actors"] == first and len(first) == 2
 
 
 def test_killed_actor_is_replaced_and_the_answer_is_identical(ray_cluster, monkeypatch):

@@ -82,7 +82,7 @@ class SolverSettings:
     memory_budget_mb: float = 2048.0
     # Where the columns are solved: "local" (this machine's processes) or "ray" (actors on a
     # Ray cluster, see nettrim_cli/solvers/ray_exec.py); address: the Ray cluster to join
-    # (HOST:PORT or "auto"; None starts a local Ray instance).
+    # (HOST:PORT or "auto"; None: RAY_ADDRESS if set, else a new local Ray instance).
     executor: str = "local"
     address: str | None = None
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import socket
 from dataclasses import fields
 
@@ -68,21 +69,30 @@ def _reachable(address: str) -> None:
 
 
 def connect(address: str | None = None):
-    """Join the Ray cluster at ``address`` (HOST:PORT, ray://HOST:PORT or auto), or start a
-    local Ray instance without one. Does nothing when this process is already connected."""
+    """Join the Ray cluster at ``address`` (HOST:PORT, ray://HOST:PORT or auto); without one,
+    the cluster in RAY_ADDRESS if that is set, else a new local Ray instance. Does nothing when
+    this process is already connected."""
     ray = import_ray()
     if ray.is_initialized():
         return ray
     kwargs = {"log_to_driver": False, "logging_level": logging.WARNING}
-    if address is None:
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        # a new local instance, even where a cluster was started on this machine (or its
+        # stale record in /tmp/ray is left): --address auto joins that one
+        address = "local"
         kwargs["include_dashboard"] = False
-    else:
+    elif address is not None:
         _reachable(address)
     try:
         ray.init(address=address, **kwargs)
     except ConnectionError as e:
-        raise BadInput(f"cannot connect to the Ray cluster ({e})", address or "--executor") \
-            from e
+        hint = ""
+        if address not in (None, "auto") and not os.environ.get("RAY_AUTH_MODE"):
+            # Ray enables token authentication for an explicit address only when asked to
+            hint = ("; if the cluster uses Ray's token authentication, set RAY_AUTH_MODE=token "
+                    "(with its token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+        raise BadInput(f"cannot connect to the Ray cluster ({e}){hint}",
+                       address or "--executor") from e
     return ray
 
 
