@@ -95,6 +95,24 @@ def test_layer_data_is_put_once_and_actors_are_reused(ray_cluster, monkeypatch):
     assert ray_exec._POOL["actors"] == first and len(first) == 2
 
 
+def test_rebuilt_problems_are_identical_too(ray_cluster):
+    """memory_budget_mb = 0: every evaluation rebuilds the column's problem from its last
+    solution and working set (the path --resume records); the actors give the same bits."""
+    s = SolverSettings()
+    s.memory_budget_mb = 0.0
+    ref = solve_layer(_program(seed=5, cascade=True), s, workers=1)
+    s.executor = "ray"
+    sol = solve_layer(_program(seed=5, cascade=True), s, workers=2)
+    assert np.array_equal(ref.Wa, sol.Wa) and ref.lam == sol.lam
+
+
+def test_cuda_algebra_needs_a_gpu_in_the_cluster(ray_cluster):
+    from nettrim_cli.errors import BadInput
+
+    with pytest.raises(BadInput, match="no GPU"):
+        ray_exec._gpu_share(ray, 2)
+
+
 def test_killed_actor_is_replaced_and_the_answer_is_identical(ray_cluster, monkeypatch):
     """ray.kill one actor while an evaluation is in flight: a new actor replays its columns'
     evaluations and the layer's answer is still bit-identical to the local one."""

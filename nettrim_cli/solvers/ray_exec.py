@@ -130,19 +130,31 @@ def _session_key(ray) -> tuple:
     return ctx.get_job_id(), ctx.get_node_id()
 
 
-def _new_actor(ray):
+def _new_actor(ray, num_gpus: float = 0.0):
     cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(ColumnActor)
-    return cls.options(scheduling_strategy="SPREAD").remote()
+    return cls.options(scheduling_strategy="SPREAD", num_gpus=num_gpus).remote()
 
 
-def _actors(ray, n: int) -> list:
-    key = _session_key(ray)
+def _actors(ray, n: int, num_gpus: float = 0.0) -> list:
+    key = (*_session_key(ray), num_gpus)
     if _POOL["key"] != key:
+        if _POOL["key"] is not None and _POOL["key"][:2] == key[:2]:
+            shutdown_pool()  # this session's actors, made with another GPU share
         _POOL.update(key=key, actors=[])
     pool = _POOL["actors"]
     while len(pool) < n:
-        pool.append(_new_actor(ray))
+        pool.append(_new_actor(ray, num_gpus))
     return pool[:n]
+
+
+def _gpu_share(ray, n: int) -> float:
+    """GPUs per actor for OSQP's CUDA algebra: Ray hides the GPUs from an actor that asks for
+    none (CUDA_VISIBLE_DEVICES is emptied), so the actors share the cluster's GPUs."""
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    if gpus <= 0:
+        raise BadInput("--osqp-algebra cuda with --executor ray: the Ray cluster has no GPU",
+                       "--osqp-algebra")
+    return min(1.0, gpus / n)
 
 
 def _payload() -> dict:
@@ -188,8 +200,11 @@ class RayEvaluator:
         self.n_workers = n
         self.shares = [columns[w::n] for w in range(n)]
         self.owner = {m: w for w, share in enumerate(self.shares) for m in share}
+        settings = search._SHARED["settings"]
+        cuda = getattr(settings.osqp, "algebra", "builtin") == "cuda"
+        self.num_gpus = _gpu_share(ray, n) if cuda else 0.0
         self.ref = ray.put(_payload())  # once per layer; every actor reads this object
-        self.actors = list(_actors(ray, n))
+        self.actors = list(_actors(ray, n, self.num_gpus))
         for actor, share in zip(self.actors, self.shares, strict=True):
             actor.load.remote(self.ref, share)
         self.history: list[list[tuple[dict[int, float], bool]]] = [[] for _ in range(n)]
@@ -260,7 +275,7 @@ class RayEvaluator:
                     "its %d evaluation(s)", self.shares[w], type(err).__name__, first,
                     len(self.history[w]))
         old = self.actors[w]
-        actor = _new_actor(ray)
+        actor = _new_actor(ray, self.num_gpus)
         pool = _POOL["actors"]
         for i, a in enumerate(pool):
             if a is old:
@@ -295,11 +310,11 @@ class RayEvaluator:
 
 
 def shutdown_pool() -> None:
-    """Forget the pooled actors (they end with the Ray session or when killed)."""
+    """End the pooled actors (they also end with the Ray session)."""
     ray = import_ray()
     for actor in _POOL["actors"]:
         try:
             ray.kill(actor)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - gone already, or a past session's
             pass
     _POOL.update(key=None, actors=[])
