@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO ?= demo_out
 NETTRIM := $(BIN)/nettrim
 
-.PHONY: install test demo bench lint clean fashion-mnist
+.PHONY: install test demo bench experiments resume-check lint clean fashion-mnist
 
 # torch is installed first and pinned to the CPU build that lies on this machine's disk:
 # a loose `torch` requirement would pull a multi-GB CUDA build.
@@ -44,6 +44,16 @@ fashion-mnist:
 bench: install fashion-mnist
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench_admm.py
+
+# The paper's section 6 on Fashion-MNIST (hours on 2 cores; cached, so a rerun resumes):
+# writes exp_out/ and docs/results.md with the figures. NETS=NN2-10K,CNN-10K picks networks.
+experiments: install fashion-mnist
+	$(BIN)/python -m experiments.run
+
+# A longer kill-and-resume campaign than `make test` runs; appends to docs/resume-kills.jsonl.
+resume-check: install
+	NETTRIM_KILL_POINTS=10 NETTRIM_KILL_LOG=$(CURDIR)/docs/resume-kills.jsonl \
+		$(BIN)/pytest -q tests/test_resume.py -k killed
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

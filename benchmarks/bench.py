@@ -106,7 +106,7 @@ def whole_layer(prog: LayerProgram, eps_r: float) -> list[str]:
     from nettrim_cli.solvers.admm import ADMMSettings
 
     # the settings of experiments/netrim.toml: residual tolerances 1e-6 / 1e-4, no polish
-    fast = ADMMSettings(eps_abs=1e-6, eps_rel=1e-4, max_iter=3000, polish=False, retry=False)
+    fast = ADMMSettings(eps_abs=1e-6, eps_rel=1e-4, max_iter=1000, polish=False, retry=False)
     res = {}
     for name, fn in (("osqp (optimised, all cores)", lambda: solve_layer(layer,
                                                                           SolverSettings())),

@@ -45,18 +45,18 @@ DTYPE = os.environ.get("DTYPE", "float32")
 NETTRIM = [sys.executable, "-m", "nettrim_cli"]
 
 # name: (architecture, training samples, training epochs)
-NETWORKS = {
+NETWORKS = {  # in the order they are run (cheapest first)
     "NN2-10K": ("784-300-300-10", 10_000, 30),
-    "NN3-30K": ("784-300-500-300-10", 30_000, 15),
-    "NN3-60K": ("784-300-1000-300-10", 60_000, 10),
     "CNN-10K": ("cnn", 10_000, 15),
+    "NN3-30K": ("784-300-500-300-10", 30_000, 15),
     "CNN-30K": ("cnn", 30_000, 8),
     "CNN-60K": ("cnn", 60_000, 5),
+    "NN3-60K": ("784-300-1000-300-10", 60_000, 10),
 }
 # eps of each setting (relative, section 3.1); gamma for cascade
 SETTINGS = {
-    "base": {"parallel": 0.06, "cascade": 0.04, "gamma": 1.1},
-    "high": {"parallel": 0.25, "cascade": 0.2, "gamma": 1.1},
+    "base": {"parallel": 0.1, "cascade": 0.06, "gamma": 1.1},
+    "high": {"parallel": 0.3, "cascade": 0.2, "gamma": 1.1},
 }
 BASELINES = ["magnitude", "wanda", "sparsegpt"]
 NOISE = "0,0.2,0.4,0.6,0.8,1.0,1.2,1.4,1.6"
