@@ -293,6 +293,10 @@ def prune(model, acts, output, report_path, config_path, mode, epsilon, gamma, l
                 result = run_prune(ckpt, dump, settings,
                                    _solver_fn(solver_name, device, dtype), on_layer, on_columns,
                                    workdir=work)
+            except BadInput:
+                if work is not None:  # the inputs are bad: nothing worth resuming
+                    work.remove()
+                raise
             except KeyboardInterrupt:
                 if work is not None:
                     click.echo(f"nettrim: finished layers and columns are kept in {work.path}; "

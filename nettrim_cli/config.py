@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nettrim_cli.errors import BadInput
+from nettrim_cli.solvers.admm import ADMMSettings
 from nettrim_cli.solvers.base import OSQPSettings, SearchSettings, SolverSettings
 from nettrim_cli.trim import CASCADE, PARALLEL, PruneSettings
 
@@ -27,8 +28,9 @@ TOP_KEYS: dict[str, tuple[type, ...]] = {
     "workers": (int,),
     "executor": (str,),
     "address": (str,),
+    "memory_budget_mb": (float, int),
 }
-SECTIONS = {"osqp": OSQPSettings, "search": SearchSettings}
+SECTIONS = {"osqp": OSQPSettings, "search": SearchSettings, "admm": ADMMSettings}
 SOLVERS = ("osqp", "admm")
 
 
@@ -65,7 +67,8 @@ def load_config(path: str | None) -> dict[str, Any]:
                     raise BadInput(f"unknown config key '{key}.{sub}' (known: "
                                    f"{', '.join(sorted(known))})", path)
                 default = getattr(SECTIONS[key](), sub)
-                types = (float, int) if isinstance(default, float) else (type(default),)
+                types = ((float, int) if default is None or isinstance(default, float)
+                         else (type(default),))
                 _typecheck(f"{key}.{sub}", v, types, path)
         elif key in TOP_KEYS:
             _typecheck(key, value, TOP_KEYS[key], path)
@@ -132,6 +135,7 @@ def build_settings(config: dict[str, Any], flags: dict[str, Any],
     merged.update({k: v for k, v in flags.items() if v is not None})
     osqp = OSQPSettings(**config.get("osqp", {}))
     search = SearchSettings(**config.get("search", {}))
+    admm = ADMMSettings(**config["admm"]) if "admm" in config else None
     if flags.get("scope") is not None:
         search.scope = flags["scope"]
     mode = merged.get("mode", CASCADE)
@@ -174,6 +178,15 @@ def build_settings(config: dict[str, Any], flags: dict[str, Any],
         (osqp.formulation in ("split", "epigraph"),
          "osqp.formulation must be 'split' (eq. 14) or 'epigraph'"),
         (osqp.screen_init >= 1, "osqp.screen_init must be >= 1"),
+        (admm is None or admm.max_iter >= 1, "admm.max_iter must be >= 1"),
+        (admm is None or (admm.eps_abs >= 0 and admm.eps_rel >= 0),
+         "admm tolerances must be >= 0"),
+        (admm is None or 0 < admm.alpha < 2, "admm.alpha must be in (0, 2)"),
+        (admm is None or (admm.rho is None or admm.rho > 0), "admm.rho must be > 0"),
+        (admm is None or admm.ratio > 0, "admm.ratio must be > 0"),
+        (admm is None or (admm.check_every >= 1 and admm.adapt_every >= 1
+                          and admm.polish_rounds >= 1 and admm.retry_factor > 0),
+         "admm.check_every, adapt_every, polish_rounds must be >= 1 and retry_factor > 0"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -184,12 +197,16 @@ def build_settings(config: dict[str, Any], flags: dict[str, Any],
     workers = int(merged.get("workers", 0))
     if workers < 0:
         raise BadInput("workers must be >= 0 (0: all cores)", source)
+    budget = float(merged.get("memory_budget_mb", 2048.0))
+    if not (math.isfinite(budget) and budget >= 0):
+        raise BadInput("memory_budget_mb must be >= 0", source)
     solver = merged.get("solver", "osqp")
     if solver not in SOLVERS:
         raise BadInput(f"unknown solver {solver!r} (available: {', '.join(SOLVERS)})", source)
     settings = PruneSettings(
         mode=mode, epsilon=None if eps is None else float(eps), gamma=gamma,
         lam=None if lam is None else float(lam),
-        solver=SolverSettings(osqp=osqp, search=search, zero_threshold=zt, workers=workers))
+        solver=SolverSettings(osqp=osqp, search=search, zero_threshold=zt, workers=workers,
+                              memory_budget_mb=budget, admm=admm))
     _executor_settings(settings.solver, merged, flags, source)
     return settings, solver

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -85,6 +86,9 @@ class SolverSettings:
     # (HOST:PORT or "auto"; None: RAY_ADDRESS if set, else a new local Ray instance).
     executor: str = "local"
     address: str | None = None
+    # --solver admm: an ADMMSettings (nettrim_cli.solvers.admm) from the [admm] section of a
+    # preset, None for its defaults
+    admm: Any = None
 
 
 @dataclass
