@@ -28,7 +28,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -128,8 +130,11 @@ class WorkDir:
             if not self.path.parent.is_dir():
                 raise BadInput("the work folder's parent directory does not exist",
                                str(self.path))
-            self.path.mkdir(exist_ok=True)
-            _write(mpath, json.dumps(self.manifest, indent=1, sort_keys=True).encode())
+            # made whole or not at all: a folder with its manifest, renamed into place (a run
+            # killed here leaves no folder, or a temporary one that nothing reads)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+            _write(tmp / MANIFEST, json.dumps(self.manifest, indent=1, sort_keys=True).encode())
+            os.replace(tmp, self.path)
 
     def recorded(self) -> tuple[int, int]:
         """How many finished layers and column records the folder holds."""
