@@ -31,9 +31,16 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _default_sigint() -> None:
+    # a shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT:
+    # without this, a suite run in the background would send Ctrl-C to deaf processes
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def nettrim(*args, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "nettrim_cli", *map(str, args)], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str]:
