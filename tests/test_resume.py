@@ -106,7 +106,9 @@ def test_killed_runs_resume_to_the_identical_checkpoint(case, mode):
         rc, err = finish(proc)
         interrupted = rc != 0
         if sig == signal.SIGINT and interrupted:
-            assert rc == 130, err
+            # 130 from our handler, or death by SIGINT (a second interrupt raised while the
+            # first unwinds, e.g. re-raised by OSQP's own handler): $? is 130 in a shell either way
+            assert rc in (130, -signal.SIGINT), err
             assert "--resume" in err
         assert not (case / out).exists() or not interrupted  # no partial output
         layers = cols = 0
