@@ -109,7 +109,8 @@ def test_killed_runs_resume_to_the_identical_checkpoint(case, mode):
             # 130 from our handler, or death by SIGINT (a second interrupt raised while the
             # first unwinds, e.g. re-raised by OSQP's own handler): $? is 130 in a shell either way
             assert rc in (130, -signal.SIGINT), err
-            assert "--resume" in err
+            if work.is_dir():  # interrupted after the work folder was made: say how to go on
+                assert "--resume" in err, err
         assert not (case / out).exists() or not interrupted  # no partial output
         layers = cols = 0
         resumes = 0
