@@ -85,8 +85,8 @@ def spiral(exp: Path) -> Path | None:
 def first_layer(exp: Path, net: str = "NN2-10K", seed: int = 0) -> Path | None:
     """Figure 3: the first layer's weights after Net-Trim and after HPTD (same count)."""
     d = exp / net / f"seed{seed}"
-    files = [(d / "base-netrim-cascade.pt", "Net-Trim (cascade)"),
-             (d / "base-magnitude-cascade.pt", "HPTD (magnitude), same count")]
+    files = [(d / "base-netrim-parallel.pt", "Net-Trim (parallel)"),
+             (d / "base-magnitude-parallel.pt", "HPTD (magnitude), same count")]
     if not all(f.exists() for f, _ in files):
         return None
     plt = _plt()
