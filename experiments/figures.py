@@ -66,7 +66,7 @@ def spiral(exp: Path) -> Path | None:
         a.set_title(title)
     for a, W, title in ((ax[1, 0], w_before[1], "hidden-to-hidden links, initial"),
                         (ax[1, 1], w_after[1], "hidden-to-hidden links, Net-Trim")):
-        a.imshow(W != 0, cmap="Greys", interpolation="nearest")
+        a.imshow(W != 0, cmap="Greys", interpolation="nearest", vmin=0, vmax=1)
         a.set_title(f"{title}: {np.count_nonzero(W)} of {W.size}")
         a.set_xticks([])
         a.set_yticks([])
