@@ -239,10 +239,10 @@ def prune(model, acts, output, report_path, config_path, mode, epsilon, gamma, l
     """
     import torch
 
-    from nettrim_cli.checkpoint import pruned_copy, save_checkpoint, trace_layers
+    from nettrim_cli.checkpoint import pruned_copy, trace_layers
     from nettrim_cli.config import build_settings, load_config
     from nettrim_cli.dump import DumpReader
-    from nettrim_cli.report import build_report, report_json
+    from nettrim_cli.report import build_report
     from nettrim_cli.trim import prune as run_prune
 
     if method != "netrim" or match_path is not None or sparsity is not None:
@@ -316,32 +316,9 @@ def prune(model, acts, output, report_path, config_path, mode, epsilon, gamma, l
     if config_path:
         inputs["config"] = {"path": config_path, "sha256": sha256_file(config_path)}
     report = build_report(result, inputs, solver_name, seconds)
-    pruned_model = pruned_copy(ckpt, result.weights)
-    with contextlib.ExitStack() as stack:
-        if output == "-":
-            buf = io.BytesIO()
-            save_checkpoint(ckpt, pruned_model, buf)
-            data = buf.getvalue()
-            import hashlib
-
-            report["outputs"]["checkpoint"] = {"path": "-",
-                                               "sha256": hashlib.sha256(data).hexdigest()}
-        else:
-            tmp = stack.enter_context(atomic_path(output))
-            save_checkpoint(ckpt, pruned_model, tmp)
-            report["outputs"]["checkpoint"] = {"path": output, "sha256": sha256_file(tmp)}
-        text = report_json(report)
-        if report_path and report_path != "-":
-            rtmp = stack.enter_context(atomic_path(report_path))
-            with open(rtmp, "w") as fh:
-                fh.write(text)
-    # the files are in place; now the streams
-    if output == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-    if report_path == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
+    # the files are written atomically first, then the streams ('-')
+    _write_checkpoint_and_json(ckpt, pruned_copy(ckpt, result.weights), output, report_path,
+                               report, ("outputs", "checkpoint"))
     if not quiet:
         from nettrim_cli.report import render_table
 
