@@ -27,10 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from nettrim_cli.checkpoint import Checkpoint, LayerInfo, pruned_copy
-from nettrim_cli.dump import DumpReader, forward_collect
+from nettrim_cli.checkpoint import Checkpoint, LayerInfo
+from nettrim_cli.dump import DumpReader
 from nettrim_cli.errors import BadInput
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -223,11 +222,6 @@ def _act(Z: np.ndarray, activation: str) -> np.ndarray:
     return np.maximum(Z, 0.0) if activation == "relu" else Z
 
 
-def _outputs(model: torch.nn.Module, inputs: np.ndarray) -> np.ndarray:
-    return np.concatenate([out.astype(np.float64)
-                           for _, _, out in forward_collect(model, [], inputs)], axis=0)
-
-
 def prune_layers(ckpt: Checkpoint, dump: DumpReader, method: str, counts: dict[str, int],
                  on_layer: Callable[[int, int, str], None] | None = None) -> BaselineResult:
     """Prune every prunable layer of ``ckpt`` with ``method`` to ``counts[name]`` weights.
@@ -254,26 +248,13 @@ def prune_layers(ckpt: Checkpoint, dump: DumpReader, method: str, counts: dict[s
                                  discrepancy=float(np.linalg.norm(Yhat - Y)),
                                  y_norm=float(np.linalg.norm(Y)),
                                  seconds=time.perf_counter() - t0))
-    inputs = dump.inputs()
-    y = _outputs(ckpt.model, inputs)
-    yhat = _outputs(pruned_copy(ckpt, {o.info.name: (o.W, o.b0) for o in out}), inputs)
-    disc = float(np.linalg.norm(yhat - y))
-    ynorm = float(np.linalg.norm(y))
-    params = sum(o.W.size for o in out)
-    nnz = sum(int(np.count_nonzero(o.W)) for o in out)
-    network = {
-        "params": params,
-        "nonzeros_before": sum(int(np.count_nonzero(o.W0)) for o in out),
-        "nonzeros_after": nnz,
-        "pruned_fraction": 1.0 - nnz / params if params else 0.0,
-        "discrepancy": disc,
-        "relative_discrepancy": disc / ynorm if ynorm > 0 else 0.0,
-        "output_norm": ynorm,
-        "bound": None,
-        "bound_formula": None,
-        "bound_note": f"not applicable: {method} has no eps and no bound",
-        "bound_holds": None,
-    }
+    from nettrim_cli.trim import network_summary
+
+    network = {**network_summary(ckpt, dump.inputs(), {o.info.name: (o.W, o.b0) for o in out},
+                                 [(o.W, o.W0) for o in out]),
+               "bound": None, "bound_formula": None,
+               "bound_note": f"not applicable: {method} has no eps and no bound",
+               "bound_holds": None}
     return BaselineResult(method=method, layers=out, network=network)
 
 

@@ -191,30 +191,36 @@ def _recorded_outcome(info: LayerInfo, record, W0, b0) -> LayerOutcome:
                         seconds=meta["seconds"])
 
 
-def _network_figures(ckpt, layers, inputs, pruned, outcomes, settings) -> dict:
-    """Measured output discrepancy on the calibration set and the Theorem 1/2 bound."""
-    y = _outputs(ckpt.model, layers, inputs)
-    yhat = _outputs(pruned_copy(ckpt, pruned), layers, inputs)
+def network_summary(ckpt: Checkpoint, inputs: np.ndarray,
+                    pruned: dict[str, tuple[np.ndarray, np.ndarray | None]],
+                    weights: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """The report's network figures every method shares: weight counts over the pruned layers
+    (``weights``: (W, W0) pairs) and the measured output discrepancy on the calibration set."""
+    y = _outputs(ckpt.model, [], inputs)
+    yhat = _outputs(pruned_copy(ckpt, pruned), [], inputs)
     disc = float(np.linalg.norm(yhat - y))
     ynorm = float(np.linalg.norm(y))
-    done = [o for o in outcomes if o.W is not None]
-    params = sum(o.W.size for o in done)
-    nnz = sum(int(np.count_nonzero(o.W)) for o in done)
-    nnz0 = sum(int(np.count_nonzero(o.W0)) for o in done)
-    bound, formula, note = _bound(done, layers, settings)
+    params = sum(W.size for W, _ in weights)
+    nnz = sum(int(np.count_nonzero(W)) for W, _ in weights)
     return {
         "params": params,
-        "nonzeros_before": nnz0,
+        "nonzeros_before": sum(int(np.count_nonzero(W0)) for _, W0 in weights),
         "nonzeros_after": nnz,
         "pruned_fraction": 1.0 - nnz / params if params else 0.0,
         "discrepancy": disc,
         "relative_discrepancy": disc / ynorm if ynorm > 0 else 0.0,
         "output_norm": ynorm,
-        "bound": bound,
-        "bound_formula": formula,
-        "bound_note": note,
-        "bound_holds": None if bound is None else bool(disc <= bound * (1 + 1e-6) + 1e-9),
     }
+
+
+def _network_figures(ckpt, layers, inputs, pruned, outcomes, settings) -> dict:
+    """Measured output discrepancy on the calibration set and the Theorem 1/2 bound."""
+    done = [o for o in outcomes if o.W is not None]
+    net = network_summary(ckpt, inputs, pruned, [(o.W, o.W0) for o in done])
+    bound, formula, note = _bound(done, layers, settings)
+    disc = net["discrepancy"]
+    return {**net, "bound": bound, "bound_formula": formula, "bound_note": note,
+            "bound_holds": None if bound is None else bool(disc <= bound * (1 + 1e-6) + 1e-9)}
 
 
 def _bound(done: list[LayerOutcome], layers: list[LayerInfo], settings: PruneSettings):
