@@ -191,12 +191,12 @@ def main() -> int:
     EXP.mkdir(parents=True, exist_ok=True)
     data = {"train": load_fashion_mnist("train"), "test": load_fashion_mnist("test")}
     write_h5(EXP / "test.h5", *data["test"])
+    (EXP / "machine.json").write_text(json.dumps({
+        "cpu": _cpu_name(), "cores": os.cpu_count(),
+        "python": platform.python_version(), "torch": torch.__version__}, indent=1))
     for name in nets:
         for seed in SEEDS:
             one_network(name, seed, data)
-    (EXP / "machine.json").write_text(json.dumps({
-        "cpu": platform.processor() or _cpu_name(), "cores": os.cpu_count(),
-        "python": platform.python_version(), "torch": torch.__version__}, indent=1))
     from experiments import figures, write_results
 
     figures.main(EXP, DOCS)
