@@ -123,6 +123,9 @@ def main(exp: Path, docs: Path, nets: list[str], seeds: list[int]) -> Path:
         f"{', '.join(map(str, seeds))}. Trained with Adam (lr 1e-3, batch 128), cross-entropy, "
         "no augmentation. The CNNs prune their two fully connected layers only, as the paper "
         "does (the conv layers are kept).",
+        f"- Not in this run: {', '.join(n for n in NETWORKS if n not in done) or 'none'} "
+        "(time: each network's Net-Trim runs take tens of minutes on 2 cores; `make "
+        "experiments` picks up where it stopped). One seed per network.",
         f"- Calibration data (the X of every layer program): the first {CALIB_MAX:,} images "
         "of each network's training set (the paper uses the whole training set; this keeps "
         "the 30K/60K runs within the machine's time).",
