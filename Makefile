@@ -22,7 +22,7 @@ test: install
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check nettrim_cli tests benchmarks
+	$(BIN)/ruff check nettrim_cli tests benchmarks experiments
 
 # The paper's Figure 1: train the spiral classifier, dump, prune in cascade mode, report.
 demo: install
