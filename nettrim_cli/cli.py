@@ -379,16 +379,9 @@ def report(report_path, fmt, plot_dir, ckpt_path, trust_checkpoint, force):
     from nettrim_cli.report import load_report, render_csv, render_table, report_json
 
     if report_path == "-":
-        text = sys.stdin.read()
+        data = load_report(report_path, sys.stdin.read())
     else:
-        if not os.path.exists(report_path):
-            raise BadInput("no such file", report_path)
-        try:
-            with open(report_path) as fh:
-                text = fh.read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise BadInput(f"cannot read report ({e})", report_path) from e
-    data = load_report(report_path, text)
+        data = _read_report_file(report_path)
     if ckpt_path and not plot_dir:
         raise BadInput("--checkpoint is used only with --plot DIR")
     if plot_dir:

@@ -39,6 +39,30 @@ def _clean(x: Any) -> Any:
     return x
 
 
+def _kept_entry(info) -> dict:
+    """A traced layer that is not pruned (Conv, norms, ...)."""
+    return {"name": info.name, "kind": info.kind, "activation": None,
+            "program": "kept (not pruned)", "note": info.note}
+
+
+def _layer_entry(info, program: str, W: np.ndarray, W0: np.ndarray, bias: bool) -> dict:
+    """The per-layer fields every method reports: identity, shape and weight counts."""
+    params = int(W.size)
+    nnz_after = int(np.count_nonzero(W))
+    return {
+        "name": info.name,
+        "kind": info.kind,
+        "activation": info.activation,
+        "program": program,
+        "shape": [int(W.shape[0]), int(W.shape[1])],
+        "bias": bias,
+        "params": params,
+        "nonzeros_before": int(np.count_nonzero(W0)),
+        "nonzeros_after": nnz_after,
+        "sparsity": 1.0 - nnz_after / params if params else 0.0,
+    }
+
+
 def build_report(result: PruneResult, inputs: dict[str, dict], solver: str,
                  seconds: float) -> dict:
     """The report documented in the README (format nettrim-report, version 1)."""
@@ -47,26 +71,14 @@ def build_report(result: PruneResult, inputs: dict[str, dict], solver: str,
     for o in result.layers:
         info = o.info
         if o.W is None:
-            layers.append({"name": info.name, "kind": info.kind, "activation": None,
-                           "program": "kept (not pruned)", "note": info.note})
+            layers.append(_kept_entry(info))
             continue
         sol = o.solution
-        params = int(o.W.size)
-        nnz_after = int(np.count_nonzero(o.W))
         lam = sol.lam
         summary = sol.summary()
         summary["seconds"] = round(o.seconds, 4)
         layers.append({
-            "name": info.name,
-            "kind": info.kind,
-            "activation": info.activation,
-            "program": PROGRAMS[info.activation],
-            "shape": [int(o.W.shape[0]), int(o.W.shape[1])],
-            "bias": o.b is not None,
-            "params": params,
-            "nonzeros_before": int(np.count_nonzero(o.W0)),
-            "nonzeros_after": nnz_after,
-            "sparsity": 1.0 - nnz_after / params if params else 0.0,
+            **_layer_entry(info, PROGRAMS[info.activation], o.W, o.W0, o.b is not None),
             "epsilon": o.epsilon,
             "lambda": lam,
             "constraint": sol.constraint,
@@ -257,22 +269,11 @@ def build_baseline_report(result, all_layers: list, inputs: dict[str, dict],
     for info in all_layers:  # every traced layer (LayerInfo), in forward order
         o = pruned.get(info.name)
         if o is None:
-            layers.append({"name": info.name, "kind": info.kind, "activation": None,
-                           "program": "kept (not pruned)", "note": info.note})
+            layers.append(_kept_entry(info))
             continue
-        params = int(o.W.size)
-        nnz_after = int(np.count_nonzero(o.W))
         layers.append({
-            "name": info.name,
-            "kind": info.kind,
-            "activation": info.activation,
-            "program": f"{result.method} (one shot, no activation constraint)",
-            "shape": [int(o.W.shape[0]), int(o.W.shape[1])],
-            "bias": o.b0 is not None,
-            "params": params,
-            "nonzeros_before": int(np.count_nonzero(o.W0)),
-            "nonzeros_after": nnz_after,
-            "sparsity": 1.0 - nnz_after / params if params else 0.0,
+            **_layer_entry(info, f"{result.method} (one shot, no activation constraint)",
+                           o.W, o.W0, o.b0 is not None),
             "kept_target": o.count,
             "epsilon": None,
             "lambda": None,
