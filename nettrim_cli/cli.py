@@ -171,8 +171,8 @@ def _solver_fn(name: str, device: str = "cpu", dtype: str = "float64"):
         if device == "cuda" and not torch.cuda.is_available():
             raise BadInput("--device cuda: no CUDA device is available to torch here; use "
                            "--device cpu")
-        return lambda program, settings, progress: admm.solve_layer(
-            program, settings, progress, device=device, dtype=dtype)
+        # a partial, not a lambda: --executor ray sends it to the workers, and reads its device
+        return functools.partial(admm.solve_layer, device=device, dtype=dtype)
     raise BadInput(f"unknown solver {name!r}")
 
 

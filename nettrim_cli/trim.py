@@ -104,10 +104,13 @@ def prune(ckpt: Checkpoint, dump: DumpReader, settings: PruneSettings, solver: L
         dump: the validated activation dump (original inputs and pre-activations).
         settings: mode, epsilon / gamma / lambda and solver settings.
         solver: the layer solver, e.g. ``nettrim_cli.solvers.search.solve_layer``.
-        on_layer: called as on_layer(index, count, name) before each prunable layer.
+        on_layer: called as on_layer(index, count, name) before each prunable layer (parallel
+            mode with ``executor = "ray"``: as each layer finishes, index counting the
+            finished ones, since the layers are solved at the same time).
         progress: the solver's per-column progress callback.
         workdir: where finished layers (and, for solvers that take a ``journal``, columns)
-            are recorded durably; layers recorded there are taken from it (resume).
+            are recorded durably; layers recorded there are taken from it (resume). Parallel
+            mode on Ray records whole layers only, as they finish.
     Returns:
         the pruned weights per layer, per-layer outcomes and network-level figures.
     """
@@ -122,58 +125,124 @@ def prune(ckpt: Checkpoint, dump: DumpReader, settings: PruneSettings, solver: L
     inputs = dump.inputs()
     outcomes: list[LayerOutcome] = []
     pruned: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-    for i, info in enumerate(prunable):
-        if on_layer is not None:
-            on_layer(i, len(prunable), info.name)
-        t0 = time.perf_counter()
-        W0, b0 = _original(ckpt, info)
-        record = workdir.load_layer(i) if workdir is not None else None
-        if record is not None:
-            outcome = _recorded_outcome(info, record, W0, b0)
-            pruned[info.name] = (outcome.W, outcome.b)
-            outcomes.append(outcome)
-            continue
-        Y = _target(dump.layer_preact(i), info.activation)
-        if settings.mode == PARALLEL or i == 0:
-            X = dump.layer_input(i)
-            V = None
-        else:
-            # Algorithm 2: the pruned network's own input to this layer, and V = W^T Yhat
-            X = _collect_inputs(pruned_copy(ckpt, pruned), layers, inputs, info.name)
-            V = X @ W0.T + (b0 if b0 is not None else 0.0)
-        y_norm = float(np.linalg.norm(Y))
-        eps = None
-        if settings.lam is None:
-            if settings.mode == PARALLEL or i == 0:
-                eps = settings.epsilon * y_norm
+    if settings.mode == PARALLEL and settings.solver.executor == "ray":
+        # Algorithm 1's layers are independent: solved at the same time on the cluster
+        outcomes = _parallel_on_ray(ckpt, dump, inputs, settings, solver, prunable, on_layer,
+                                    workdir, pruned)
+    else:
+        for i, info in enumerate(prunable):
+            if on_layer is not None:
+                on_layer(i, len(prunable), info.name)
+            t0 = time.perf_counter()
+            W0, b0 = _original(ckpt, info)
+            record = workdir.load_layer(i) if workdir is not None else None
+            if record is not None:
+                outcome = _recorded_outcome(info, record, W0, b0)
+                pruned[info.name] = (outcome.W, outcome.b)
+                outcomes.append(outcome)
+                continue
+            program, eps, y_norm = _layer_program(ckpt, dump, inputs, settings, i, info, W0,
+                                                  b0, pruned)
+            if workdir is not None and "journal" in inspect.signature(solver).parameters:
+                sol = solver(program, settings.solver, progress, journal=workdir.journal(i))
             else:
-                act = Y > 0 if info.activation == RELU else np.ones_like(Y, dtype=bool)
-                # eq. 7: eps_l^2 = gamma * sum over the active set of (w^T yhat - y)^2
-                eps = float(np.sqrt(settings.gamma * np.sum(np.where(act, V - Y, 0.0) ** 2)))
-        program = LayerProgram(X=X, Y=Y, W0=W0, b0=b0, activation=info.activation,
-                               V=V if info.activation == RELU else None, epsilon=eps,
-                               lam=settings.lam, name=info.name)
-        if workdir is not None and "journal" in inspect.signature(solver).parameters:
-            sol = solver(program, settings.solver, progress, journal=workdir.journal(i))
-        else:
-            sol = solver(program, settings.solver, progress)
-        W = sol.Wa[:, :info.in_features].copy()
-        b = sol.Wa[:, info.in_features].copy() if b0 is not None else None
-        pruned[info.name] = (W, b)
-        outcome = LayerOutcome(info=info, W=W, b=b, W0=W0, epsilon=eps, solution=sol,
-                               discrepancy=program.discrepancy(sol.Wa), y_norm=y_norm,
-                               seconds=time.perf_counter() - t0)
-        outcomes.append(outcome)
-        if workdir is not None:
-            workdir.save_layer(i, {"W": W, "b": b, "Wa": sol.Wa}, {
-                "name": info.name, "epsilon": eps, "discrepancy": outcome.discrepancy,
-                "y_norm": y_norm, "seconds": outcome.seconds, "solution": solution_meta(sol)})
+                sol = solver(program, settings.solver, progress)
+            outcomes.append(_solved(i, info, program, sol, W0, b0, eps, y_norm,
+                                    time.perf_counter() - t0, pruned, workdir))
     kept = [LayerOutcome(info=la, W=None, b=None, W0=None, epsilon=None, solution=None,
                          discrepancy=None, y_norm=None) for la in layers if not la.prunable]
     order = {la.name: k for k, la in enumerate(layers)}
     outcomes = sorted(outcomes + kept, key=lambda o: order[o.info.name])
     network = _network_figures(ckpt, layers, inputs, pruned, outcomes, settings)
     return PruneResult(settings=settings, layers=outcomes, network=network)
+
+
+def _layer_program(ckpt: Checkpoint, dump: DumpReader, inputs: np.ndarray,
+                   settings: PruneSettings, i: int, info: LayerInfo, W0: np.ndarray,
+                   b0: np.ndarray | None, pruned: dict) -> tuple[LayerProgram, float | None, float]:
+    """Layer i's program (Algorithm 1 or 2), its eps and ||Y||_F."""
+    Y = _target(dump.layer_preact(i), info.activation)
+    if settings.mode == PARALLEL or i == 0:
+        X = dump.layer_input(i)
+        V = None
+    else:
+        # Algorithm 2: the pruned network's own input to this layer, and V = W^T Yhat
+        X = _collect_inputs(pruned_copy(ckpt, pruned), ckpt.layers, inputs, info.name)
+        V = X @ W0.T + (b0 if b0 is not None else 0.0)
+    y_norm = float(np.linalg.norm(Y))
+    eps = None
+    if settings.lam is None:
+        if settings.mode == PARALLEL or i == 0:
+            eps = settings.epsilon * y_norm
+        else:
+            act = Y > 0 if info.activation == RELU else np.ones_like(Y, dtype=bool)
+            # eq. 7: eps_l^2 = gamma * sum over the active set of (w^T yhat - y)^2
+            eps = float(np.sqrt(settings.gamma * np.sum(np.where(act, V - Y, 0.0) ** 2)))
+    program = LayerProgram(X=X, Y=Y, W0=W0, b0=b0, activation=info.activation,
+                           V=V if info.activation == RELU else None, epsilon=eps,
+                           lam=settings.lam, name=info.name)
+    return program, eps, y_norm
+
+
+def _solved(i: int, info: LayerInfo, program: LayerProgram, sol: LayerSolution, W0, b0,
+            eps: float | None, y_norm: float, seconds: float, pruned: dict,
+            workdir: WorkDir | None) -> LayerOutcome:
+    """A solved layer's outcome, recorded in the work folder."""
+    W = sol.Wa[:, :info.in_features].copy()
+    b = sol.Wa[:, info.in_features].copy() if b0 is not None else None
+    pruned[info.name] = (W, b)
+    outcome = LayerOutcome(info=info, W=W, b=b, W0=W0, epsilon=eps, solution=sol,
+                           discrepancy=program.discrepancy(sol.Wa), y_norm=y_norm,
+                           seconds=seconds)
+    if workdir is not None:
+        workdir.save_layer(i, {"W": W, "b": b, "Wa": sol.Wa}, {
+            "name": info.name, "epsilon": eps, "discrepancy": outcome.discrepancy,
+            "y_norm": y_norm, "seconds": outcome.seconds, "solution": solution_meta(sol)})
+    return outcome
+
+
+def _parallel_on_ray(ckpt: Checkpoint, dump: DumpReader, inputs: np.ndarray,
+                     settings: PruneSettings, solver: LayerSolver,
+                     prunable: list[LayerInfo], on_layer, workdir,
+                     pruned: dict) -> list[LayerOutcome]:
+    """Algorithm 1 with every layer not recorded in the work folder solved at the same time on
+    a Ray cluster (nettrim_cli/solvers/ray_layers.py); on_layer is called as layers finish,
+    in the order they finish. Returns the outcomes in network order."""
+    from nettrim_cli.solvers.ray_layers import RayLayers
+
+    n = len(prunable)
+    done: dict[int, LayerOutcome] = {}
+    todo: dict[int, tuple[LayerInfo, np.ndarray, np.ndarray | None]] = {}
+    for i, info in enumerate(prunable):
+        W0, b0 = _original(ckpt, info)
+        record = workdir.load_layer(i) if workdir is not None else None
+        if record is None:
+            todo[i] = (info, W0, b0)
+            continue
+        if on_layer is not None:
+            on_layer(len(done), n, info.name)
+        done[i] = _recorded_outcome(info, record, W0, b0)
+        pruned[info.name] = (done[i].W, done[i].b)
+    if todo:
+        shapes = {i: (dump.n_samples, info.in_features, info.out_features)
+                  for i, (info, _, _) in todo.items()}
+        figures: dict[int, tuple[float | None, float]] = {}
+        with RayLayers(solver, settings.solver, shapes) as pool:
+            for i in pool.order:
+                info, W0, b0 = todo[i]
+                program, eps, y_norm = _layer_program(ckpt, dump, inputs, settings, i, info,
+                                                      W0, b0, pruned)
+                figures[i] = (eps, y_norm)
+                pool.submit(i, program)  # the driver keeps only the object reference
+                del program
+            for i, sol, seconds in pool.results():
+                info, W0, b0 = todo[i]
+                if on_layer is not None:
+                    on_layer(len(done), n, info.name)
+                done[i] = _solved(i, info, pool.program(i), sol, W0, b0, *figures[i], seconds,
+                                  pruned, workdir)
+                pool.release(i)
+    return [done[i] for i in range(n)]
 
 
 def _recorded_outcome(info: LayerInfo, record, W0, b0) -> LayerOutcome:

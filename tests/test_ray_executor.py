@@ -1,5 +1,7 @@
 """--executor ray: the columns solved by Ray actors give the local run's answer, bit for bit,
-also when an actor is killed in the middle of a layer; without Ray, a one-line usage error.
+also when an actor is killed in the middle of a layer; in parallel mode the layers are solved
+at the same time as Ray tasks, with the same answer (also after a killed task, and resumed);
+without Ray, a one-line usage error.
 
 One local Ray instance (2 CPUs, no dashboard) is shared by the whole module: it takes a few
 seconds to start.
@@ -9,15 +11,17 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import json
 import sys
 
 import numpy as np
 import pytest
 from conftest import invoke
 
-from nettrim_cli.solvers import ray_exec
+from nettrim_cli.solvers import ray_exec, ray_layers
 from nettrim_cli.solvers.base import SolverSettings
 from nettrim_cli.solvers.ray_exec import RayEvaluator
+from nettrim_cli.solvers.ray_layers import RayLayers
 from nettrim_cli.solvers.search import solve_layer
 
 ray = pytest.importorskip("ray")
@@ -50,11 +54,22 @@ def _prune(env, name, mode, *extra):
     return out
 
 
+def _submissions(monkeypatch) -> list[tuple[int, int]]:
+    """(layer, attempt) of every layer task RayLayers starts."""
+    seen = []
+    monkeypatch.setattr(RayLayers, "_hook",
+                        staticmethod(lambda pool, key, attempt: seen.append((key, attempt))))
+    return seen
+
+
 @pytest.mark.parametrize("mode", ["parallel", "cascade"])
-def test_cli_ray_checkpoint_is_byte_identical_to_local(ray_cluster, env, mode):
+def test_cli_ray_checkpoint_is_byte_identical_to_local(ray_cluster, env, mode, monkeypatch):
     local = _prune(env, "local", mode, "--workers", "1")
+    tasks = _submissions(monkeypatch)
     remote = _prune(env, "ray", mode, "--executor", "ray", "--workers", "2")
     assert _sha(local) == _sha(remote)
+    # parallel: one task per layer; cascade: layer after layer, only its columns on Ray
+    assert sorted(tasks) == ([(0, 0), (1, 0)] if mode == "parallel" else [])
 
 
 def test_config_executor_key(ray_cluster, env):
@@ -214,3 +229,149 @@ def test_unreachable_address_fails_fast():
 
     with pytest.raises(BadInput, match="cannot reach the Ray cluster"):
         ray_exec._reachable("127.0.0.1:9")
+
+
+# -- parallel mode: the layers as Ray tasks ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def deep(tmp_path_factory):
+    """A 10-16-14-12-3 ReLU network (four layers) on 80 samples, with its dump."""
+    import torch
+
+    d = tmp_path_factory.mktemp("deep")
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 14),
+                              torch.nn.ReLU(), torch.nn.Linear(14, 12), torch.nn.ReLU(),
+                              torch.nn.Linear(12, 3))
+    torch.save(net, d / "model.pt")
+    np.save(d / "calib.npy", np.random.default_rng(5).standard_normal((80, 10)).astype("f4"))
+    r = invoke("dump", d / "model.pt", "--inputs", d / "calib.npy", "-o", d / "acts.h5")
+    assert r.exit_code == 0, r.stderr
+    return d
+
+
+def _deep_prune(deep, out, *extra):
+    return invoke("prune", deep / "model.pt", "--acts", deep / "acts.h5", "--mode", "parallel",
+                  "-o", out, "--report", f"{out}.json", "-q", *extra)
+
+
+def _numbers(report_path) -> list[dict]:
+    """The report's per-layer entries without the timings and worker counts."""
+    def strip(x):
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k not in ("seconds", "workers")}
+        if isinstance(x, list):
+            return [strip(v) for v in x]
+        return x
+
+    doc = json.loads(open(report_path).read())
+    return strip(doc["layers"]), strip(doc["network"])
+
+
+_LOCAL: dict = {}
+
+
+def _deep_local(deep, solver: str):
+    """The local (non-Ray) parallel run, made once per solver."""
+    if solver not in _LOCAL:
+        out = deep / f"local-{solver}.pt"
+        r = _deep_prune(deep, out, "--solver", solver, "--workers", "1")
+        assert r.exit_code == 0, r.stderr
+        _LOCAL[solver] = out
+    return _LOCAL[solver]
+
+
+@pytest.mark.parametrize("solver", ["osqp", "admm"])
+def test_parallel_layers_on_ray_give_the_local_checkpoint_and_report(ray_cluster, deep, env,
+                                                                    solver, monkeypatch):
+    local = _deep_local(deep, solver)
+    tasks = _submissions(monkeypatch)
+    out = env.out / "ray.pt"
+    r = _deep_prune(deep, out, "--solver", solver, "--executor", "ray")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(tasks) == [(i, 0) for i in range(4)]  # every layer its own task, once
+    assert _sha(out) == _sha(local)
+    assert _numbers(f"{out}.json") == _numbers(f"{local}.json")
+
+
+def test_killed_layer_task_is_retried_with_the_identical_result(ray_cluster, deep, env,
+                                                                monkeypatch):
+    """The worker running layer 2's task is SIGKILLed: the task runs once more (from the same
+    object reference) and the checkpoint is the local one."""
+    local = _deep_local(deep, "osqp")
+    monkeypatch.setattr(RayLayers, "_faults", {(2, 0): "kill"})
+    tasks = _submissions(monkeypatch)
+    out = env.out / "ray.pt"
+    r = _deep_prune(deep, out, "--executor", "ray")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(tasks) == [(0, 0), (1, 0), (2, 0), (2, 1), (3, 0)]
+    assert _sha(out) == _sha(local)
+    assert _numbers(f"{out}.json") == _numbers(f"{local}.json")
+
+
+def test_layer_task_failing_twice_ends_the_run_and_writes_nothing(ray_cluster, deep, env,
+                                                                  monkeypatch):
+    monkeypatch.setattr(RayLayers, "_faults", {(1, 0): "raise", (1, 1): "kill"})
+    out = env.out / "ray.pt"
+    work = env.out / "work"
+    r = _deep_prune(deep, out, "--executor", "ray", "--workdir", work)
+    assert r.exit_code == 1, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("nettrim: error:")]
+    assert len(errors) == 1 and "layer 2" in errors[0] and "failed 2 times" in errors[0], \
+        r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists() and not (env.out / "ray.pt.json").exists()
+    # the layers that did finish are kept for --resume; the failed one is not recorded
+    assert not (work / "layer-001.npz").exists()
+
+
+def test_interrupted_ray_run_resumes_to_the_identical_checkpoint(ray_cluster, deep, env,
+                                                                 monkeypatch):
+    """Ctrl-C once the first finished layer is recorded: exit 130, no output, the other tasks
+    cancelled; --resume solves only the layers not recorded and writes the local checkpoint."""
+    from nettrim_cli.workdir import WorkDir
+
+    local = _deep_local(deep, "osqp")
+    real_save = WorkDir.save_layer
+    saved = []
+
+    def save_then_interrupt(self, i, arrays, meta):
+        real_save(self, i, arrays, meta)
+        saved.append(i)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(WorkDir, "save_layer", save_then_interrupt)
+    out = env.out / "ray.pt"
+    work = env.out / "work"
+    r = _deep_prune(deep, out, "--executor", "ray", "--workdir", work)
+    assert r.exit_code == 130, r.stderr
+    assert not out.exists() and len(saved) == 1
+    assert "--resume" in r.stderr
+    monkeypatch.setattr(WorkDir, "save_layer", real_save)
+    tasks = _submissions(monkeypatch)
+    r = _deep_prune(deep, out, "--executor", "ray", "--workdir", work, "--resume")
+    assert r.exit_code == 0, r.stderr
+    assert sorted(k for k, _ in tasks) == sorted(set(range(4)) - set(saved))
+    assert _sha(out) == _sha(local)
+    assert not work.exists()
+
+
+def test_few_layers_share_the_cpus_through_column_actors(ray_cluster, monkeypatch):
+    """One layer on a 2-CPU cluster gets both CPUs: a coordinator task hands its columns to
+    two column actors; the answer is the local one, bit for bit."""
+    prog = _program(seed=6, P=150, N=10, M=8)
+    ref = solve_layer(_program(seed=6, P=150, N=10, M=8), SolverSettings(), workers=1)
+    s = SolverSettings()
+    with RayLayers(solve_layer, s, {0: (150, 10, 8)}) as pool:
+        assert pool.cpus == {0: 2}
+        pool.submit(0, prog)
+        [(key, sol, _)] = list(pool.results())
+    assert key == 0 and sol.workers == 2
+    assert np.array_equal(ref.Wa, sol.Wa) and ref.lam == sol.lam and ref.status == sol.status
+
+
+def test_cpu_shares_follow_the_layer_costs():
+    assert ray_layers.allocate([5.0, 1.0, 1.0], 2) == [1, 1, 1]  # more layers than CPUs
+    assert ray_layers.allocate([6.0, 2.0, 1.0], 8) == [5, 2, 1]
+    assert ray_layers.allocate([6.0, 2.0], 8, limits=[3, 10]) == [3, 5]
+    assert ray_layers.allocate([], 4) == []
