@@ -1,6 +1,9 @@
 """`make bench`: the plain paper formulation of eq. 14 against the optimised OSQP path, on the
-same columns of a fixed Fashion-MNIST layer, in one process and one run; then the peak memory
-of the optimised path on a 1000 x 1000 layer with 60,000 samples.
+same columns of a fixed Fashion-MNIST layer, in one process and one run; then whole layers
+(300 -> 300 ReLU, 300 -> 10 linear) at one eps with the OSQP lambda search against the
+whole-layer ADMM solver (defaults, and configs/fast.toml in float32 and float64); ADMM's block
+weight r on the 300 -> 300 layer; and the peak memory of the optimised OSQP path on a
+1000 x 1000 layer with 60,000 samples.
 
 Plain: eq. 14 exactly as written (u = u+ - u-, every inactive sample a constraint row), one
 OSQP set-up per column, one process. Optimised: constraint screening, the epigraph form, worker
@@ -30,6 +33,7 @@ from nettrim_cli.checkpoint import trace_layers
 from nettrim_cli.datasets import accuracy, load_fashion_mnist, mlp, train
 from nettrim_cli.dump import DumpReader, write_dump
 from nettrim_cli.program import LayerProgram
+from nettrim_cli.solvers.admm import ADMMSettings
 from nettrim_cli.solvers.base import OSQPSettings, SolverSettings
 from nettrim_cli.solvers.search import solve_layer
 
@@ -91,47 +95,106 @@ def run_columns(prog: LayerProgram, cols: list[int], lam: float, osqp: OSQPSetti
     return sol.Wa, time.perf_counter() - t, sol.summary()
 
 
-def whole_layer(prog: LayerProgram, eps_r: float) -> list[str]:
-    """The whole layer at eps = eps_r ||Y||_F: the optimised OSQP path (lambda search, all
-    cores) against the whole-layer ADMM solver, same program, one run."""
+def nn2_program(li: int, eps_r: float) -> LayerProgram:
+    """Layer ``li`` (0, 1, 2) of the NN2-10K bench model on its 10,000 samples at
+    eps = eps_r ||Y||_F: ReLU for the hidden layers, no activation for the last."""
+    nn2_layer()  # builds the cached model and dump
+    model = torch.load(CACHE / "nn2_10k.pt", weights_only=False)  # our own cache file
+    with DumpReader(str(CACHE / "nn2_10k_acts.h5")) as d:
+        X = d.layer_input(li)
+        Z = d.layer_preact(li)
+    lin = model[2 * li]
+    act = "none" if li == 2 else "relu"
+    Y = Z.astype(np.float64) if act == "none" else np.maximum(Z, 0).astype(np.float64)
+    eps = eps_r * float(np.linalg.norm(Y))
+    return LayerProgram(X=X, Y=Y, W0=lin.weight.detach().double().numpy(),
+                        b0=lin.bias.detach().double().numpy(), activation=act, epsilon=eps,
+                        name=str(li))
+
+
+def fast_admm() -> ADMMSettings:
+    """The [admm] section of configs/fast.toml (also make experiments' settings)."""
+    from nettrim_cli.config import load_config
+
+    return ADMMSettings(**load_config(str(Path(__file__).parent.parent / "configs" /
+                                          "fast.toml"))["admm"])
+
+
+def _admm_iters(sol) -> str:
+    h = [e for e in sol.history if e["stage"] == "admm"]
+    if not h:
+        return "-"
+    return f"{h[-1]['iterations']}{'' if h[-1]['converged'] else ' (cap)'}"
+
+
+def whole_layers(eps_r: float) -> list[str]:
+    """Whole layers at eps = eps_r ||Y||_F: the optimised OSQP path (lambda search, all
+    cores) against the whole-layer ADMM solver, same programs, one run."""
     from nettrim_cli.solvers.admm import solve_layer as admm_solve
 
-    eps = eps_r * float(np.linalg.norm(prog.Y))
-    layer = LayerProgram(X=prog.X, Y=prog.Y, W0=prog.W0, b0=prog.b0, epsilon=eps,
-                         name=prog.name)
-    layer._Xa = prog.Xa
-    out = ["", f"Whole layer ({prog.n_out} columns) at eps = {eps_r} ||Y||_F:", "",
-           "| solver | seconds | nonzeros | sparsity | constraint / eps | discrepancy | status |",
-           "|---|---:|---:|---:|---:|---:|---|"]
-    from nettrim_cli.solvers.admm import ADMMSettings
+    fast = fast_admm()
+    out = []
+    for li, what in ((1, "300 -> 300 (ReLU)"), (2, "300 -> 10 (no activation)")):
+        layer = nn2_program(li, eps_r)
+        N = layer.n_in
+        out += ["", f"Layer {li} of NN2-10K, {what}, {layer.n_samples} samples, "
+                f"eps = {eps_r} ||Y||_F:", "",
+                "| solver | seconds | ADMM iterations | nonzeros | sparsity | constraint / eps "
+                "| discrepancy | status |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+        res = {}
+        for name, fn in (
+                ("osqp (optimised, lambda search, all cores)",
+                 lambda layer=layer: solve_layer(layer, SolverSettings())),
+                ("admm float64, defaults (tight, polished: KKT-certified)",
+                 lambda layer=layer: admm_solve(layer, SolverSettings())),
+                ("admm float32, configs/fast.toml",
+                 lambda layer=layer: admm_solve(layer, SolverSettings(), dtype="float32",
+                                    admm_settings=fast)),
+                ("admm float64, configs/fast.toml",
+                 lambda layer=layer: admm_solve(layer, SolverSettings(), dtype="float64",
+                                    admm_settings=fast))):
+            print(f"layer {li}: {name} ...", file=sys.stderr)
+            t = time.perf_counter()
+            sol = fn()
+            secs = time.perf_counter() - t
+            w = sol.Wa[:, :N]
+            nnz = int(np.count_nonzero(w))
+            res[name] = (secs, nnz)
+            iters = "-" if name.startswith("osqp") else _admm_iters(sol)
+            out.append(f"| {name} | {secs:.1f} | {iters} | {nnz} | {1 - nnz / w.size:.4f} | "
+                       f"{sol.constraint / layer.epsilon:.4f} | "
+                       f"{layer.discrepancy(sol.Wa):.4g} | {sol.summary()['status_counts']} |")
+            print(f"  {secs:.1f} s, {nnz} nonzeros", file=sys.stderr)
+        (t_o, n_o), *admm_rows = res.values()
+        out.append("")
+        for (t_a, n_a), name in zip(admm_rows, list(res)[1:], strict=True):
+            out.append(f"- {name}: {t_o / t_a:.1f}x faster than OSQP; sparsity "
+                       f"{100 * (n_o - n_a) / w.size:+.2f} percentage points against OSQP's "
+                       "(positive: ADMM sparser).")
+    return out + [""]
 
-    # the settings of experiments/netrim.toml: residual tolerances 1e-6 / 1e-4, no polish
-    fast = ADMMSettings(eps_abs=1e-6, eps_rel=1e-4, max_iter=1000, polish=False, retry=False)
-    res = {}
-    for name, fn in (("osqp (optimised, all cores)", lambda: solve_layer(layer,
-                                                                          SolverSettings())),
-                     ("admm (cpu, float64, default: tight, polished)",
-                      lambda: admm_solve(layer, SolverSettings())),
-                     ("admm (cpu, float32, experiments/netrim.toml)",
-                      lambda: admm_solve(layer, SolverSettings(), dtype="float32",
-                                         admm_settings=fast))):
-        print(f"whole layer: {name} ...", file=sys.stderr)
+
+def ratio_sweep(eps_r: float) -> list[str]:
+    """configs/fast.toml on layer 1 with the block weight r of ADMMSettings.ratio varied."""
+    from dataclasses import replace
+
+    from nettrim_cli.solvers.admm import solve_layer as admm_solve
+
+    layer = nn2_program(1, eps_r)
+    N = layer.n_in
+    out = ["", "ADMM block weight r (`ratio`), configs/fast.toml in float32 on layer 1 "
+           "(the default is 0.03):", "",
+           "| ratio | seconds | ADMM iterations | nonzeros | constraint / eps |",
+           "|---:|---:|---:|---:|---:|"]
+    for r in (1.0, 0.3, 0.1, 0.03, 0.01):
+        print(f"ratio {r} ...", file=sys.stderr)
         t = time.perf_counter()
-        sol = fn()
+        sol = admm_solve(layer, SolverSettings(), dtype="float32",
+                         admm_settings=replace(fast_admm(), ratio=r))
         secs = time.perf_counter() - t
-        w = sol.Wa[:, : prog.n_in]
-        nnz = int(np.count_nonzero(w))
-        res[name] = (secs, nnz)
-        out.append(f"| {name} | {secs:.1f} | {nnz} | {1 - nnz / w.size:.4f} | "
-                   f"{sol.constraint / eps:.4f} | {layer.discrepancy(sol.Wa):.4g} | "
-                   f"{sol.summary()['status_counts']} |")
-        print(f"  {secs:.1f} s, {nnz} nonzeros", file=sys.stderr)
-    (t_o, n_o), *admm_rows = res.values()
-    out.append("")
-    for (t_a, n_a), name in zip(admm_rows, list(res)[1:], strict=True):
-        out.append(f"- {name}: OSQP took {t_o / t_a:.2f}x its time; sparsity difference "
-                   f"{100 * (n_o - n_a) / w.size:+.2f} percentage points (OSQP minus ADMM "
-                   "nonzeros over weights).")
+        nnz = int(np.count_nonzero(sol.Wa[:, :N]))
+        out.append(f"| {r} | {secs:.1f} | {_admm_iters(sol)} | {nnz} | "
+                   f"{sol.constraint / layer.epsilon:.4f} |")
     return out + [""]
 
 
@@ -242,7 +305,8 @@ def main() -> None:
         f"optimised: {viol:.2e} (positive means violated).",
         f"- 1-worker and {nw}-worker optimised runs give identical weights: {same}.", ""]
     if not a.quick:
-        lines += whole_layer(prog, a.eps)
+        lines += whole_layers(a.eps)
+        lines += ratio_sweep(a.eps)
     probe = (20000, 1000, 1000, 4) if a.quick else (60000, 1000, 1000, 8)
     print(f"memory probe {probe} ...", file=sys.stderr)
     out = subprocess.run([sys.executable, __file__, "--probe", *map(str, probe)],

@@ -14,7 +14,7 @@ measured here and kept in EXP_DIR/<net>/times.json.
 Environment: EXP_DIR (default exp_out), NETS (comma list, default all six), SEEDS (default 0),
 CALIB_MAX (calibration samples, default 10000: the first samples of the network's training
 set), FT_EPOCHS (default 3), DTYPE (of the ADMM solver, default float32). The Net-Trim settings are
-experiments/netrim.toml (the whole-layer ADMM solver, the project's fastest).
+configs/fast.toml (the whole-layer ADMM solver, the project's fastest; mode and eps from flags).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ DOCS = ROOT / "docs"
 SEEDS = [int(s) for s in os.environ.get("SEEDS", "0").split(",")]
 CALIB_MAX = int(os.environ.get("CALIB_MAX", "10000"))
 FT_EPOCHS = int(os.environ.get("FT_EPOCHS", "3"))
-CONFIG = ROOT / "experiments" / "netrim.toml"
+CONFIG = ROOT / "configs" / "fast.toml"
 DTYPE = os.environ.get("DTYPE", "float32")
 NETTRIM = [sys.executable, "-m", "nettrim_cli"]
 

@@ -129,8 +129,9 @@ def main(exp: Path, docs: Path, nets: list[str], seeds: list[int]) -> Path:
         f"- Calibration data (the X of every layer program): the first {CALIB_MAX:,} images "
         "of each network's training set (the paper uses the whole training set; this keeps "
         "the 30K/60K runs within the machine's time).",
-        f"- Net-Trim: `nettrim prune --config experiments/netrim.toml --dtype {DTYPE}` (the "
-        "whole-layer ADMM solver stopped at relative tolerance 1e-4, no polish) in parallel and "
+        f"- Net-Trim: `nettrim prune --config configs/fast.toml --dtype {DTYPE}` (the "
+        "whole-layer ADMM solver stopped on its residuals at relative tolerance 1e-3, no "
+        "polish, support refit onto eps) in parallel and "
         "cascade mode at the eps below. Baselines: `nettrim prune --method "
         "magnitude|wanda|sparsegpt --match <the Net-Trim report>`, so every baseline has "
         "exactly the Net-Trim model's per-layer "

@@ -302,12 +302,12 @@ def prune(model, acts, output, report_path, config_path, mode, epsilon, gamma, l
                     click.echo(f"nettrim: finished layers and columns are kept in {work.path}; "
                                "run the same command with --resume to continue", err=True)
                 raise
-    if work is not None:
-        work.remove()  # the prune is complete: nothing is left to resume
     seconds = time.perf_counter() - t0
     failed = [(o.info.name, f) for o in result.layers if o.solution
               for f in o.solution.failed]
     if failed and strict:
+        if work is not None:
+            work.remove()  # the prune is complete: nothing is left to resume
         for name, f in failed[:20]:
             click.echo(f"nettrim: layer {name} column {f['column']}: {f['status']}", err=True)
         raise NettrimError(f"{len(failed)} column(s) not solved; --strict: nothing written")
@@ -319,6 +319,9 @@ def prune(model, acts, output, report_path, config_path, mode, epsilon, gamma, l
     # the files are written atomically first, then the streams ('-')
     _write_checkpoint_and_json(ckpt, pruned_copy(ckpt, result.weights), output, report_path,
                                report, ("outputs", "checkpoint"))
+    if work is not None:
+        # removed only once the outputs are in place: a kill in between loses nothing
+        work.remove()
     if not quiet:
         from nettrim_cli.report import render_table
 

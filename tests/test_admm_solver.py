@@ -176,6 +176,43 @@ def test_admm_alone_is_feasible_and_close():
     assert_exact_zeros(program, raw.Wa, settings)
 
 
+@pytest.mark.parametrize("case", ["relu-bias-parallel", "relu-bias-cascade",
+                                  "relu-nobias-cascade", "none-bias-parallel"])
+def test_support_refit_repair_keeps_admm_support(case):
+    """A short ADMM run ends marginally outside the constraint; the repair (least squares on
+    each column's support, then the largest step from ADMM's answer towards it that meets
+    eps) must meet eps when measured, keep ADMM's support, and be logged as a repair."""
+    from nettrim_cli.solvers.admm import _ADMM, _refit_mix
+
+    program = make_layer(**CASES[case])
+    opts = ADMMSettings(max_iter=50, polish=False, retry=False, stable_checks=1000)
+    sol = solve_layer(program, SolverSettings(), admm_settings=opts)
+    assert sol.eps_reached
+    assert program.constraint_value(sol.Wa) <= program.epsilon
+    stages = {h["stage"]: h for h in sol.history}
+    assert stages["repair"]["ok"] and 0.0 <= stages["repair"]["mix"] < 1.0
+    # the support is ADMM's own: recompute ADMM's answer the same way and compare
+    Y = np.asarray(program.Y, dtype=np.float64)
+    act = Y > 0 if program.activation == "relu" else np.ones_like(Y, dtype=bool)
+    V = np.zeros_like(Y) if program.V is None else program.V
+    mask = np.ones(program.Xa.shape[1])
+    if program.bias:
+        mask[-1] = 0.0
+    run = _ADMM(program.Xa, Y, V, act, program.Wa0.T, mask, program.epsilon, None, opts,
+                "cpu", "float64")
+    run.run(opts.max_iter, opts.eps_abs, opts.eps_rel)
+    WT, tight = run.result()
+    N = program.n_in
+    assert program.constraint_value(WT.T) > program.epsilon  # the repair had work to do
+    out = _refit_mix(program.Xa, Y, V, act, WT, program.bias, program.epsilon, 0.0, tight)
+    assert out is not None
+    WTm, s, WTf = out
+    assert np.array_equal(WTm[:N] != 0, (WT[:N] != 0) | ((WTf[:N] != 0) & (s < 1)))
+    assert np.all(WTf[:N][WT[:N] == 0] == 0.0)  # the refit never leaves the support
+    assert program.constraint_value(WTm.T) <= program.epsilon * (1 + 1e-12)
+    assert np.array_equal(sol.Wa[:, :N] != 0, WTm.T[:, :N] != 0)
+
+
 def test_exact_zeros_dead_neuron_and_float32():
     program = make_layer(activation="relu", bias=True, eps_r=0.5, seed=5)
     Y = program.Y.copy()
