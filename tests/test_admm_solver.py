@@ -118,7 +118,12 @@ def test_agrees_with_osqp_layer_search(case):
     assert summary["name"] == "admm"
     assert summary["status_counts"] == {"solved": program.n_out}
     assert summary["epsilon_reached"] is True
-    assert sol.iterations > 0 and sol.history[0]["stage"] == "admm"
+    stages = [h["stage"] for h in sol.history]
+    assert sol.iterations > 0 and "admm" in stages
+    # a layer without activation runs ADMM on X^T X's square root (N + 1 rows, not P)
+    assert ("gram_form" in stages) == (program.activation == "none")
+    if program.activation == "none":
+        assert sol.history[0]["rows"] <= program.n_in + program.bias < program.n_samples
 
 
 def test_lambda_of_the_solution_reproduces_it_with_osqp():

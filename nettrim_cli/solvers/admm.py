@@ -652,6 +652,35 @@ class _Polish:
 # ----------------------------------------------------------------------------------------------
 
 
+def _gram_form(Xa: np.ndarray, Y: np.ndarray, eps: float | None):
+    """The misfit of a layer without activation through X^T X: with X^T X = R^T R (R of
+    rank k, from the eigendecomposition) and B = R^{+T} X^T Y,
+
+        ||X U - Y||_F^2 = ||R U - B||_F^2 + (||Y||_F^2 - ||B||_F^2)
+
+    for every U, so program (4) (or eq. 11) on (R, B, eps_g) with
+    eps_g^2 = eps^2 - (||Y||^2 - ||B||^2) is the same program with k <= N + 1 rows instead of
+    P samples. Returns (R, B, eps_g) (eps_g None with a fixed lambda), or None when it does not
+    pay (P <= k) or eps is below the least-squares misfit (then the sample form reports it)."""
+    P, Na = Xa.shape
+    if P <= Na:
+        return None
+    G = Xa.T @ Xa
+    s, Q = np.linalg.eigh(G)
+    keep = s > max(float(s.max()), 0.0) * Na * np.finfo(np.float64).eps
+    if not keep.any():
+        return None
+    root = np.sqrt(s[keep])
+    R = root[:, None] * Q[:, keep].T
+    B = (Q[:, keep].T @ (Xa.T @ Y)) / root[:, None]
+    if eps is None:
+        return R, B, None
+    rest = float(np.sum(Y * Y)) - float(np.sum(B * B))
+    if eps * eps <= max(rest, 0.0):
+        return None
+    return R, B, float(np.sqrt(eps * eps - max(rest, 0.0)))
+
+
 def _misfit2(Xa, WT, Y, V, act) -> float:
     """The squared constraint value of some columns (``WT`` their W^T): active misfit plus
     inactive violations, as LayerProgram.constraint_value."""
@@ -829,7 +858,17 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
         if program.bias:
             l1mask[-1] = 0.0
         Yl, Vl, actl = Y[:, idx], V[:, idx], act[:, idx]
-        solver = _ADMM(Xa, Yl, Vl, actl, Wa0[idx].T, l1mask, eps, lam, opts, device, dtype)
+        gram = _gram_form(Xa, Yl, eps) if program.activation == NONE else None
+        if gram is not None:
+            # no activation: the misfit lives in the span of X, so ADMM runs on an
+            # (rank x L) sample block instead of (P x L), exactly the same program
+            Rg, Bg, eps_g = gram
+            solver = _ADMM(Rg, Bg, np.zeros_like(Bg), np.ones_like(Bg, dtype=bool), Wa0[idx].T,
+                           l1mask, eps_g, lam, opts, device, dtype)
+            history.append({"stage": "gram_form", "rows": int(Rg.shape[0]),
+                            "samples": int(Xa.shape[0])})
+        else:
+            solver = _ADMM(Xa, Yl, Vl, actl, Wa0[idx].T, l1mask, eps, lam, opts, device, dtype)
 
         def assemble(WT: np.ndarray) -> np.ndarray:
             out = Wa.copy()
@@ -851,6 +890,8 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
                     tol_abs, tol_rel = tol_abs / opts.retry_factor, tol_rel / opts.retry_factor
             admm_conv = solver.run(opts.max_iter, tol_abs, tol_rel, progress)
             WT, tight = solver.result()
+            if gram is not None:
+                tight = np.zeros_like(actl)  # every entry is active: no bounds to hold
             history.append({"stage": "admm", "attempt": attempt + 1,
                             "iterations": solver.iterations, "converged": admm_conv,
                             "rho": solver.rho, "rho_updates": solver.rho_updates,
