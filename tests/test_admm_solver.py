@@ -190,7 +190,7 @@ def test_support_refit_repair_keeps_admm_support(case):
     from nettrim_cli.solvers.admm import _ADMM, _refit_mix
 
     program = make_layer(**CASES[case])
-    opts = ADMMSettings(max_iter=50, polish=False, retry=False, stable_checks=1000)
+    opts = ADMMSettings(max_iter=30, polish=False, retry=False, stable_checks=1000)
     sol = solve_layer(program, SolverSettings(), admm_settings=opts)
     assert sol.eps_reached
     assert program.constraint_value(sol.Wa) <= program.epsilon
