@@ -31,6 +31,12 @@ def _fmt(values: list[float | None], digits: int = 2) -> str:
     return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}"
 
 
+def _seeds(exp: Path, net: str, seeds: list[int]) -> list[int]:
+    """The seeds of ``net`` whose run is complete on disk (its last output exists)."""
+    last = f"eval-high-{BASELINES[-1]}-cascade-ft.json"
+    return [s for s in seeds if (exp / net / f"seed{s}" / last).exists()]
+
+
 def _table(exp: Path, nets: list[str], seeds: list[int], level: str) -> list[str]:
     lines = []
     for mode in ("parallel", "cascade"):
@@ -41,7 +47,7 @@ def _table(exp: Path, nets: list[str], seeds: list[int], level: str) -> list[str
             rows[f"{LABEL[m]} accuracy, no FT"] = []
             rows[f"{LABEL[m]} + FT"] = []
         for net in nets:
-            ds = [exp / net / f"seed{s}" for s in seeds]
+            ds = [exp / net / f"seed{s}" for s in _seeds(exp, net, seeds)]
             tag = f"{level}-netrim-{mode}"
             reps = [_load(d / f"{tag}.json") for d in ds]
             rows["initial accuracy"].append(_fmt([_acc(d / "eval-original.json") for d in ds]))
@@ -71,7 +77,7 @@ def _times(exp: Path, nets: list[str], seeds: list[int]) -> list[str]:
     keys: list[str] = []
     per: dict[str, dict[str, float]] = {}
     for net in nets:
-        for s in seeds:
+        for s in _seeds(exp, net, seeds):
             t = _load(exp / net / f"seed{s}" / "times.json") or {}
             per[f"{net} seed {s}"] = t
             keys += [k for k in t if k not in keys and k.startswith(("prune", "train", "dump"))]
@@ -100,8 +106,7 @@ def _layers(exp: Path, net: str, seed: int, level: str) -> list[str]:
 
 
 def main(exp: Path, docs: Path, nets: list[str], seeds: list[int]) -> Path:
-    done = [n for n in nets if all((exp / n / f"seed{s}" / "eval-original.json").exists()
-                                   for s in seeds)]
+    done = [n for n in nets if _seeds(exp, n, seeds)]
     machine = _load(exp / "machine.json") or {}
     spiral = _load(exp / "fig1-spiral.json")
     nets_text = ", ".join(f"{n} ({NETWORKS[n][0]}, {NETWORKS[n][1]:,} training images, "
@@ -119,13 +124,16 @@ def main(exp: Path, docs: Path, nets: list[str], seeds: list[int]) -> Path:
         "",
         "## What was run",
         "",
-        f"- Networks: {nets_text}; seeds "
-        f"{', '.join(map(str, seeds))}. Trained with Adam (lr 1e-3, batch 128), cross-entropy, "
+        f"- Networks: {nets_text}; seeds: "
+        + "; ".join(f"{n} {', '.join(map(str, _seeds(exp, n, seeds)))}" for n in done)
+        + " (values are mean ± standard deviation over the seeds where there are several). "
+        "Trained with Adam (lr 1e-3, batch 128), cross-entropy, "
         "no augmentation. The CNNs prune their two fully connected layers only, as the paper "
         "does (the conv layers are kept).",
         f"- Not in this run: {', '.join(n for n in NETWORKS if n not in done) or 'none'} "
         "(time: each network's Net-Trim runs take tens of minutes on 2 cores; `make "
-        "experiments` picks up where it stopped). One seed per network.",
+        "experiments` picks up where it stopped). The issue asks for three seeds per network "
+        "where the compute allows; the 2-core machine allowed the seeds listed above.",
         f"- Calibration data (the X of every layer program): the first {CALIB_MAX:,} images "
         "of each network's training set (the paper uses the whole training set; this keeps "
         "the 30K/60K runs within the machine's time).",
@@ -149,9 +157,10 @@ def main(exp: Path, docs: Path, nets: list[str], seeds: list[int]) -> Path:
                 "match Net-Trim's per-layer counts.", ""]
         out += _table(exp, done, seeds, "high")
         for net in done:
-            lines = _layers(exp, net, seeds[0], "base")
+            first = _seeds(exp, net, seeds)[0]
+            lines = _layers(exp, net, first, "base")
             if lines:
-                out += [f"### Per layer: {net}, seed {seeds[0]}, first setting", ""] + lines + [""]
+                out += [f"### Per layer: {net}, seed {first}, first setting", ""] + lines + [""]
         out += ["## Wall time of every step (seconds)", ""] + _times(exp, done, seeds) + [""]
     out += ["## Figures", ""]
     if spiral:
