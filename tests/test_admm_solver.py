@@ -244,3 +244,33 @@ def test_unreachable_epsilon_is_reported():
     assert not sol.eps_reached
     assert program.constraint_value(sol.Wa) > program.epsilon
     assert sol.failed and all(f["status"] != "solved" for f in sol.failed)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gram_form_with_an_input_that_is_zero_on_every_sample(dtype):
+    """A dead input (a zero column of X, as a pruned previous layer leaves) gives X^T X a zero
+    row; its eigenvectors carry rounding there, which the equilibration once blew up to
+    inf/NaN in float32 (ADMM then fell back to the original weights)."""
+    base = make_layer(**CASES["none-nobias-cascade"])
+    X = base.X.copy()
+    dead = [1, 4, 9, 16, 25]  # scattered: eigh leaves rounding in those coordinates
+    X[:, dead] = 0.0
+    eps = 1.2 * float(np.linalg.norm(X @ base.W0.T - base.Y))
+    program = LayerProgram(X=X, Y=base.Y, W0=base.W0, b0=None, activation="none",
+                           epsilon=eps)
+    from nettrim_cli.solvers.admm import _gram_form
+
+    R, B, eps_g = _gram_form(program.Xa, program.Y, eps)
+    assert np.all(R[:, dead] == 0.0)  # exactly, not rounding
+    Wa = program.Wa0
+    assert np.linalg.norm(R @ Wa.T - B) ** 2 == pytest.approx(
+        np.linalg.norm(program.Xa @ Wa.T - program.Y) ** 2 - (eps ** 2 - eps_g ** 2),
+        rel=1e-9)
+    opts = ADMMSettings(eps_abs=1e-6, eps_rel=1e-3, max_iter=2000, polish=False, retry=False)
+    sol = solve_layer(program, SolverSettings(), dtype=dtype, admm_settings=opts)
+    assert [h["stage"] for h in sol.history][:2] == ["gram_form", "admm"]
+    assert sol.history[1]["converged"] and np.isfinite(sol.history[1]["rho"])
+    assert set(sol.status) == {"solved_inaccurate"}
+    assert program.constraint_value(sol.Wa) <= eps
+    assert np.all(sol.Wa[:, dead] == 0.0)  # nothing to gain from weights on a dead input
+    assert np.count_nonzero(sol.Wa) < 0.9 * sol.Wa.size

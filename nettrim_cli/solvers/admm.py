@@ -673,6 +673,9 @@ def _gram_form(Xa: np.ndarray, Y: np.ndarray, eps: float | None):
         return None
     root = np.sqrt(s[keep])
     R = root[:, None] * Q[:, keep].T
+    # an input that is zero on every sample has a zero column in X, so in R too; the
+    # eigenvectors carry rounding there, which the column equilibration would blow up
+    R[:, ~np.any(Xa != 0, axis=0)] = 0.0
     B = (Q[:, keep].T @ (Xa.T @ Y)) / root[:, None]
     if eps is None:
         return R, B, None
