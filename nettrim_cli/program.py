@@ -115,14 +115,19 @@ class LayerProgram:
         viol = np.maximum(z[~act] - self.bound(m)[~act], 0.0)
         return float(r @ r + viol @ viol)
 
-    def constraint_value(self, Wa: np.ndarray) -> float:
-        """sqrt of the sum of column_error over all columns: <= eps means U in C_eps."""
+    def constraint_value(self, Wa: np.ndarray, columns: np.ndarray | None = None) -> float:
+        """sqrt of the sum of column_error over all columns: <= eps means U in C_eps. With
+        ``columns``, ``Wa`` holds the weights of those columns only, and only they count."""
         Z = self.Xa @ Wa.T
         Y = np.asarray(self.Y, dtype=np.float64)
+        if columns is not None:
+            Y = Y[:, columns]
         if self.activation == NONE:
             return float(np.linalg.norm(Z - Y))
         act = Y > 0
         V = np.zeros_like(Y) if self.V is None else self.V
+        if columns is not None and self.V is not None:
+            V = V[:, columns]
         r = np.where(act, Z - Y, np.maximum(Z - V, 0.0))
         return float(np.linalg.norm(r))
 

@@ -274,3 +274,19 @@ def test_gram_form_with_an_input_that_is_zero_on_every_sample(dtype):
     assert program.constraint_value(sol.Wa) <= eps
     assert np.all(sol.Wa[:, dead] == 0.0)  # nothing to gain from weights on a dead input
     assert np.count_nonzero(sol.Wa) < 0.9 * sol.Wa.size
+
+
+@pytest.mark.parametrize("case", ["relu-bias-cascade", "none-bias-parallel"])
+def test_constraint_value_of_some_columns_adds_up(case):
+    """constraint_value(Wa[cols], columns=cols) counts just those columns (the repair's
+    contribution of the columns ADMM does not solve)."""
+    program = make_layer(**CASES[case])
+    rng = np.random.default_rng(3)
+    Wa = program.Wa0 + 0.1 * rng.standard_normal(program.Wa0.shape)
+    cols = np.array([0, 3, 5])
+    rest = np.setdiff1d(np.arange(program.n_out), cols)
+    whole = program.constraint_value(Wa) ** 2
+    parts = (program.constraint_value(Wa[cols], columns=cols) ** 2
+             + program.constraint_value(Wa[rest], columns=rest) ** 2)
+    assert parts == pytest.approx(whole, rel=1e-12)
+    assert program.constraint_value(Wa[:0], columns=cols[:0]) == 0.0

@@ -685,15 +685,6 @@ def _gram_form(Xa: np.ndarray, Y: np.ndarray, eps: float | None):
     return R, B, float(np.sqrt(eps * eps - max(rest, 0.0)))
 
 
-def _misfit2(Xa, WT, Y, V, act) -> float:
-    """The squared constraint value of some columns (``WT`` their W^T): active misfit plus
-    inactive violations, as LayerProgram.constraint_value."""
-    if not WT.shape[1]:
-        return 0.0
-    Z = Xa @ WT
-    return float(np.sum(np.where(act, Z - Y, np.maximum(Z - V, 0.0)) ** 2))
-
-
 def _refit_mix(Xa: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray, WT: np.ndarray,
                bias: bool, target: float, rest2: float, tight: np.ndarray | None = None,
                cg_iters: int = 10, rounds: int = 2):
@@ -935,12 +926,13 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
             # ADMM's own answer, pulled onto the constraint when it is marginally outside
             # (towards the least-squares fit on its support and bound set)
             Wadmm = assemble(WT)
-            if not ok(Wadmm) and eps is not None and eps > 0:
+            feasible = ok(Wadmm)  # each check is a product with X: kept, not recomputed
+            if not feasible and eps is not None and eps > 0:
                 # the cheap repair first: refit every column on its own support, then move
                 # from ADMM's answer towards the refit just far enough to meet eps
                 tr = time.perf_counter()
                 rest = np.setdiff1d(np.arange(len(Wa)), idx)
-                rest2 = _misfit2(Xa, Wa[rest].T, Y[:, rest], V[:, rest], act[:, rest])
+                rest2 = program.constraint_value(Wa[rest], columns=rest) ** 2
                 with _blas_threads(None):
                     rep = _refit_mix(Xa, Yl, Vl, actl, WT, program.bias, target, rest2, tight)
                 entry = {"stage": "repair", "method": "support refit",
@@ -948,21 +940,23 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
                 if rep is not None:
                     Wr = assemble(rep[0])
                     if not ok(Wr):  # thresholding moved it: step back with exact checks
+                        # (_bisect returns a feasible point or None)
                         _, Wr = _bisect(lambda s, a=rep[0], b=rep[2]: assemble(
                             s * a + (1 - s) * b), ok, 0.0, rep[1])
-                    if Wr is not None and ok(Wr):
-                        Wadmm = Wr
-                entry.update(ok=bool(ok(Wadmm)), seconds=round(time.perf_counter() - tr, 4))
+                    if Wr is not None:
+                        Wadmm, feasible = Wr, True
+                entry.update(ok=feasible, seconds=round(time.perf_counter() - tr, 4))
                 history.append(entry)
-            if not ok(Wadmm) and first is None:
+            if not feasible and first is None:
                 with _blas_threads(opts.polish_blas_threads):
                     first = pol.run(WT, tight, 1, target).first
-            if not ok(Wadmm) and first is not None:
+            if not feasible and first is not None:
                 tfit = 0.0 if lam is None else first.t
                 Wfit = assemble(_Polish.at(first, tfit))
                 _, Wadmm = _bisect(lambda s, a=Wadmm, b=Wfit: _threshold(s * a + (1 - s) * b,
                                                                          N, thr), ok, 0.0, 1.0)
-            if Wadmm is not None and ok(Wadmm):
+                feasible = Wadmm is not None
+            if feasible:
                 found.append((Wadmm, False, _l1(Wadmm, N), "admm"))
             for f in found:
                 if best is None or (f[1], -f[2]) > (best[1], -best[2]):
