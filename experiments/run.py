@@ -197,6 +197,8 @@ def prune_args(model: Path, acts: Path, mode: str, eps: float, pruned: Path,
     args = ["prune", str(model), "--acts", str(acts), "--config", str(CONFIG), "--mode", mode,
             "--epsilon", f"{eps:.6g}", "--dtype", DTYPE, "-o", str(pruned), "--report",
             str(report), "-q"]
+    if Path(f"{pruned}.nettrim-work").exists():
+        args.append("--resume")  # an earlier run of this step was stopped: go on from it
     return args + (["--gamma", str(SETTINGS["base"]["gamma"])] if mode == "cascade" else [])
 
 

@@ -326,9 +326,14 @@ def prune(model, acts, output, report_path, config_path, mode, epsilon, gamma, l
         from nettrim_cli.report import render_table
 
         render_table(report, console)
-    if failed:
-        click.echo(f"nettrim: warning: {len(failed)} column(s) kept their original weights "
-                   "(see failed_columns in the report)", err=True)
+    mixed = sum(1 for _, f in failed if f["status"] == "mixed_with_original")
+    if len(failed) > mixed:
+        click.echo(f"nettrim: warning: {len(failed) - mixed} column(s) kept their original "
+                   "weights (see failed_columns in the report)", err=True)
+    if mixed:
+        click.echo(f"nettrim: warning: {mixed} column(s) were mixed with their original "
+                   "weights to meet eps, so their pruned weights are small but not zero (see "
+                   "failed_columns in the report)", err=True)
 
 
 def _workdir(path, resume, output, model_sha, acts_sha, settings, solver_name, device, dtype):

@@ -172,3 +172,26 @@ def test_interrupted_stops_with_130(env, fault):
     assert r.exit_code == 130, r.stderr
     assert "interrupted" in r.stderr
     assert not out.exists() and not rep.exists()  # (a resume work directory may stay)
+
+
+def test_admm_mixed_with_original_is_reported_as_such(env, monkeypatch):
+    """When neither the support refit nor the polish's first fit can pull ADMM's answer onto
+    eps, the columns are mixed with their original weights (feasible, but the zeros fill in):
+    the report lists them as mixed_with_original and the warning says mixed, not kept."""
+    import nettrim_cli.solvers.admm as admm_mod
+
+    result = admm_mod._ADMM.result
+    monkeypatch.setattr(admm_mod._ADMM, "result",
+                        lambda self: (lambda WT, tight: (0.5 * WT, tight))(*result(self)))
+    monkeypatch.setattr(admm_mod, "_refit_mix", lambda *a, **k: None)
+    monkeypatch.setattr(admm_mod._Polish, "run",
+                        lambda self, *a, **k: SimpleNamespace(first=None, best=None, log=[]))
+    r, out, rep = prune(env, "--solver", "admm", "--epsilon", "0.05")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(rep.read_text())
+    mixed = [f for la in report["layers"] if la.get("solver")
+             for f in la["solver"]["failed_columns"]]
+    assert mixed and {f["status"] for f in mixed} == {"mixed_with_original"}
+    assert all(la["solver"]["epsilon_reached"] for la in report["layers"] if la.get("solver"))
+    assert f"nettrim: warning: {len(mixed)} column(s) were mixed with their original" in r.stderr
+    assert "kept their original weights" not in r.stderr

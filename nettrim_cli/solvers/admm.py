@@ -687,7 +687,7 @@ def _gram_form(Xa: np.ndarray, Y: np.ndarray, eps: float | None):
 
 def _refit_mix(Xa: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray, WT: np.ndarray,
                bias: bool, target: float, rest2: float, tight: np.ndarray | None = None,
-               cg_iters: int = 10, rounds: int = 2):
+               cg_iters: int = 10, rounds: int = 8):
     """Repair ADMM's answer (the live columns' W^T, exactly sparse) onto the constraint
     without changing its support.
 
