@@ -249,27 +249,28 @@ def search(d: Path, mode: str, model: Path, acts: Path, timed) -> None:
     chosen_pt, chosen = d / f"p90-netrim-{mode}.pt", d / f"p90-netrim-{mode}.json"
     if chosen.exists():
         return
+    others = [load_json(c)["settings"]["epsilon"] for c in sorted(
+        d.parent.glob(f"seed*/p90-netrim-{mode}.json")) if c.parent != d]
+    points = search_points(d, mode)
     for k in range(1, SEARCH_TRIES + 1):
-        points = search_points(d, mode)
         if any(abs(f - TARGET) <= TARGET_TOL for _, f, _ in points):
             break
         tag = f"p90-try{k}-netrim-{mode}"
         if (d / f"{tag}.json").exists():
             continue
         eps = next_eps(points, TARGET)
-        others = [load_json(c)["settings"]["epsilon"] for c in sorted(
-            d.parent.glob(f"seed*/p90-netrim-{mode}.json")) if c.parent != d]
         if len(points) == 1 and others:  # another seed's answer is the better first guess
             eps = float(np.median(others))
         timed(f"prune {tag}", run(*prune_args(model, acts, mode, eps, d / f"{tag}.pt",
                                               d / f"{tag}.json"), out=d / f"{tag}.json"))
-    best = min(search_points(d, mode), key=lambda p: abs(p[1] - TARGET))[2]
+        points = search_points(d, mode)
+    best = min(points, key=lambda p: abs(p[1] - TARGET))[2]
     shutil.copyfile(d / best.replace(".json", ".pt"), chosen_pt.with_suffix(".tmp"))
     chosen_pt.with_suffix(".tmp").replace(chosen_pt)
     r = load_json(d / best)
     r["search"] = {"target": TARGET, "tolerance": TARGET_TOL, "chosen": best,
                    "points": [{"epsilon": e, "pruned_fraction": f, "report": n}
-                              for e, f, n in search_points(d, mode)]}
+                              for e, f, n in points]}
     tmp = chosen.with_suffix(".tmp")
     tmp.write_text(json.dumps(r, indent=1))
     tmp.replace(chosen)

@@ -53,8 +53,9 @@ def _seeds(exp: Path, net: str, seeds: list[int], level: str | None = None) -> l
 def _table(exp: Path, nets: list[str], seeds: list[int], level: str) -> list[str]:
     lines = []
     for mode in ("parallel", "cascade"):
+        eps_row = "eps" + (" (eps_1)" if mode == "cascade" else "")
         rows: dict[str, list[str]] = {k: [] for k in (
-            "initial accuracy", "eps" + (" (eps_1)" if mode == "cascade" else ""),
+            "initial accuracy", eps_row,
             "total pruning (%)", "Net-Trim overall discrepancy (rel.)",
             "Net-Trim accuracy, no FT", "Net-Trim + FT")}
         for m in BASELINES:
@@ -65,7 +66,7 @@ def _table(exp: Path, nets: list[str], seeds: list[int], level: str) -> list[str
             tag = f"{level}-netrim-{mode}"
             reps = [_load(d / f"{tag}.json") for d in ds]
             rows["initial accuracy"].append(_fmt([_acc(d / "eval-original.json") for d in ds]))
-            rows["eps" + (" (eps_1)" if mode == "cascade" else "")].append(_fmt(
+            rows[eps_row].append(_fmt(
                 [r["settings"]["epsilon"] if r else None for r in reps], 3))
             rows["total pruning (%)"].append(_fmt(
                 [100 * r["network"]["pruned_fraction"] if r else None for r in reps], 1))

@@ -326,7 +326,9 @@ def prune(model, acts, output, report_path, config_path, mode, epsilon, gamma, l
         from nettrim_cli.report import render_table
 
         render_table(report, console)
-    mixed = sum(1 for _, f in failed if f["status"] == "mixed_with_original")
+    from nettrim_cli.solvers.admm import MIXED
+
+    mixed = sum(1 for _, f in failed if f["status"] == MIXED)
     if len(failed) > mixed:
         click.echo(f"nettrim: warning: {len(failed) - mixed} column(s) kept their original "
                    "weights (see failed_columns in the report)", err=True)

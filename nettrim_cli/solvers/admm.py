@@ -976,7 +976,7 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
             if Wa is None:  # thresholding the original weights already breaks eps
                 s, Wa = 0.0, Wa0.copy()
             st = MIXED
-            history.append({"stage": "chosen", "source": "mixed_with_original",
+            history.append({"stage": "chosen", "source": MIXED,
                             "admm_weight": s})
             for m in live:
                 failed.append({"column": m, "status": MIXED,
