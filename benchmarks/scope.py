@@ -15,7 +15,7 @@ import torch
 from nettrim_cli.checkpoint import load_checkpoint, trace_layers
 from nettrim_cli.dump import DumpReader
 from nettrim_cli.solvers.base import SolverSettings
-from nettrim_cli.solvers.search import solve_layer
+from nettrim_cli.solvers.osqp_solver import OSQPSolver
 from nettrim_cli.trim import PruneSettings, prune
 
 
@@ -34,7 +34,7 @@ def main() -> None:
             s.search.scope = scope
             t = time.perf_counter()
             res = prune(ckpt, dump, PruneSettings(mode="parallel", epsilon=eps, solver=s),
-                        solve_layer)
+                        OSQPSolver())
             nnz = 0
             for o in res.layers:
                 k = int(np.count_nonzero(o.W))

@@ -159,21 +159,16 @@ def _progress(console, quiet: bool = False):
 
 
 def _solver_fn(name: str, device: str = "cpu", dtype: str = "float64"):
-    if name == "osqp":
-        from nettrim_cli.solvers.search import solve_layer
+    from nettrim_cli.solvers import make_solver
 
-        return solve_layer
     if name == "admm":
         import torch
-
-        from nettrim_cli.solvers import admm
 
         if device == "cuda" and not torch.cuda.is_available():
             raise BadInput("--device cuda: no CUDA device is available to torch here; use "
                            "--device cpu")
-        # a partial, not a lambda: --executor ray sends it to the workers, and reads its device
-        return functools.partial(admm.solve_layer, device=device, dtype=dtype)
-    raise BadInput(f"unknown solver {name!r}")
+        return make_solver(name, device=device, dtype=dtype)
+    return make_solver(name)
 
 
 @main.command()

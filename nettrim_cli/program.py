@@ -7,16 +7,57 @@ weights are (M, N) like ``nn.Linear.weight``: row m of the weights is the paper'
 The bias is handled by appending a column of ones to X (the paper's row of ones); the bias
 coordinate is *not* penalised by the l1 term (it is a single free variable in the QP), so a
 bias is never pruned, and sparsity counts weights only.
+
+The design (the inputs the weights multiply) reaches a solver through a ``Design`` object:
+products with it and row subsets, plus an explicit ``dense()`` for solvers that materialise it.
+A layer kind (``nettrim_cli.layers``) builds the design from its layer input (a Linear layer's
+input as it is; a conv layer's unfolded patches), so a solver never knows the layer type.
+
+The active set Omega (eq. 3: where the original output is positive) and the bound V are stored
+once here: a residual block's active set comes from its output after the skip is added, so it is
+given by the graph, never recomputed as ``Y > 0`` by a solver.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 
-RELU = "relu"
-NONE = "none"
+
+class Activation(StrEnum):
+    """The activation after a prunable unit, as far as the layer program is concerned."""
+
+    RELU = "relu"  # constraint set C_eps of eq. 3
+    NONE = "none"  # least squares over every sample (supplement section 2)
+
+
+RELU = Activation.RELU
+NONE = Activation.NONE
+
+
+class DenseDesign:
+    """A design held as a dense (P, N) array: a Linear layer's input as it is."""
+
+    def __init__(self, X: np.ndarray) -> None:
+        self.X = X
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.X.shape)
+
+    def dense(self) -> np.ndarray:
+        """The (P, N) matrix itself."""
+        return self.X
+
+    def rows(self, idx: np.ndarray | slice) -> np.ndarray:
+        """The rows (samples) ``idx`` as a dense (k, N) array."""
+        return self.X[idx]
+
+    def matmul(self, W: np.ndarray) -> np.ndarray:
+        """X W^T for weights W (M, N): the layer's pre-activation without bias, (P, M)."""
+        return self.X @ W.T
 
 
 @dataclass
@@ -24,17 +65,19 @@ class LayerProgram:
     """TRIM(X, Y, V, eps) of Algorithms 1 and 2 for one layer.
 
     Attributes:
-        X: (P, N) layer input (original input in parallel mode, the pruned network's in cascade).
+        X: (P, N) layer input (original input in parallel mode, the pruned network's in
+            cascade), an array or a ``Design``; ``design`` holds it as a ``Design``.
         Y: (P, M) target: the original layer's post-ReLU output (``relu``) or its
             pre-activation (``none``, a last layer without activation).
         V: (P, M) upper bounds on the inactive set (eq. 3), or None for V = 0.
         activation: ``relu`` (constraint set C_eps of eq. 3) or ``none`` (least squares over
             every sample, supplement section 2).
-        bias: whether the weights carry a bias (X gets a column of ones).
         epsilon: the layer's eps (constraint ||Yhat - Y||_F <= eps), or None with ``lam``.
         lam: a fixed lambda for eq. 11/14, or None to choose it from ``epsilon``.
         W0: (M, N) original weights and b0 (M,) original bias: the feasible reference point,
             the warm start, and the fallback for a column the solver cannot settle.
+        active_set: (P, M) bool, Omega of eq. 3; None: computed once from Y (Y > 0 for
+            ``relu``, every entry for ``none``). A residual unit passes its own.
     """
 
     X: np.ndarray
@@ -46,11 +89,13 @@ class LayerProgram:
     epsilon: float | None = None
     lam: float | None = None
     name: str = "layer"
+    active_set: np.ndarray | None = None
     _Xa: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.activation not in (RELU, NONE):
             raise ValueError(f"unknown activation {self.activation!r}")
+        self.activation = Activation(self.activation)
         P, N = self.X.shape
         if self.Y.shape[0] != P:
             raise ValueError("X and Y must have the same number of samples")
@@ -60,6 +105,16 @@ class LayerProgram:
             raise ValueError("V must have the shape of Y")
         if (self.epsilon is None) == (self.lam is None):
             raise ValueError("give exactly one of epsilon and lam")
+        if self.active_set is None:
+            self.active_set = (np.ones(self.Y.shape, dtype=bool) if self.activation == NONE
+                               else np.asarray(self.Y) > 0)
+        elif self.active_set.shape != self.Y.shape:
+            raise ValueError("active_set must have the shape of Y")
+
+    @property
+    def design(self) -> DenseDesign:
+        X = self.X
+        return X if hasattr(X, "dense") else DenseDesign(X)
 
     @property
     def bias(self) -> bool:
@@ -79,9 +134,10 @@ class LayerProgram:
 
     @property
     def Xa(self) -> np.ndarray:
-        """X with the column of ones appended when the layer has a bias: (P, N + bias)."""
+        """The design with the column of ones appended when the layer has a bias:
+        (P, N + bias), float64, materialised once."""
         if self._Xa is None:
-            X = np.ascontiguousarray(self.X, dtype=np.float64)
+            X = np.ascontiguousarray(self.design.dense(), dtype=np.float64)
             if self.bias:
                 X = np.hstack([X, np.ones((X.shape[0], 1))])
             self._Xa = X
@@ -94,11 +150,16 @@ class LayerProgram:
             return np.hstack([self.W0, self.b0[:, None]]).astype(np.float64)
         return self.W0.astype(np.float64)
 
+    @property
+    def bounds(self) -> np.ndarray:
+        """V as a (P, M) float64 array (zeros when V = 0)."""
+        if self.V is None:
+            return np.zeros(self.Y.shape)
+        return np.asarray(self.V, dtype=np.float64)
+
     def active(self, m: int) -> np.ndarray:
         """Omega_m: samples where the original output of neuron m is positive (all for none)."""
-        if self.activation == NONE:
-            return np.ones(self.n_samples, dtype=bool)
-        return self.Y[:, m] > 0
+        return self.active_set[:, m]
 
     def bound(self, m: int) -> np.ndarray:
         """v_m: the upper bound on u_m^T x_p for every sample (only the inactive ones matter)."""
@@ -120,16 +181,22 @@ class LayerProgram:
         ``columns``, ``Wa`` holds the weights of those columns only, and only they count."""
         Z = self.Xa @ Wa.T
         Y = np.asarray(self.Y, dtype=np.float64)
+        act = self.active_set
         if columns is not None:
-            Y = Y[:, columns]
+            Y, act = Y[:, columns], act[:, columns]
         if self.activation == NONE:
             return float(np.linalg.norm(Z - Y))
-        act = Y > 0
         V = np.zeros_like(Y) if self.V is None else self.V
         if columns is not None and self.V is not None:
             V = V[:, columns]
         r = np.where(act, Z - Y, np.maximum(Z - V, 0.0))
         return float(np.linalg.norm(r))
+
+    def inactive_violation(self, Wa: np.ndarray) -> float:
+        """||max(Z - V, 0)|| over the inactive entries: how far the eq. 3 inequalities fail."""
+        Z = self.Xa @ Wa.T
+        return float(np.linalg.norm(np.where(self.active_set, 0.0,
+                                             np.maximum(Z - self.bounds, 0.0))))
 
     def output(self, Wa: np.ndarray) -> np.ndarray:
         """The layer's response on X: max(U^T X, 0) or U^T X, (P, M)."""

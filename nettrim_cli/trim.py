@@ -5,7 +5,6 @@ through callbacks.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,14 +16,17 @@ from nettrim_cli.checkpoint import Checkpoint, LayerInfo, pruned_copy
 from nettrim_cli.dump import DumpReader, forward_collect
 from nettrim_cli.errors import BadInput
 from nettrim_cli.program import RELU, LayerProgram
-from nettrim_cli.solvers.base import LayerSolution, Progress, SolverSettings, no_progress
+from nettrim_cli.solvers.base import (
+    LayerSolution,
+    LayerSolver,
+    Progress,
+    SolverSettings,
+    no_progress,
+)
 from nettrim_cli.workdir import WorkDir, solution_from_meta, solution_meta
 
 PARALLEL = "parallel"
 CASCADE = "cascade"
-
-# solver(program, settings, progress) -> LayerSolution
-LayerSolver = Callable[[LayerProgram, SolverSettings, Progress], LayerSolution]
 
 
 @dataclass
@@ -79,6 +81,11 @@ def _target(preact: np.ndarray, activation: str) -> np.ndarray:
     return np.maximum(preact, 0.0) if activation == RELU else preact
 
 
+def _active_set(Y: np.ndarray, activation: str) -> np.ndarray:
+    """Omega of eq. 3 from the layer's target: the one place it is computed from outputs."""
+    return Y > 0 if activation == RELU else np.ones_like(Y, dtype=bool)
+
+
 def _collect_inputs(model: torch.nn.Module, layers: list[LayerInfo], inputs: np.ndarray,
                     name: str) -> np.ndarray:
     """The input of layer ``name`` when ``model`` runs on the calibration inputs."""
@@ -103,12 +110,13 @@ def prune(ckpt: Checkpoint, dump: DumpReader, settings: PruneSettings, solver: L
         ckpt: the loaded checkpoint; its traced layers must match the dump's.
         dump: the validated activation dump (original inputs and pre-activations).
         settings: mode, epsilon / gamma / lambda and solver settings.
-        solver: the layer solver, e.g. ``nettrim_cli.solvers.search.solve_layer``.
+        solver: the layer solver (``nettrim_cli.solvers.make_solver``).
         on_layer: called as on_layer(index, count, name) before each prunable layer (parallel
             mode with ``executor = "ray"``: as each layer finishes, index counting the
             finished ones, since the layers are solved at the same time).
         progress: the solver's per-column progress callback.
-        workdir: where finished layers (and, for solvers that take a ``journal``, columns)
+        workdir: where finished layers (and, for solvers whose capabilities say journal,
+            columns)
             are recorded durably; layers recorded there are taken from it (resume). Parallel
             mode on Ray records whole layers only, as they finish.
     Returns:
@@ -143,10 +151,9 @@ def prune(ckpt: Checkpoint, dump: DumpReader, settings: PruneSettings, solver: L
                 continue
             program, eps, y_norm = _layer_program(ckpt, dump, inputs, settings, i, info, W0,
                                                   b0, pruned)
-            if workdir is not None and "journal" in inspect.signature(solver).parameters:
-                sol = solver(program, settings.solver, progress, journal=workdir.journal(i))
-            else:
-                sol = solver(program, settings.solver, progress)
+            journal = (workdir.journal(i) if workdir is not None
+                       and solver.capabilities.journal else None)
+            sol = solver.solve(program, settings.solver, progress, journal=journal)
             outcomes.append(_solved(i, info, program, sol, W0, b0, eps, y_norm,
                                     time.perf_counter() - t0, pruned, workdir))
     kept = [LayerOutcome(info=la, W=None, b=None, W0=None, epsilon=None, solution=None,
@@ -175,12 +182,13 @@ def _layer_program(ckpt: Checkpoint, dump: DumpReader, inputs: np.ndarray,
         if settings.mode == PARALLEL or i == 0:
             eps = settings.epsilon * y_norm
         else:
-            act = Y > 0 if info.activation == RELU else np.ones_like(Y, dtype=bool)
+            act = _active_set(Y, info.activation)
             # eq. 7: eps_l^2 = gamma * sum over the active set of (w^T yhat - y)^2
             eps = float(np.sqrt(settings.gamma * np.sum(np.where(act, V - Y, 0.0) ** 2)))
     program = LayerProgram(X=X, Y=Y, W0=W0, b0=b0, activation=info.activation,
                            V=V if info.activation == RELU else None, epsilon=eps,
-                           lam=settings.lam, name=info.name)
+                           lam=settings.lam, name=info.name,
+                           active_set=_active_set(Y, info.activation))
     return program, eps, y_norm
 
 

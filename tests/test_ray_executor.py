@@ -20,6 +20,7 @@ from conftest import invoke
 
 from nettrim_cli.solvers import ray_exec, ray_layers
 from nettrim_cli.solvers.base import SolverSettings
+from nettrim_cli.solvers.osqp_solver import OSQPSolver
 from nettrim_cli.solvers.ray_exec import RayEvaluator
 from nettrim_cli.solvers.ray_layers import RayLayers
 from nettrim_cli.solvers.search import solve_layer
@@ -362,7 +363,7 @@ def test_few_layers_share_the_cpus_through_column_actors(ray_cluster, monkeypatc
     prog = _program(seed=6, P=150, N=10, M=8)
     ref = solve_layer(_program(seed=6, P=150, N=10, M=8), SolverSettings(), workers=1)
     s = SolverSettings()
-    with RayLayers(solve_layer, s, {0: (150, 10, 8)}) as pool:
+    with RayLayers(OSQPSolver(), s, {0: (150, 10, 8)}) as pool:
         assert pool.cpus == {0: 2}
         pool.submit(0, prog)
         [(key, sol, _)] = list(pool.results())

@@ -10,7 +10,7 @@ from nettrim_cli.dump import DumpReader, write_dump
 from nettrim_cli.program import LayerProgram
 from nettrim_cli.solvers.base import OSQPSettings
 from nettrim_cli.solvers.osqp import ColumnQP, is_solved
-from nettrim_cli.solvers.search import solve_layer
+from nettrim_cli.solvers.osqp_solver import OSQPSolver
 from nettrim_cli.trim import PruneSettings, prune
 
 
@@ -40,7 +40,7 @@ def run(tmp_path, model, mode, epsilon=0.05, gamma=1.2, P=160, seed=0):
     write_dump(path, model, ckpt.layers, x, None, "0")
     with DumpReader(path) as dump:
         settings = PruneSettings(mode=mode, epsilon=epsilon, gamma=gamma)
-        return prune(ckpt, dump, settings, solve_layer)
+        return prune(ckpt, dump, settings, OSQPSolver())
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

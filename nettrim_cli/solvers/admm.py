@@ -57,7 +57,13 @@ import scipy.optimize
 import torch
 
 from nettrim_cli.program import NONE, LayerProgram
-from nettrim_cli.solvers.base import LayerSolution, Progress, SolverSettings, no_progress
+from nettrim_cli.solvers.base import (
+    Capabilities,
+    LayerSolution,
+    Progress,
+    SolverSettings,
+    no_progress,
+)
 from nettrim_cli.solvers.osqp import settle_dead_columns
 
 try:
@@ -1000,3 +1006,17 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
         eps_reached=bool(reached), history=history, admm_converged=admm_conv,
         polish_converged=pol_conv,
     )
+
+
+class ADMMSolver:
+    """The whole-layer ADMM solver (``--solver admm``) behind the solver protocol."""
+
+    name = "admm"
+    capabilities = Capabilities(journal=False, devices=("cpu", "cuda"), granularity="layer")
+
+    def __init__(self, device: str = "cpu", dtype: str = "float64") -> None:
+        self.device, self.dtype = device, dtype
+
+    def solve(self, program: LayerProgram, settings: SolverSettings,
+              progress: Progress = no_progress, journal=None) -> ADMMSolution:  # noqa: ARG002
+        return solve_layer(program, settings, progress, device=self.device, dtype=self.dtype)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from nettrim_cli.program import LayerProgram
 
 import numpy as np
 
@@ -134,3 +137,32 @@ class LayerSolution:
     def summary(self) -> dict:
         return {**self.common_summary("osqp"), "lambda_evaluations": self.passes,
                 "workers": self.workers, "lambda_search": self.history}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a solver declares about itself; callers read this instead of guessing.
+
+    journal: records every column evaluation in a work-folder journal and answers the ones
+        it already holds (``--resume`` mid-layer); without it only whole layers resume.
+    devices: the devices it can run on ("cpu", "cuda").
+    granularity: "column" (one QP per output neuron, eq. 14) or "layer" (all columns at once).
+    """
+
+    journal: bool
+    devices: tuple[str, ...]
+    granularity: str
+
+
+class LayerSolver(Protocol):
+    """A layer solver: takes a layer program, returns weights plus a status record. It knows
+    nothing of files or layer types. Instances are picklable (Ray ships them to workers)."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    def solve(self, program: LayerProgram, settings: SolverSettings,
+              progress: Progress = no_progress, journal: Any = None) -> LayerSolution:
+        """Solve ``program``; ``journal`` (a ``ColumnJournal``) only when
+        ``capabilities.journal``."""
+        ...

@@ -50,7 +50,7 @@ from threadpoolctl import threadpool_limits
 
 from nettrim_cli.errors import BadInput, NettrimError, SolverFailure
 from nettrim_cli.program import LayerProgram
-from nettrim_cli.solvers import ray_exec, search
+from nettrim_cli.solvers import ray_exec
 from nettrim_cli.solvers.base import LayerSolution, SolverSettings, no_progress
 
 log = logging.getLogger("nettrim")
@@ -113,7 +113,7 @@ def _run_layer(program: LayerProgram, solver: Callable, settings: SolverSettings
         with threadpool_limits(threads):
             if torch is not None:
                 torch.set_num_threads(threads)
-            sol = solver(program, settings, no_progress)
+            sol = solver.solve(program, settings, no_progress)
     finally:
         if torch is not None:
             torch.set_num_threads(before)
@@ -132,9 +132,9 @@ def _remote(ray):
     return _REMOTE["fn"]
 
 
-def _device(solver: Callable) -> str:
-    """The torch device a solver was bound to (functools.partial(admm.solve_layer, device=))."""
-    return (getattr(solver, "keywords", None) or {}).get("device", "cpu")
+def _device(solver) -> str:
+    """The torch device a solver instance was made for (``device``; OSQP has none)."""
+    return getattr(solver, "device", "cpu")
 
 
 def _first_line(err: BaseException) -> str:
@@ -168,7 +168,7 @@ class RayLayers:
         cpus = max(1, min(settings.workers or cluster, cluster))
         keys = list(shapes)
         costs = [layer_cost(*shapes[k]) for k in keys]
-        self.osqp = solver is search.solve_layer
+        self.osqp = solver.name == "osqp"
         gpu = getattr(settings.osqp, "algebra", "builtin") == "cuda" or _device(solver) == "cuda"
         self.num_gpus = 0.0
         if gpu:
