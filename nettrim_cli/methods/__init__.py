@@ -1,0 +1,1 @@
+"""Pruning methods behind one interface (registry below, filled in by the redesign)."""
