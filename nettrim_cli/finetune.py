@@ -1,27 +1,21 @@
 """Fine-tuning of a pruned network with its sparsity mask fixed.
 
-Every parameter of the model is trained, except that in each ``nn.Linear`` whose weight holds
-exact zeros those zeros are frozen at zero: after each backward pass the weight's gradient is
-multiplied by the mask, after each optimizer step the weight is multiplied by it again, and
-the optimizer's per-parameter state (momentum buffers, Adam moments) is masked too, so
-neither momentum nor weight decay can move a pruned weight away from zero. No printing, no
-files: progress goes out through a callback.
+Every parameter of the model is trained by the loop of ``nettrim_cli.training``, with the exact
+zeros of each ``nn.Linear`` weight as its mask: those weights stay exactly zero (their
+gradients, the optimizer's state and the weights themselves are masked at every step). No
+printing, no files: progress goes out through a callback.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from nettrim_cli.errors import BadInput
-from nettrim_cli.evaluate import _dtype, evaluate
-
-OPTIMIZERS = ("adam", "sgd")
-SGD_MOMENTUM = 0.9
+from nettrim_cli.evaluate import evaluate
+from nettrim_cli.training import OnBatch, TrainConfig, train
 
 
 def weight_masks(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -36,14 +30,6 @@ def linear_nonzeros(model: nn.Module) -> int:
                if isinstance(mod, nn.Linear))
 
 
-def _make_optimizer(name: str, params, lr: float, weight_decay: float):
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM, weight_decay=weight_decay)
-    raise BadInput(f"unknown optimizer {name!r}; use {' or '.join(OPTIMIZERS)}")
-
-
 def finetune(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, lr: float = 1e-3,
              batch_size: int = 128, seed: int = 0, optimizer: str = "adam",
              weight_decay: float = 0.0,
@@ -56,50 +42,15 @@ def finetune(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, lr: fl
     (see the README): masked layers, nonzeros before/after, loss per epoch, training accuracy
     and loss before and after.
     """
-    if epochs < 0 or batch_size < 1 or not lr > 0:
-        raise BadInput("--epochs must be >= 0, --batch-size >= 1 and --lr > 0")
+    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                         optimizer=optimizer, weight_decay=weight_decay)
     masks = weight_masks(model)
     nnz_before = linear_nonzeros(model)
     before = evaluate(model, x, y)[0]
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    dtype = _dtype(model)
-    xt = torch.as_tensor(x).to(dtype)
-    yt = torch.as_tensor(y)
-    mods = {name: model.get_submodule(name) for name in masks}
-    opt = _make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr,
-                          weight_decay)
-    n = len(x)
-    per_epoch: list[float] = []
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
-        model.train()
-        order = torch.as_tensor(rng.permutation(n))
-        total = 0.0
-        for a in range(0, n, batch_size):
-            idx = order[a:a + batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
-            loss.backward()
-            with torch.no_grad():
-                for name, mod in mods.items():
-                    if mod.weight.grad is not None:
-                        mod.weight.grad.mul_(masks[name])
-            opt.step()
-            with torch.no_grad():
-                for name, mod in mods.items():
-                    mod.weight.mul_(masks[name])
-                    for v in opt.state.get(mod.weight, {}).values():
-                        if isinstance(v, torch.Tensor) and v.shape == mod.weight.shape:
-                            v.mul_(masks[name])
-            total += loss.detach().item() * len(idx)
-            if progress is not None:
-                progress(epoch, min(a + batch_size, n), n, total / min(a + batch_size, n))
-        per_epoch.append(total / n)
-    seconds = time.perf_counter() - t0
-    opt.zero_grad(set_to_none=True)
-    model.eval()
+    figures = train(model, x, y, config, masks={f"{name}.weight": m for name, m in masks.items()},
+                    callbacks=[OnBatch(progress)] if progress is not None else ())
     after = evaluate(model, x, y)[0]
+    mods = {name: model.get_submodule(name) for name in masks}
     zeros_kept = all(bool((mods[name].weight.detach()[~m] == 0).all())
                      for name, m in masks.items())
     return {
@@ -108,10 +59,10 @@ def finetune(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, lr: fl
         "nonzeros_before": nnz_before,
         "nonzeros_after": linear_nonzeros(model),
         "zeros_kept": zeros_kept,
-        "loss_per_epoch": per_epoch,
+        "loss_per_epoch": figures.loss_per_epoch,
         "train_accuracy_before": before["accuracy"],
         "train_loss_before": before["loss"],
         "train_accuracy": after["accuracy"],
         "train_loss": after["loss"],
-        "seconds": seconds,
+        "seconds": figures.seconds,
     }
