@@ -1,0 +1,104 @@
+"""`nettrim eval`: accuracy and loss of a checkpoint on labelled data, with noise."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import click
+
+from nettrim_cli.atomic import check_output_path, sha256_file
+from nettrim_cli.cli.common import (
+    handle_errors,
+    load_ckpt,
+    with_ckpt_options,
+)
+
+
+def _eval_text(doc: dict, fmt: str, width: int = 100) -> str:
+    import csv
+
+    if fmt == "json":
+        from nettrim_cli.report import report_json
+
+        return report_json(doc)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["noise", "accuracy", "loss"], lineterminator="\n")
+        w.writeheader()
+        for r in doc["results"]:
+            w.writerow({k: "" if r[k] is None else r[k] for k in ("noise", "accuracy", "loss")})
+        return buf.getvalue()
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="nettrim eval", title_justify="left")
+    for col in ("noise", "accuracy", "loss"):
+        t.add_column(col, justify="right")
+    for r in doc["results"]:
+        loss = "-" if r["loss"] is None else f"{r['loss']:.4f}"
+        t.add_row(f"{r['noise']:g}", f"{100 * r['accuracy']:.2f}%", loss)
+    buf = io.StringIO()
+    Console(file=buf, width=width, force_terminal=False).print(t)
+    return buf.getvalue() + (f"{doc['model']['path']} on {doc['data']['path']}: "
+                             f"{doc['samples']} samples, noise seed {doc['seed']}\n")
+
+
+@click.command(name="eval")
+@click.argument("model")
+@click.option("--data", "data_path", required=True,
+              help="Labelled data: .h5 with /inputs and /labels (a dump made with --labels) "
+                   "or .npz with inputs/labels (or x/y).")
+@click.option("--noise", metavar="S1,S2,...",
+              help="Gaussian noise levels (std, input units) to add, e.g. 0,0.2,0.4.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the noise.")
+@click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(1))
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True)
+@click.option("-o", "--output", help="Write here (atomically) instead of stdout.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@with_ckpt_options
+@handle_errors
+def eval_cmd(model, data_path, noise, seed, batch_size, fmt, output, force, arch,
+             trust_checkpoint):
+    """Accuracy and mean cross-entropy of a checkpoint on labelled data, optionally with
+    added Gaussian noise (the paper's Figure 4).
+
+    Example: nettrim eval pruned.pt --data test.npz --noise 0,0.2,0.4 --format csv
+    """
+    from nettrim_cli.atomic import write_bytes_atomic
+    from nettrim_cli.evaluate import (
+        EVAL_FORMAT,
+        EVAL_VERSION,
+        check_fits,
+        evaluate,
+        load_labelled,
+        parse_noise,
+    )
+    from nettrim_cli.report import _clean
+
+    levels = parse_noise(noise)
+    if output:
+        check_output_path(output, force, inputs=(model, data_path))
+    ckpt = load_ckpt(model, arch, trust_checkpoint)
+    x, y = load_labelled(data_path)
+    check_fits(ckpt.model, x, y, data_path, model)
+    results = evaluate(ckpt.model, x, y, levels, seed, batch_size)
+    doc = _clean({"format": EVAL_FORMAT, "version": EVAL_VERSION,
+                  "model": {"path": model, "sha256": ckpt.sha256},
+                  "data": {"path": data_path, "sha256": sha256_file(data_path)},
+                  "samples": int(len(x)), "seed": seed, "results": results})
+    if fmt == "table" and not output:
+        from rich.console import Console
+
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=140)
+        console.print(_eval_text(doc, "table", width=console.width), end="")
+        return
+    text = _eval_text(doc, fmt)
+    if output and output != "-":
+        write_bytes_atomic(output, text.encode())
+    else:
+        sys.stdout.write(text)
+
