@@ -42,6 +42,27 @@ SGD_MOMENTUM = 0.9
 Penalty = Callable[[nn.Module], torch.Tensor]
 
 
+def quadratic_penalty(params: Sequence[torch.Tensor], targets: Sequence[np.ndarray | torch.Tensor],
+                      mu: float) -> Penalty:
+    """The LC L step's term (mu/2) sum_k ||w_k - t_k||^2 as a ``penalty`` for ``train``.
+
+    ``params`` are the model's parameters w_k, ``targets`` arrays t_k of their shapes (for the
+    augmented Lagrangian t = theta + lambda/mu), copied here once in the parameters' dtype.
+    """
+    if len(params) != len(targets):
+        raise BadInput(f"{len(params)} parameters and {len(targets)} targets")
+    fixed = [torch.as_tensor(t).to(device=p.device, dtype=p.dtype).detach().clone()
+             for p, t in zip(params, targets, strict=True)]
+    for p, t in zip(params, fixed, strict=True):
+        if t.shape != p.shape:
+            raise BadInput(f"target of shape {tuple(t.shape)} for a parameter {tuple(p.shape)}")
+
+    def penalty(_model: nn.Module) -> torch.Tensor:
+        return mu / 2 * sum(((p - t) ** 2).sum() for p, t in zip(params, fixed, strict=True))
+
+    return penalty
+
+
 def _scheduler_class(name: str) -> type | None:
     cls = getattr(lr_scheduler, name, None)
     if (name.startswith("_") or name == "LRScheduler" or not isinstance(cls, type)
@@ -232,10 +253,10 @@ def train(model: nn.Module, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.
     Returns:
         The figures: loss and learning rate per epoch, steps taken, seconds.
 
-    Example (an L step of Learning-Compression with multiplier lam and target theta):
-        pen = lambda m: mu / 2 * sum(((p - t - l / mu) ** 2).sum()
-                                     for p, t, l in zip(weights(m), theta, lam))
-        train(model, x, y, TrainConfig(epochs=2, lr=0.01, optimizer="sgd"), penalty=pen)
+    Example (an L step of Learning-Compression: targets = theta + lambda/mu per weight):
+        weights = [model.get_parameter(name) for name in ("0.weight", "2.weight")]
+        config = TrainConfig(epochs=2, lr=0.01, optimizer="sgd", nesterov=True)
+        train(model, x, y, config, penalty=quadratic_penalty(weights, targets, mu))
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
