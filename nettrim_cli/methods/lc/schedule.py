@@ -21,7 +21,6 @@ from enum import StrEnum
 
 import numpy as np
 
-from nettrim_cli.baselines import count_for_sparsity
 from nettrim_cli.methods.lc.compression import l0_support
 
 
@@ -48,7 +47,7 @@ def final_counts(sizes: Sequence[int], sparsity: float | None = None,
     if counts is None:
         if not 0.0 <= sparsity <= 1.0:
             raise ValueError(f"sparsity {sparsity} outside [0, 1]")
-        return [count_for_sparsity(int(n), sparsity) for n in sizes]
+        return [int(np.floor((1.0 - sparsity) * int(n) + 0.5)) for n in sizes]
     if len(counts) != len(sizes):
         raise ValueError(f"{len(counts)} counts for {len(sizes)} layers")
     for n, c in zip(sizes, counts, strict=True):
