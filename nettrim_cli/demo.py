@@ -22,10 +22,14 @@ import os
 import pickle
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch import nn
+
+from nettrim_cli import training
 
 HIDDEN = 200
 # Classes a demo checkpoint may contain when loaded with weights_only=True.
@@ -110,6 +114,22 @@ def predict(model: nn.Module, X: np.ndarray, batch: int = 65536) -> np.ndarray:
     return np.concatenate(out).astype(np.int64)
 
 
+@contextmanager
+def _one_deterministic_thread() -> Iterator[None]:
+    """torch's deterministic algorithms on one intra-op thread, both restored afterwards."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    threads = torch.get_num_threads()
+    torch.use_deterministic_algorithms(True)
+    # The matrices are tiny: one thread is faster than two here, does not spin against other
+    # processes for the cores, and makes the result independent of the machine's core count.
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+        torch.set_num_threads(threads)
+
+
 def train(
     seed: int = 0, n: int = 200, epochs: int = DEFAULT_EPOCHS, lr: float = DEFAULT_LR
 ) -> tuple[nn.Module, np.ndarray, np.ndarray, float]:
@@ -119,6 +139,7 @@ def train(
     ``torch.use_deterministic_algorithms(True)`` on one intra-op thread (both restored
     afterwards), so the same arguments give the same weights on the same machine and build.
     Cross-entropy loss, no weight decay or dropout: the network is dense, as in Figure 1(a/b).
+    The loop is ``nettrim_cli.training.train`` with one batch of all points, in order.
 
     Args:
         seed: seed for the data and the weight initialisation.
@@ -130,29 +151,11 @@ def train(
         ``(model, X, y, train_accuracy)`` with the model in eval mode.
     """
     X, y = make_spirals(n=n, seed=seed)
-    previous = torch.are_deterministic_algorithms_enabled()
-    threads = torch.get_num_threads()
-    torch.use_deterministic_algorithms(True)
-    # The matrices are tiny: one thread is faster than two here, does not spin against other
-    # processes for the cores, and makes the result independent of the machine's core count.
-    torch.set_num_threads(1)
-    try:
+    with _one_deterministic_thread():
         torch.manual_seed(seed)
         model = build_model()
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        xt = torch.from_numpy(X)
-        yt = torch.from_numpy(y)
-        loss_fn = nn.CrossEntropyLoss()
-        model.train()
-        for _ in range(epochs):
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xt), yt)
-            loss.backward()
-            opt.step()
-        model.eval()
-    finally:
-        torch.use_deterministic_algorithms(previous)
-        torch.set_num_threads(threads)
+        training.train(model, X, y, training.TrainConfig(
+            epochs=epochs, lr=lr, batch_size=len(X), seed=seed, shuffle=False))
     return model, X, y, accuracy(model, X, y)
 
 

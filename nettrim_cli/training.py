@@ -34,7 +34,6 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from nettrim_cli.errors import BadInput
-from nettrim_cli.evaluate import _dtype
 
 OPTIMIZERS = ("adam", "sgd")
 SGD_MOMENTUM = 0.9
@@ -61,6 +60,11 @@ def quadratic_penalty(params: Sequence[torch.Tensor], targets: Sequence[np.ndarr
         return mu / 2 * sum(((p - t) ** 2).sum() for p, t in zip(params, fixed, strict=True))
 
     return penalty
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    # as evaluate._dtype, not imported from there: this module stays free of h5py and files
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 def _scheduler_class(name: str) -> type | None:
