@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from nettrim_cli.datasets import load_fashion_mnist, mlp
+from nettrim_cli.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 EXP = Path(os.environ.get("EXP_DIR", ROOT / "exp_out"))
@@ -111,23 +112,6 @@ def write_h5(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> nn.Module:
-    """Adam (lr 1e-3, batch 128, seeded), cross-entropy, a fixed number of epochs."""
-    torch.manual_seed(seed)
-    gen = np.random.default_rng(seed)
-    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    for _ in range(epochs):
-        order = torch.as_tensor(gen.permutation(len(x)))
-        for i in range(0, len(x), 128):
-            idx = order[i:i + 128]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
-            opt.step()
-    return model.eval()
-
-
 def load_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
@@ -154,7 +138,8 @@ def one_network(name: str, seed: int, data: dict) -> None:
     model = d / "model.pt"
     if not model.exists():
         t0 = time.perf_counter()
-        net = train(build(arch), xtr, ytr, epochs, seed)
+        net = build(arch)
+        train(net, xtr, ytr, TrainConfig(epochs=epochs, seed=seed))  # Adam, lr 1e-3, batch 128
         torch.save(net, d / "model.tmp")
         (d / "model.tmp").replace(model)
         timed("train", time.perf_counter() - t0)

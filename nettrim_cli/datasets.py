@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nettrim_cli import training
 from nettrim_cli.errors import BadInput
 
 FASHION_DIR = Path(os.environ.get("NETTRIM_FASHION_DIR", "/usr/share/datasets/fashion-mnist"))
@@ -62,20 +63,10 @@ def mlp(widths: tuple[int, ...]) -> nn.Sequential:
 
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 10, seed: int = 0,
           lr: float = 1e-3, batch_size: int = 128) -> nn.Module:
-    """Plain seeded Adam on cross-entropy; returns the model in eval mode."""
-    torch.manual_seed(seed)
-    gen = np.random.default_rng(seed)
-    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        order = torch.as_tensor(gen.permutation(len(x)))
-        for i in range(0, len(x), batch_size):
-            idx = order[i:i + batch_size]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
-            opt.step()
-    return model.eval()
+    """Plain seeded Adam on cross-entropy (``training.train``); returns the model in eval mode."""
+    training.train(model, x, y, training.TrainConfig(epochs=epochs, lr=lr,
+                                                     batch_size=batch_size, seed=seed))
+    return model
 
 
 def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
