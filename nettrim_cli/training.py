@@ -41,27 +41,6 @@ SGD_MOMENTUM = 0.9
 Penalty = Callable[[nn.Module], torch.Tensor]
 
 
-def quadratic_penalty(params: Sequence[torch.Tensor], targets: Sequence[np.ndarray | torch.Tensor],
-                      mu: float) -> Penalty:
-    """The LC L step's term (mu/2) sum_k ||w_k - t_k||^2 as a ``penalty`` for ``train``.
-
-    ``params`` are the model's parameters w_k, ``targets`` arrays t_k of their shapes (for the
-    augmented Lagrangian t = theta + lambda/mu), copied here once in the parameters' dtype.
-    """
-    if len(params) != len(targets):
-        raise BadInput(f"{len(params)} parameters and {len(targets)} targets")
-    fixed = [torch.as_tensor(t).to(device=p.device, dtype=p.dtype).detach().clone()
-             for p, t in zip(params, targets, strict=True)]
-    for p, t in zip(params, fixed, strict=True):
-        if t.shape != p.shape:
-            raise BadInput(f"target of shape {tuple(t.shape)} for a parameter {tuple(p.shape)}")
-
-    def penalty(_model: nn.Module) -> torch.Tensor:
-        return mu / 2 * sum(((p - t) ** 2).sum() for p, t in zip(params, fixed, strict=True))
-
-    return penalty
-
-
 def _dtype(model: nn.Module) -> torch.dtype:
     # as evaluate._dtype, not imported from there: this module stays free of h5py and files
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
@@ -221,11 +200,11 @@ class _Step:
                     v.mul_(mask)
 
 
-def _batches(n: int, batch_size: int, rng: np.random.Generator | None
+def _batches(n: int, batch_size: int, rng: np.random.Generator | None, device: torch.device
              ) -> Iterator[tuple[int, int, torch.Tensor | slice]]:
     """(first, end, index) of each minibatch of one epoch: positions first..end-1 of a fresh
     permutation drawn from ``rng``, or of the samples in order when ``rng`` is None."""
-    order = torch.as_tensor(rng.permutation(n)) if rng is not None else None
+    order = torch.as_tensor(rng.permutation(n)).to(device) if rng is not None else None
     for a in range(0, n, batch_size):
         idx = order[a:a + batch_size] if order is not None else slice(a, a + batch_size)
         yield a, min(a + batch_size, n), idx
@@ -246,7 +225,7 @@ def train(model: nn.Module, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.
     Args:
         model: any module mapping a batch of ``x`` to class logits; every parameter with
             ``requires_grad`` is trained. Left in eval mode, with its gradients cleared.
-        x: inputs, converted to the dtype of the model's first floating parameter.
+        x: inputs, moved to the model's device and the dtype of its first floating parameter.
         y: class labels (int64).
         config: optimizer, epochs, batching, seed and learning-rate schedule.
         masks: {parameter name (e.g. "2.weight"): bool tensor of its shape, False = pruned};
@@ -264,8 +243,9 @@ def train(model: nn.Module, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    xt = torch.as_tensor(x).to(_dtype(model))
-    yt = torch.as_tensor(y)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    xt = torch.as_tensor(x).to(device=device, dtype=_dtype(model))
+    yt = torch.as_tensor(y).to(device)
     n = len(xt)
     if n == 0 or len(yt) != n:
         raise BadInput(f"{n} inputs and {len(yt)} labels: need as many labels as inputs, >= 1")
@@ -278,7 +258,8 @@ def train(model: nn.Module, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.
         model.train()
         result.lr_per_epoch.append(float(step.opt.param_groups[0]["lr"]))
         total = 0.0
-        for first, done, idx in _batches(n, config.batch_size, rng if config.shuffle else None):
+        for first, done, idx in _batches(n, config.batch_size,
+                                         rng if config.shuffle else None, device):
             total += step(xt[idx], yt[idx]) * (done - first)
             result.steps += 1
             for cb in callbacks:
@@ -292,3 +273,24 @@ def train(model: nn.Module, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.
     step.opt.zero_grad(set_to_none=True)
     model.eval()
     return result
+
+
+def quadratic_penalty(params: Sequence[torch.Tensor], targets: Sequence[np.ndarray | torch.Tensor],
+                      mu: float) -> Penalty:
+    """The LC L step's term (mu/2) sum_k ||w_k - t_k||^2 as a ``penalty`` for ``train``.
+
+    ``params`` are the model's parameters w_k, ``targets`` arrays t_k of their shapes (for the
+    augmented Lagrangian t = theta + lambda/mu), copied here once in the parameters' dtype.
+    """
+    if len(params) != len(targets):
+        raise BadInput(f"{len(params)} parameters and {len(targets)} targets")
+    fixed = [torch.as_tensor(t).to(device=p.device, dtype=p.dtype).detach().clone()
+             for p, t in zip(params, targets, strict=True)]
+    for p, t in zip(params, fixed, strict=True):
+        if t.shape != p.shape:
+            raise BadInput(f"target of shape {tuple(t.shape)} for a parameter {tuple(p.shape)}")
+
+    def penalty(_model: nn.Module) -> torch.Tensor:
+        return mu / 2 * sum(((p - t) ** 2).sum() for p, t in zip(params, fixed, strict=True))
+
+    return penalty

@@ -170,3 +170,16 @@ def test_a_mask_that_fits_no_parameter_is_refused():
         train(net(), x, y, TrainConfig(epochs=1), masks={"0.weight": torch.ones(3, 3, dtype=bool)})
     with pytest.raises(BadInput, match="no such parameter"):
         train(net(), x, y, TrainConfig(epochs=1), masks={"9.weight": torch.ones(8, D, dtype=bool)})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_a_model_on_the_gpu_trains_there_masked_and_pulled():
+    x, y = data()
+    model = net().to("cuda")
+    mask = torch.rand(8, D, generator=torch.Generator().manual_seed(0)) > 0.5
+    pull = quadratic_penalty([model[0].weight], [np.ones((8, D), np.float32)], mu=1.0)
+    result = train(model, x, y, TrainConfig(epochs=2, batch_size=16, optimizer="sgd"),
+                   masks={"0.weight": mask}, penalty=pull)
+    w = model[0].weight.detach()
+    assert w.is_cuda and result.steps == 8
+    assert bool((w[~mask.cuda()] == 0).all()) and bool((w[mask.cuda()] != 0).all())
