@@ -14,9 +14,9 @@ import torch
 
 from nettrim_cli.checkpoint import load_checkpoint, trace_layers
 from nettrim_cli.dump import DumpReader
+from nettrim_cli.methods.netrim import PruneSettings, prune
 from nettrim_cli.solvers.base import SolverSettings
 from nettrim_cli.solvers.osqp_solver import OSQPSolver
-from nettrim_cli.trim import PruneSettings, prune
 
 
 def main() -> None:

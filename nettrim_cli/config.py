@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from nettrim_cli.errors import BadInput
+from nettrim_cli.methods.netrim.settings import CASCADE, PARALLEL, PruneSettings
 from nettrim_cli.solvers.admm import ADMMSettings
 from nettrim_cli.solvers.base import OSQPSettings, SearchSettings, SolverSettings
-from nettrim_cli.trim import CASCADE, PARALLEL, PruneSettings
 
 TOP_KEYS: dict[str, tuple[type, ...]] = {
     "mode": (str,),

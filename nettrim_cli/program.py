@@ -36,6 +36,12 @@ class Activation(StrEnum):
 RELU = Activation.RELU
 NONE = Activation.NONE
 
+# What each activation's program is, in words (the report's ``program``)
+PROGRAMS = {
+    RELU: "eq. 3 (ReLU: misfit on the active set, inequalities on the inactive set)",
+    NONE: "least squares over all samples (no activation)",
+}
+
 
 class DenseDesign:
     """A design held as a dense (P, N) array: a Linear layer's input as it is."""

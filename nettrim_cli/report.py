@@ -6,21 +6,17 @@ import csv
 import io
 import json
 import math
-from dataclasses import asdict
+import os
 from typing import Any
 
 import numpy as np
 
 from nettrim_cli import __version__
 from nettrim_cli.errors import BadInput
-from nettrim_cli.trim import PruneResult
+from nettrim_cli.methods.base import MethodResult
 
 REPORT_FORMAT = "nettrim-report"
 REPORT_VERSION = 1
-PROGRAMS = {
-    "relu": "eq. 3 (ReLU: misfit on the active set, inequalities on the inactive set)",
-    "none": "least squares over all samples (no activation)",
-}
 CSV_COLUMNS = ["name", "kind", "activation", "program", "shape", "params", "nonzeros_before",
                "nonzeros_after", "sparsity", "epsilon", "lambda", "discrepancy",
                "relative_discrepancy", "seconds", "failed_columns"]
@@ -63,42 +59,39 @@ def _layer_entry(info, program: str, W: np.ndarray, W0: np.ndarray, bias: bool) 
     }
 
 
-def build_report(result: PruneResult, inputs: dict[str, dict], solver: str,
+def build_report(result: MethodResult, all_layers: list, inputs: dict[str, dict],
                  seconds: float) -> dict:
-    """The report documented in the README (format nettrim-report, version 1)."""
-    s = result.settings
+    """The report documented in the README (format nettrim-report, version 1) for any
+    method's result. ``all_layers``: the checkpoint's traced layers, in forward order (those
+    not pruned are listed as kept). What does not apply to a method (eps, lambda, the bound)
+    is null."""
+    pruned = {o.info.name: o for o in result.layers}
     layers = []
-    for o in result.layers:
-        info = o.info
-        if o.W is None:
+    for info in all_layers:
+        o = pruned.get(info.name)
+        if o is None:
             layers.append(_kept_entry(info))
             continue
-        sol = o.solution
-        lam = sol.lam
-        summary = sol.summary()
-        summary["seconds"] = round(o.seconds, 4)
+        if o.solution is not None:
+            solver = o.solution.summary()
+            solver["seconds"] = round(o.seconds, 4)
+        else:
+            solver = {"name": result.method, "seconds": round(o.seconds, 4)}
         layers.append({
-            **_layer_entry(info, PROGRAMS[info.activation], o.W, o.W0, o.b is not None),
-            "epsilon": o.epsilon,
-            "lambda": lam,
-            "constraint": sol.constraint,
+            **_layer_entry(info, o.program, o.W, o.W0, o.b is not None),
+            **o.record,
             "discrepancy": o.discrepancy,
             "relative_discrepancy": o.discrepancy / o.y_norm if o.y_norm else 0.0,
             "output_norm": o.y_norm,
-            "solver": summary,
+            "solver": solver,
         })
-    settings = {
-        "mode": s.mode, "epsilon": s.epsilon, "gamma": s.gamma if s.mode == "cascade" else None,
-        "lambda": s.lam, "solver": solver, "zero_threshold": s.solver.zero_threshold,
-        "osqp": asdict(s.solver.osqp), "search": asdict(s.solver.search),
-    }
     return _clean({
         "format": REPORT_FORMAT,
         "format_version": REPORT_VERSION,
         "nettrim_version": __version__,
-        "method": "netrim",
-        "mode": s.mode,
-        "settings": settings,
+        "method": result.method,
+        "mode": result.mode,
+        "settings": result.settings,
         "inputs": inputs,
         "outputs": {},
         "seconds": seconds,
@@ -145,6 +138,20 @@ _NETWORK_FIELDS = {**dict.fromkeys(("params", "nonzeros_before", "nonzeros_after
                                     "pruned_fraction", "discrepancy", "relative_discrepancy",
                                     "bound"), _NUMBER),
                    "bound_formula": _TEXT, "bound_note": _TEXT, "bound_holds": (bool,)}
+
+
+def read_report_file(path: str) -> dict:
+    """Read and validate the report file at ``path`` (BadInput naming it when it is not one)."""
+    if not os.path.exists(path):
+        raise BadInput("no such file", path)
+    if os.path.isdir(path):
+        raise BadInput("is a directory, not a report", path)
+    try:
+        with open(path) as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(f"cannot read report ({e})", path) from e
+    return load_report(path, text)
 
 
 def _check_fields(data: dict, path: str) -> None:
@@ -252,53 +259,6 @@ def render_table(report: dict, console) -> None:
         lines.append(f"bound: {n['bound_note']}")
     for line in lines:
         console.print(line)
-
-
-# ----------------------------------------------------------------------------------------------
-# Baselines (magnitude, wanda, sparsegpt): the same schema, with what does not apply set to null
-
-
-def build_baseline_report(result, all_layers: list, inputs: dict[str, dict],
-                          settings: dict, seconds: float) -> dict:
-    """A nettrim-report v1 for a ``baselines.BaselineResult``, with the same per-layer and
-    network fields as Net-Trim's; eps, lambda, the constraint and the bound are null.
-    ``all_layers``: the checkpoint's traced layers (kept layers are listed too). ``mode`` is
-    "parallel" because every layer is pruned on the original network's input to it."""
-    layers = []
-    pruned = {o.info.name: o for o in result.layers}
-    for info in all_layers:  # every traced layer (LayerInfo), in forward order
-        o = pruned.get(info.name)
-        if o is None:
-            layers.append(_kept_entry(info))
-            continue
-        layers.append({
-            **_layer_entry(info, f"{result.method} (one shot, no activation constraint)",
-                           o.W, o.W0, o.b0 is not None),
-            "kept_target": o.count,
-            "epsilon": None,
-            "lambda": None,
-            "constraint": None,
-            "discrepancy": o.discrepancy,
-            "relative_discrepancy": o.discrepancy / o.y_norm if o.y_norm else 0.0,
-            "output_norm": o.y_norm,
-            "solver": {"name": result.method, "seconds": round(o.seconds, 4)},
-        })
-    full = {"mode": "parallel", "epsilon": None, "gamma": None, "lambda": None,
-            "solver": result.method, "zero_threshold": None, "osqp": None, "search": None}
-    full.update(settings)
-    return _clean({
-        "format": REPORT_FORMAT,
-        "format_version": REPORT_VERSION,
-        "nettrim_version": __version__,
-        "method": result.method,
-        "mode": "parallel",
-        "settings": full,
-        "inputs": inputs,
-        "outputs": {},
-        "seconds": seconds,
-        "layers": layers,
-        "network": result.network,
-    })
 
 
 # ----------------------------------------------------------------------------------------------

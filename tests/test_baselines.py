@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import assert_refused, invoke
 
-from nettrim_cli import baselines as B
+from nettrim_cli.methods import oneshot as B
 
 
 def _problem(P=300, N=40, M=10, seed=0):

@@ -7,11 +7,11 @@ from torch import nn
 
 from nettrim_cli.checkpoint import Checkpoint, trace_layers
 from nettrim_cli.dump import DumpReader, write_dump
+from nettrim_cli.methods.netrim import PruneSettings, prune
 from nettrim_cli.program import LayerProgram
 from nettrim_cli.solvers.base import OSQPSettings
 from nettrim_cli.solvers.osqp import ColumnQP, is_solved
 from nettrim_cli.solvers.osqp_solver import OSQPSolver
-from nettrim_cli.trim import PruneSettings, prune
 
 
 def link_normalised_net(seed, widths=(8, 24, 16, 4), bias=True):

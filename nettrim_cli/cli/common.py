@@ -92,21 +92,6 @@ def progress_bars(console, quiet: bool = False):
         yield prog
 
 
-def read_report_file(path: str) -> dict:
-    from nettrim_cli.report import load_report
-
-    if not os.path.exists(path):
-        raise BadInput("no such file", path)
-    if os.path.isdir(path):
-        raise BadInput("is a directory, not a report", path)
-    try:
-        with open(path) as fh:
-            text = fh.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInput(f"cannot read report ({e})", path) from e
-    return load_report(path, text)
-
-
 def write_checkpoint_and_json(ckpt, model, output: str, json_path: str | None, doc: dict,
                                out_key: tuple[str, ...]) -> None:
     """Write ``model`` (in ``ckpt``'s form) to ``output`` and ``doc`` as JSON to

@@ -8,9 +8,9 @@ import click
 
 from nettrim_cli.cli.common import (
     handle_errors,
-    read_report_file,
 )
 from nettrim_cli.errors import BadInput
+from nettrim_cli.report import read_report_file
 
 
 @click.command()

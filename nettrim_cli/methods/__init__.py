@@ -1,1 +1,27 @@
-"""Pruning methods behind one interface (registry below, filled in by the redesign)."""
+"""Pruning methods behind one interface (``base.Method``), chosen by name from ``METHODS``.
+
+Adding a method: a module with a ``Method`` subclass (its ``name``, the prune ``options`` it
+takes, ``run`` returning a ``MethodResult``) and one entry here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from nettrim_cli.errors import BadInput
+from nettrim_cli.methods.base import Method
+
+# name -> "module:class"; imported only when chosen
+METHODS: dict[str, str] = {
+    "netrim": "nettrim_cli.methods.netrim:NetTrim",
+    "magnitude": "nettrim_cli.methods.oneshot:Magnitude",
+    "wanda": "nettrim_cli.methods.oneshot:Wanda",
+    "sparsegpt": "nettrim_cli.methods.oneshot:SparseGPT",
+}
+
+
+def method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise BadInput(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    module, _, cls = METHODS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)

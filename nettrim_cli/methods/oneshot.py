@@ -15,22 +15,28 @@ never touched and never counted. None of them uses the ReLU constraint of Net-Tr
   pruned in one-shot" (ICML 2023): optimal-brain-surgeon masks and updates with one Cholesky
   factor of H^-1, H = X^T X + damp * mean(diag) * I, block by block over the input columns.
 
-``prune_layers`` runs one of them over a checkpoint's prunable layers on the calibration
-inputs of the *original* network (from the activation dump), i.e. every layer independently,
-as in Net-Trim's parallel mode.
+``OneShot`` (registered as ``magnitude``, ``wanda`` and ``sparsegpt``) runs one of them over a
+checkpoint's prunable units on the calibration inputs of the *original* network (from the
+activation dump), i.e. every unit independently, as in Net-Trim's parallel mode.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from nettrim_cli.checkpoint import Checkpoint, LayerInfo
 from nettrim_cli.dump import DumpReader
 from nettrim_cli.errors import BadInput
+from nettrim_cli.methods.base import (
+    LayerResult,
+    Method,
+    MethodResult,
+    RunHooks,
+    original_weights,
+)
+from nettrim_cli.methods.network import network_summary
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 SPARSEGPT_DAMP = 0.01
@@ -185,29 +191,6 @@ def sparsegpt(W: np.ndarray, X: np.ndarray, count: int, damp: float = SPARSEGPT_
     return W
 
 
-@dataclass
-class BaselineLayer:
-    info: LayerInfo
-    W0: np.ndarray
-    b0: np.ndarray | None
-    W: np.ndarray
-    count: int
-    discrepancy: float
-    y_norm: float
-    seconds: float
-
-
-@dataclass
-class BaselineResult:
-    method: str
-    layers: list[BaselineLayer]
-    network: dict
-
-    @property
-    def weights(self) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-        return {o.info.name: (o.W, o.b0) for o in self.layers}
-
-
 def prune_one(method: str, W: np.ndarray, X: np.ndarray | None, count: int) -> np.ndarray:
     if method == "magnitude":
         return magnitude(W, count)
@@ -222,40 +205,92 @@ def _act(Z: np.ndarray, activation: str) -> np.ndarray:
     return np.maximum(Z, 0.0) if activation == "relu" else Z
 
 
-def prune_layers(ckpt: Checkpoint, dump: DumpReader, method: str, counts: dict[str, int],
-                 on_layer: Callable[[int, int, str], None] | None = None) -> BaselineResult:
-    """Prune every prunable layer of ``ckpt`` with ``method`` to ``counts[name]`` weights.
+class OneShot(Method):
+    """A one-shot baseline pruned to exact per-layer counts: ``--match REPORT`` (a Net-Trim
+    report's counts) or ``--sparsity S`` (the same fraction of every layer)."""
 
-    Each layer sees the original network's input to it from the dump (no cascade), and its
-    discrepancy is measured the way Net-Trim's parallel mode measures it: ||act(X W^T + b) -
-    act(X W0^T + b)||_F on that input, act the ReLU for a layer followed by one.
-    """
-    prunable = ckpt.prunable
-    out: list[BaselineLayer] = []
-    for i, info in enumerate(prunable):
-        if on_layer is not None:
-            on_layer(i, len(prunable), info.name)
+    options = ("--match", "--sparsity")
+    hint = ""
+
+    def __init__(self, match_path: str | None = None, sparsity: float | None = None) -> None:
+        if (match_path is None) == (sparsity is None):
+            raise BadInput(f"--method {self.name} needs exactly one of --match REPORT.json and "
+                           "--sparsity S")
+        if sparsity is not None and not 0.0 <= sparsity < 1.0:
+            raise BadInput(f"--sparsity must be in [0, 1), got {sparsity}")
+        self.match_path, self.sparsity = match_path, sparsity
+        self.matched: dict | None = None
+
+    def load(self) -> None:
+        from nettrim_cli.report import read_report_file
+
+        self.matched = read_report_file(self.match_path) if self.match_path else None
+
+    def input_files(self) -> dict[str, str]:
+        return {"match": self.match_path} if self.match_path else {}
+
+    def settings(self) -> dict:
+        return {"method": self.name, "sparsity": self.sparsity, "match": self.match_path,
+                "calibration": "original network's layer inputs"}
+
+    def run(self, ckpt: Checkpoint, dump: DumpReader, hooks: RunHooks) -> MethodResult:
+        """Prune every prunable unit to its count. Each unit sees the original network's input
+        to it from the dump (no cascade), and its discrepancy is measured the way Net-Trim's
+        parallel mode measures it: ||act(X W^T + b) - act(X W0^T + b)||_F on that input, act
+        the ReLU for a unit followed by one."""
+        prunable = ckpt.prunable
+        if self.matched is not None:
+            counts = counts_from_report(self.matched, prunable, self.match_path)
+        else:
+            counts = counts_for_sparsity(prunable, self.sparsity)
+        out: list[LayerResult] = []
+        for i, info in enumerate(prunable):
+            if hooks.on_layer is not None:
+                hooks.on_layer(i, len(prunable), info.name)
+            out.append(self._layer(dump, i, info, ckpt, counts[info.name]))
+        network = {**network_summary(ckpt, dump.inputs(), {o.info.name: (o.W, o.b) for o in out},
+                                     [(o.W, o.W0) for o in out]),
+                   "bound": None, "bound_formula": None,
+                   "bound_note": f"not applicable: {self.name} has no eps and no bound",
+                   "bound_holds": None}
+        settings = {"mode": "parallel", "epsilon": None, "gamma": None, "lambda": None,
+                    "solver": self.name, "zero_threshold": None, "osqp": None, "search": None,
+                    **self.settings()}
+        return MethodResult(method=self.name, mode="parallel", settings=settings, layers=out,
+                            network=network)
+
+    def _layer(self, dump: DumpReader, i: int, info: LayerInfo, ckpt: Checkpoint,
+               count: int) -> LayerResult:
         t0 = time.perf_counter()
-        mod = ckpt.module(info.name)
-        W0 = mod.weight.detach().cpu().double().numpy()
-        b0 = mod.bias.detach().cpu().double().numpy() if mod.bias is not None else None
+        W0, b0 = original_weights(ckpt, info)
         X = dump.layer_input(i)
-        W = prune_one(method, W0, X, counts[info.name])
+        W = self.prune_matrix(W0, X, count)
         bias = b0 if b0 is not None else 0.0
         Y = _act(dump.layer_preact(i), info.activation)
         Yhat = _act(X @ W.T + bias, info.activation)
-        out.append(BaselineLayer(info=info, W0=W0, b0=b0, W=W, count=counts[info.name],
-                                 discrepancy=float(np.linalg.norm(Yhat - Y)),
-                                 y_norm=float(np.linalg.norm(Y)),
-                                 seconds=time.perf_counter() - t0))
-    from nettrim_cli.trim import network_summary
+        return LayerResult(
+            info=info, W=W, b=b0, W0=W0, discrepancy=float(np.linalg.norm(Yhat - Y)),
+            y_norm=float(np.linalg.norm(Y)), seconds=time.perf_counter() - t0,
+            program=f"{self.name} (one shot, no activation constraint)",
+            record={"kept_target": count, "epsilon": None, "lambda": None, "constraint": None})
 
-    network = {**network_summary(ckpt, dump.inputs(), {o.info.name: (o.W, o.b0) for o in out},
-                                 [(o.W, o.W0) for o in out]),
-               "bound": None, "bound_formula": None,
-               "bound_note": f"not applicable: {method} has no eps and no bound",
-               "bound_holds": None}
-    return BaselineResult(method=method, layers=out, network=network)
+    def prune_matrix(self, W: np.ndarray, X: np.ndarray, count: int) -> np.ndarray:
+        return prune_one(self.name, W, X, count)
+
+
+class Magnitude(OneShot):
+    name = "magnitude"
+
+
+class Wanda(OneShot):
+    name = "wanda"
+
+
+class SparseGPT(OneShot):
+    name = "sparsegpt"
+
+    def settings(self) -> dict:
+        return {**super().settings(), "damp": SPARSEGPT_DAMP, "blocksize": SPARSEGPT_BLOCK}
 
 
 def counts_from_report(report: dict, layers: list[LayerInfo], path: str) -> dict[str, int]:

@@ -1,0 +1,174 @@
+"""Net-Trim (``--method netrim``): the convex layer program of each unit (eqs. 3-7, 11-14),
+in parallel (Algorithm 1) or cascade (Algorithm 2) mode, solved by a registered solver."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict
+
+from nettrim_cli import __version__
+from nettrim_cli.checkpoint import Checkpoint
+from nettrim_cli.dump import DumpReader
+from nettrim_cli.errors import BadInput, NettrimError
+from nettrim_cli.methods.base import LayerResult, Method, MethodResult, RunHooks
+from nettrim_cli.methods.netrim.bounds import network_figures
+from nettrim_cli.methods.netrim.schedule import check_settings, run_in_order
+from nettrim_cli.methods.netrim.settings import CASCADE, PARALLEL, PruneSettings
+from nettrim_cli.solvers import make_solver
+from nettrim_cli.solvers.base import LayerSolver, Progress, no_progress
+from nettrim_cli.workdir import WorkDir, default_workdir
+
+__all__ = ["CASCADE", "PARALLEL", "NetTrim", "PruneSettings", "prune"]
+
+
+def prune(ckpt: Checkpoint, dump: DumpReader, settings: PruneSettings, solver: LayerSolver,
+          on_layer=None, progress: Progress = no_progress,
+          workdir: WorkDir | None = None) -> MethodResult:
+    """Run parallel (Algorithm 1) or cascade (Algorithm 2) Net-Trim over the prunable units.
+
+    Args:
+        ckpt: the loaded checkpoint; its traced layers must match the dump's.
+        dump: the validated activation dump (original inputs and pre-activations).
+        settings: mode, epsilon / gamma / lambda and solver settings.
+        solver: the layer solver (``nettrim_cli.solvers.make_solver``).
+        on_layer: called as on_layer(index, count, name) before each unit (parallel mode
+            with ``executor = "ray"``: as each unit finishes, index counting the finished
+            ones, since the units are solved at the same time).
+        progress: the solver's per-column progress callback.
+        workdir: where finished units (and, for solvers whose capabilities say journal,
+            columns) are recorded durably; units recorded there are taken from it (resume).
+    Returns:
+        the pruned weights per unit, per-unit results and network-level figures.
+    """
+    check_settings(settings)
+    if settings.mode == PARALLEL and settings.solver.executor == "ray":
+        from nettrim_cli.methods.netrim.on_ray import run_on_ray
+
+        layers = run_on_ray(ckpt, dump, settings, solver, on_layer, workdir)
+    else:
+        layers = run_in_order(ckpt, dump, settings, solver, on_layer, progress, workdir)
+    network = network_figures(ckpt, ckpt.layers, dump.inputs(), _weights(layers), layers,
+                              settings)
+    return MethodResult(method="netrim", mode=settings.mode, settings={}, layers=layers,
+                        network=network)
+
+
+def _weights(layers: list[LayerResult]) -> dict:
+    return {o.info.name: (o.W, o.b) for o in layers}
+
+
+class NetTrim(Method):
+    """Net-Trim behind the method interface: settings from a preset and flags, a solver from
+    the registry, and the work folder that makes an interrupted run resumable."""
+
+    name = "netrim"
+    options = ("--config", "--mode", "--epsilon", "--gamma", "--lambda", "--scope", "--solver",
+               "--device", "--dtype", "--workers", "--workdir", "--resume", "--strict",
+               "--executor", "--address", "--osqp-algebra")
+    hint = ("--match and --sparsity are for the baselines (--method magnitude, wanda or "
+            "sparsegpt); Net-Trim is steered by --epsilon or --lambda")
+
+    def __init__(self, config_path: str | None = None, mode=None, epsilon=None, gamma=None,
+                 lam=None, scope=None, solver=None, device: str = "cpu",
+                 dtype: str = "float64", workers=None, workdir=None, resume: bool = False,
+                 strict: bool = False, executor=None, address=None, osqp_algebra=None) -> None:
+        self.flags = {"mode": mode, "epsilon": epsilon, "gamma": gamma, "lambda": lam,
+                      "scope": scope, "solver": solver, "workers": workers,
+                      "executor": executor, "address": address, "osqp_algebra": osqp_algebra}
+        self.config_path, self.device, self.dtype = config_path, device, dtype
+        self.workdir_path, self.resume, self.strict = workdir, resume, strict
+        self.work: WorkDir | None = None
+
+    def load(self) -> None:
+        from nettrim_cli.config import build_settings, load_config
+
+        config = load_config(self.config_path)
+        self.settings, self.solver_name = build_settings(config, self.flags,
+                                                         source=self.config_path or "flags")
+        self.solver = self._solver()
+
+    def _solver(self) -> LayerSolver:
+        if self.solver_name == "admm":
+            import torch
+
+            if self.device == "cuda" and not torch.cuda.is_available():
+                raise BadInput("--device cuda: no CUDA device is available to torch here; use "
+                               "--device cpu")
+            return make_solver("admm", device=self.device, dtype=self.dtype)
+        return make_solver(self.solver_name)
+
+    def input_files(self) -> dict[str, str]:
+        return {"config": self.config_path} if self.config_path else {}
+
+    def start(self, ckpt: Checkpoint, acts_sha: str, output: str) -> None:
+        """Open the work folder. Its manifest holds everything that changes the result, so
+        that a resume with other inputs or settings is refused; worker counts and executors
+        do not change results and may differ."""
+        path = self.workdir_path or default_workdir(output)
+        if path is None:
+            if self.resume:
+                raise BadInput("--resume needs --workdir when the output is stdout")
+            return
+        recorded = dataclasses.asdict(self.settings)
+        for key in ("workers", "executor", "address"):
+            recorded.get("solver", {}).pop(key, None)
+        manifest = {"model_sha256": ckpt.sha256, "acts_sha256": acts_sha, "settings": recorded,
+                    "solver": self.solver_name, "device": self.device, "dtype": self.dtype,
+                    "nettrim": __version__}
+        self.work = WorkDir(path, manifest, self.resume)
+        if self.resume:
+            layers, cols = self.work.recorded()
+            self.note(f"resuming from {path}: {layers} layer(s) finished, {cols} column(s) of "
+                      "the next one recorded")
+
+    def run(self, ckpt: Checkpoint, dump: DumpReader, hooks: RunHooks) -> MethodResult:
+        result = prune(ckpt, dump, self.settings, self.solver, hooks.on_layer,
+                       hooks.on_columns or no_progress, workdir=self.work)
+        for o in result.layers:
+            o.record = {"epsilon": o.epsilon, "lambda": o.solution.lam,
+                        "constraint": o.solution.constraint}
+        s = self.settings
+        result.settings = {
+            "mode": s.mode, "epsilon": s.epsilon,
+            "gamma": s.gamma if s.mode == CASCADE else None, "lambda": s.lam,
+            "solver": self.solver_name, "zero_threshold": s.solver.zero_threshold,
+            "osqp": asdict(s.solver.osqp), "search": asdict(s.solver.search)}
+        return result
+
+    def check(self, result: MethodResult) -> None:
+        failed = result.failed
+        if failed and self.strict:
+            if self.work is not None:
+                self.work.remove()  # the prune is complete: nothing is left to resume
+            for name, f in failed[:20]:
+                self.note(f"layer {name} column {f['column']}: {f['status']}")
+            raise NettrimError(f"{len(failed)} column(s) not solved; --strict: nothing written")
+
+    def finished(self) -> None:
+        if self.work is not None:
+            # removed only once the outputs are in place: a kill in between loses nothing
+            self.work.remove()
+
+    def abandoned(self, error: BaseException) -> None:
+        if self.work is None:
+            return
+        if isinstance(error, BadInput):
+            self.work.remove()  # the inputs are bad: nothing worth resuming
+        elif isinstance(error, KeyboardInterrupt):
+            self.note(f"finished layers and columns are kept in {self.work.path}; run the "
+                      "same command with --resume to continue")
+
+    def warnings(self, result: MethodResult) -> list[str]:
+        from nettrim_cli.solvers.admm import MIXED
+
+        failed = result.failed
+        mixed = sum(1 for _, f in failed if f["status"] == MIXED)
+        lines = []
+        if len(failed) > mixed:
+            lines.append(f"{len(failed) - mixed} column(s) kept their original weights (see "
+                         "failed_columns in the report)")
+        if mixed:
+            lines.append(f"{mixed} column(s) were mixed with their original weights to meet "
+                         "eps, so their pruned weights are small but not zero (see "
+                         "failed_columns in the report)")
+        return lines

@@ -1,0 +1,27 @@
+"""What `nettrim prune --method netrim` was asked to do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nettrim_cli.solvers.base import SolverSettings
+
+PARALLEL = "parallel"
+CASCADE = "cascade"
+
+
+@dataclass
+class PruneSettings:
+    """What `nettrim prune` was asked to do.
+
+    epsilon: the relative eps_r: eps_l = epsilon * ||Y^(l)||_F per layer in parallel mode,
+        eps_1 = epsilon * ||Y^(1)||_F in cascade mode (section 3.1).
+    gamma: the inflation rate of eq. 7 (cascade, layers 2..L), >= 1.
+    lam: a fixed lambda for eq. 11 instead of an eps (every layer).
+    """
+
+    mode: str = CASCADE
+    epsilon: float | None = 0.05
+    gamma: float = 1.1
+    lam: float | None = None
+    solver: SolverSettings = field(default_factory=SolverSettings)
