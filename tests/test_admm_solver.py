@@ -187,7 +187,8 @@ def test_support_refit_repair_keeps_admm_support(case):
     """A short ADMM run ends marginally outside the constraint; the repair (least squares on
     each column's support, then the largest step from ADMM's answer towards it that meets
     eps) must meet eps when measured, keep ADMM's support, and be logged as a repair."""
-    from nettrim_cli.solvers.admm import _ADMM, _refit_mix
+    from nettrim_cli.solvers.admm.iterate import _ADMM
+    from nettrim_cli.solvers.admm.repair import _refit_mix
 
     program = make_layer(**CASES[case])
     opts = ADMMSettings(max_iter=30, polish=False, retry=False, stable_checks=1000)
@@ -258,7 +259,7 @@ def test_gram_form_with_an_input_that_is_zero_on_every_sample(dtype):
     eps = 1.2 * float(np.linalg.norm(X @ base.W0.T - base.Y))
     program = LayerProgram(X=X, Y=base.Y, W0=base.W0, b0=None, activation="none",
                            epsilon=eps)
-    from nettrim_cli.solvers.admm import _gram_form
+    from nettrim_cli.solvers.admm.repair import _gram_form
 
     R, B, eps_g = _gram_form(program.Xa, program.Y, eps)
     assert np.all(R[:, dead] == 0.0)  # exactly, not rounding

@@ -178,13 +178,15 @@ def test_admm_mixed_with_original_is_reported_as_such(env, monkeypatch):
     """When neither the support refit nor the polish's first fit can pull ADMM's answer onto
     eps, the columns are mixed with their original weights (feasible, but the zeros fill in):
     the report lists them as mixed_with_original and the warning says mixed, not kept."""
-    import nettrim_cli.solvers.admm as admm_mod
+    from nettrim_cli.solvers.admm import layer as admm_layer
+    from nettrim_cli.solvers.admm.iterate import _ADMM
+    from nettrim_cli.solvers.admm.polish import _Polish
 
-    result = admm_mod._ADMM.result
-    monkeypatch.setattr(admm_mod._ADMM, "result",
+    result = _ADMM.result
+    monkeypatch.setattr(_ADMM, "result",
                         lambda self: (lambda WT, tight: (0.5 * WT, tight))(*result(self)))
-    monkeypatch.setattr(admm_mod, "_refit_mix", lambda *a, **k: None)
-    monkeypatch.setattr(admm_mod._Polish, "run",
+    monkeypatch.setattr(admm_layer, "_refit_mix", lambda *a, **k: None)
+    monkeypatch.setattr(_Polish, "run",
                         lambda self, *a, **k: SimpleNamespace(first=None, best=None, log=[]))
     r, out, rep = prune(env, "--solver", "admm", "--epsilon", "0.05")
     assert r.exit_code == 0, r.stderr

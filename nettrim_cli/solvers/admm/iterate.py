@@ -1,0 +1,204 @@
+"""ADMM in graph form for program (4)/(6) (or eq. 11 at a fixed lambda), all columns at once.
+
+The columns of X_a are equilibrated (A = X_a E, unit-norm columns) and the
+data scaled by one scalar s (unit rms of Y on Omega); the variable is x = E^{-1} W^T / s and
+z = A x (= Z / s). Each iteration
+
+    x_half = soft-threshold(x - u_x, e / (rho r))  (the l1 term; bias untouched)
+    z_half = Pi_C(z - u_z)                         (ball on the active part, clamp on the rest)
+    (x, z) = projection onto {z = A x} of the over-relaxed half step plus the duals
+             (weighted by r on x: A^T A + r I is factorised once per layer, by Cholesky,
+             and its inverse applied as one matmul for all columns)
+    u     += (over-relaxed half step) - (x, z)
+
+rho is adapted by residual balancing. In graph form it only rescales the thresholds and the
+scaled duals, so the factorisation (which depends on the block weight r only) is kept. ADMM
+stops on primal and dual residuals plus a support that has stopped changing.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from nettrim_cli.solvers.admm.settings import ADMMSettings
+from nettrim_cli.solvers.base import Progress, no_progress
+
+
+class _ADMM:
+    """Graph-form ADMM for the live columns of a layer; ``run`` can be called again to resume."""
+
+    def __init__(self, Xa: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray,
+                 W0T: np.ndarray, l1mask: np.ndarray, eps: float | None, lam: float | None,
+                 opts: ADMMSettings, device: str, dtype: str) -> None:
+        self.opts = opts
+        self.dev = torch.device(device)
+        self.dt = getattr(torch, dtype)
+        L = Y.shape[1]
+        cn = np.linalg.norm(Xa, axis=0)
+        cn[cn == 0] = 1.0
+        self.e = 1.0 / cn
+        n_act = int(act.sum())
+        s = float(np.linalg.norm(Y[act]) / np.sqrt(n_act)) if n_act else 0.0
+        if not np.isfinite(s) or s <= 0:
+            top = float(np.max(np.abs(Y))) if Y.size else 0.0
+            s = top if top > 0 else 1.0
+        self.s = s
+        self.A = self._t(Xa * self.e[None, :])
+        self.Y, self.V = self._t(Y / s), self._t(V / s)
+        self.act = torch.as_tensor(act, device=self.dev)
+        self.actf = self.act.to(self.dt)
+        self.Vm = torch.where(self.act, torch.inf, self.V)
+        self.wl1 = self._t((l1mask * self.e)[:, None])  # |W_jm| = s e_j |x_jm|
+        self.radius = None if eps is None else eps / s
+        self.lam = None if lam is None else lam * s  # eq. 11 divided by s, in scaled units
+        self.r = float(opts.ratio)
+        self.Kinv = self._factor()
+        self.factorizations = 1
+        self.x = self._t(W0T / (self.e[:, None] * s))
+        self.z = self.A @ self.x
+        self.ux = torch.zeros_like(self.x)
+        self.uz = torch.zeros_like(self.z)
+        self.xh = self.x
+        self.c = self.z.clone()
+        wnorm = float(torch.linalg.norm(self.wl1)) * np.sqrt(L)
+        xnorm = float(torch.linalg.norm(self.x))
+        if opts.rho:
+            self.rho = float(opts.rho)
+        else:
+            self.rho = wnorm / xnorm if xnorm > 0 and wnorm > 0 else 1.0
+        self.iterations = 0
+        self.rho_updates = 0
+        self.trace: list[dict] = []
+        self.seconds = 0.0
+        self.n_dim = float(np.sqrt(self.r * self.x.numel() + self.z.numel()))
+
+    def _factor(self) -> torch.Tensor:
+        """(A^T A + r I)^{-1}: one Cholesky per layer, in float64 whatever the iteration dtype
+        (cond <= 1 + ||A||^2 / r after the equilibration; a small r makes it large), its
+        inverse then turning every x-update into one matmul."""
+        A64 = self.A.to(torch.float64)
+        K = A64.T @ A64
+        K.diagonal().add_(self.r)
+        return torch.cholesky_inverse(torch.linalg.cholesky(K)).to(self.dt)
+
+    def _t(self, a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=self.dt, device=self.dev)
+
+    def _prox_f(self, c: torch.Tensor, rho: float, out: torch.Tensor,
+                diff: torch.Tensor) -> torch.Tensor:
+        """Pi_C(c) (or the prox of the lambda misfit) into ``out``: min(c, V) on the inactive
+        entries, c - k (c - Y) on the active ones, k from the ball (or from lambda and rho).
+        ``diff`` is scratch space of c's shape."""
+        torch.sub(c, self.Y, out=diff).mul_(self.actf)
+        torch.minimum(c, self.Vm, out=out)  # Vm = +inf on the active entries
+        if self.radius is not None:
+            nrm = float(torch.linalg.vector_norm(diff))
+            k = 0.0 if nrm <= self.radius else 1.0 - self.radius / nrm
+        else:
+            k = 2.0 * self.lam / (rho + 2.0 * self.lam)
+        if k:
+            out.sub_(diff, alpha=k)
+        return out
+
+    def run(self, max_iter: int, eps_abs: float, eps_rel: float,
+            progress: Progress = no_progress) -> bool:
+        """Up to ``max_iter`` more iterations; True when the stopping rule was met.
+
+        The sample-space arrays (P x L, the bulk of the memory traffic) live in preallocated
+        buffers that are swapped rather than reallocated, and the over-relaxed step and the
+        dual update share one buffer (t = z_r + u_z, then u_z = t - z)."""
+        t0 = time.perf_counter()
+        o = self.opts
+        # tolerances a float32 (or lower) run can reach; the polish works in float64 anyway
+        fin = torch.finfo(self.dt).eps
+        eps_abs, eps_rel = max(eps_abs, 10.0 * fin), max(eps_rel, 100.0 * fin)
+        A, r, alpha = self.A, self.r, float(o.alpha)
+        x, z, ux, uz = self.x, self.z, self.ux, self.uz
+        rho = self.rho
+        xh, c = self.xh, self.c
+        zh, diff = torch.empty_like(z), torch.empty_like(z)
+        t, zn = torch.empty_like(z), torch.empty_like(z)
+        stable = 0
+        prev_supp = None
+        converged = False
+        rp = rd = ep = ed = float("nan")
+        k = 0
+        for k in range(1, int(max_iter) + 1):
+            cx = x - ux
+            xh = torch.sign(cx) * torch.clamp(cx.abs() - self.wl1 / (rho * r), min=0.0)
+            torch.sub(z, uz, out=c)
+            self._prox_f(c, rho, zh, diff)
+            xr = torch.add(x, xh - x, alpha=alpha) if alpha != 1.0 else xh
+            # t = z_r + u_z with z_r = alpha zh + (1 - alpha) z
+            torch.add(uz, z, alpha=1.0 - alpha, out=t).add_(zh, alpha=alpha)
+            xn = self.Kinv @ torch.addmm(xr + ux, A.T, t, beta=r)
+            torch.matmul(A, xn, out=zn)
+            ux = ux + xr - xn
+            t.sub_(zn)  # the new u_z
+            check = k % o.check_every == 0 or k == max_iter
+            if check:
+                rp = float(torch.sqrt(r * torch.sum((xh - xn) ** 2)
+                                      + torch.sum(torch.sub(zh, zn, out=diff) ** 2)))
+                rd = rho * float(torch.sqrt(r * torch.sum((xn - x) ** 2)
+                                            + torch.sum(torch.sub(zn, z, out=diff) ** 2)))
+                big = max(float(torch.sqrt(r * torch.sum(xh ** 2) + torch.sum(zh ** 2))),
+                          float(torch.sqrt(r * torch.sum(xn ** 2) + torch.sum(zn ** 2))))
+                dual = rho * float(torch.sqrt(r * torch.sum(ux ** 2) + torch.sum(t ** 2)))
+                ep = eps_abs * self.n_dim + eps_rel * big
+                ed = eps_abs * self.n_dim + eps_rel * dual
+                supp = xh != 0
+                flips = (int(torch.count_nonzero(supp ^ prev_supp)) if prev_supp is not None
+                         else supp.numel())
+                stable = stable + 1 if flips <= o.support_tol * supp.numel() else 0
+                prev_supp = supp
+            x = xn
+            z, zn = zn, z
+            uz, t = t, uz
+            if not check:
+                continue
+            it = self.iterations + k
+            # converged: small residuals and a settled support (or much smaller residuals, for
+            # a support that flickers on a degenerate coordinate)
+            if rp <= ep and rd <= ed and (stable >= o.stable_checks
+                                          or (rp <= 1e-2 * ep and rd <= 1e-2 * ed)):
+                converged = True
+                break
+            if o.adaptive_rho and it % o.adapt_every == 0 and rd > 0 and rp > 0:
+                ratio = (rp / ep) / (rd / ed)
+                if ratio > o.adapt_tol or ratio < 1.0 / o.adapt_tol:
+                    new = rho * float(np.clip(np.sqrt(ratio), 0.05, 20.0))
+                    ux = ux * (rho / new)
+                    uz.mul_(rho / new)
+                    rho = new
+                    self.rho_updates += 1
+            if it % (o.check_every * 100) == 0:
+                self.trace.append({"iter": it, "r_prim": rp, "r_dual": rd, "rho": rho})
+                progress("admm", k, int(max_iter))
+        self.iterations += k
+        self.trace.append({"iter": self.iterations, "r_prim": rp, "r_dual": rd, "eps_prim": ep,
+                           "eps_dual": ed, "rho": rho})
+        self.x, self.z, self.ux, self.uz, self.rho = x, z, ux, uz, rho
+        self.xh, self.c = xh, c
+        self.seconds += time.perf_counter() - t0
+        return converged
+
+    def promote(self) -> bool:
+        """Continue in float64 (a float32 run stalls at its rounding floor); False if already."""
+        if self.dt == torch.float64:
+            return False
+        self.dt = torch.float64
+        for name in ("A", "Y", "V", "actf", "Vm", "wl1", "x", "z", "ux", "uz", "xh", "c"):
+            setattr(self, name, getattr(self, name).to(torch.float64))
+        self.Kinv = self._factor()
+        self.factorizations += 1
+        return True
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(W^T of the live columns from the soft-threshold step -- exactly sparse --, the
+        inactive entries clamped at their bound in the last iteration)."""
+        WT = (self.xh * self._t(self.e[:, None] * self.s)).cpu().numpy().astype(np.float64)
+        clamp = (~self.act) & (self.c > self.V)  # the prox's input above the bound
+        return WT, clamp.cpu().numpy()
