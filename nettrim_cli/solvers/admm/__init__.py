@@ -8,9 +8,10 @@ over the regularisation lambda. This solver attacks (4)/(6) directly, all column
     C = { Z : ||Z_Omega - Y_Omega||_F <= eps,  Z_Omega^c <= V_Omega^c }       (relu, eq. 3)
     C = { Z : ||Z - Y||_F <= eps }                                             (none)
 
-(Omega: the entries with Y > 0; one scalar eps for the layer; the bias column is free.) With a
-fixed lambda instead of eps the indicator of the ball becomes lambda ||Z_Omega - Y_Omega||^2,
-i.e. eq. 11 for every column at once.
+(Omega: the layer program's active set, ``program.active_set``, stored once -- the entries
+with Y > 0 unless the graph gives another; one scalar eps for the layer; the bias column is
+free.) With a fixed lambda instead of eps the indicator of the ball becomes
+lambda ||Z_Omega - Y_Omega||^2, i.e. eq. 11 for every column at once.
 
 One module per stage:
 
@@ -31,7 +32,8 @@ from nettrim_cli.solvers.admm.settings import (
     SOLVED,
     ADMMSettings,
     ADMMSolution,
+    ADMMStatus,
 )
 
 __all__ = ["DEAD", "INACCURATE", "MIXED", "NOT_REACHED", "SOLVED", "ADMMSettings",
-           "ADMMSolution", "ADMMSolver", "solve_layer"]
+           "ADMMSolution", "ADMMSolver", "ADMMStatus", "solve_layer"]

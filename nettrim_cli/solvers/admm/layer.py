@@ -20,7 +20,6 @@ from nettrim_cli.solvers.admm.polish import _Polish
 from nettrim_cli.solvers.admm.repair import (
     _bisect,
     _gram_form,
-    _inactive_violation,
     _l1,
     _refit_mix,
     _threshold,
@@ -69,8 +68,8 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
     Xa = program.Xa
     Wa0 = program.Wa0
     Y = np.asarray(program.Y, dtype=np.float64)
-    V = np.zeros_like(Y) if program.V is None else np.asarray(program.V, dtype=np.float64)
-    act = np.ones_like(Y, dtype=bool) if program.activation == NONE else Y > 0
+    V = program.bounds
+    act = program.active_set  # Omega of eq. 3, as the program stores it
     thr = settings.zero_threshold * float(np.max(np.abs(program.W0))) if program.W0.size else 0.0
     eps = None if program.epsilon is None else float(program.epsilon)
     lam = None if program.lam is None else float(program.lam)
@@ -81,7 +80,7 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
 
     def ok(W: np.ndarray) -> bool:
         if eps_ok is None:
-            return _inactive_violation(program, W) <= 1e-8 * ytop
+            return program.inactive_violation(W) <= 1e-8 * ytop
         return program.constraint_value(W) <= eps_ok
 
     Wa, status, live, dead = settle_dead_columns(program)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nettrim_cli.program import NONE, LayerProgram
-
 
 def _gram_form(Xa: np.ndarray, Y: np.ndarray, eps: float | None):
     """The misfit of a layer without activation through X^T X: with X^T X = R^T R (R of
@@ -134,15 +132,6 @@ def _threshold(Wa: np.ndarray, n_in: int, thr: float) -> np.ndarray:
     w = out[:, :n_in]
     w[np.abs(w) <= thr] = 0.0
     return out
-
-
-def _inactive_violation(program: LayerProgram, Wa: np.ndarray) -> float:
-    if program.activation == NONE:
-        return 0.0
-    Z = program.Xa @ Wa.T
-    Y = np.asarray(program.Y, dtype=np.float64)
-    V = np.zeros_like(Y) if program.V is None else np.asarray(program.V, dtype=np.float64)
-    return float(np.linalg.norm(np.where(Y > 0, 0.0, np.maximum(Z - V, 0.0))))
 
 
 def _bisect(make, ok, lo: float, hi: float, steps: int = 60):

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from nettrim_cli.solvers.base import LayerSolution
 
-SOLVED = "solved"
-INACCURATE = "solved_inaccurate"
-MIXED = "mixed_with_original"
-NOT_REACHED = "epsilon_not_reached"
-DEAD = "dead_neuron"
+
+class ADMMStatus(StrEnum):
+    """A live column's status in the solution record; the values are the strings the report
+    prints (and tests compare with)."""
+
+    SOLVED = "solved"  # the KKT conditions of (4) hold, certified by the polish
+    INACCURATE = "solved_inaccurate"  # feasible (in C_eps of eq. 3) but not certified
+    MIXED = "mixed_with_original"  # mixed with the original weights until eps holds
+    NOT_REACHED = "epsilon_not_reached"  # not even the original weights meet eps
+    DEAD = "dead_neuron"  # a neuron that never fires, settled before ADMM
+
+
+SOLVED = ADMMStatus.SOLVED
+INACCURATE = ADMMStatus.INACCURATE
+MIXED = ADMMStatus.MIXED
+NOT_REACHED = ADMMStatus.NOT_REACHED
+DEAD = ADMMStatus.DEAD
 
 
 @dataclass
