@@ -140,15 +140,8 @@ class _ADMM:
             t.sub_(zn)  # the new u_z
             check = k % o.check_every == 0 or k == max_iter
             if check:
-                rp = float(torch.sqrt(r * torch.sum((xh - xn) ** 2)
-                                      + torch.sum(torch.sub(zh, zn, out=diff) ** 2)))
-                rd = rho * float(torch.sqrt(r * torch.sum((xn - x) ** 2)
-                                            + torch.sum(torch.sub(zn, z, out=diff) ** 2)))
-                big = max(float(torch.sqrt(r * torch.sum(xh ** 2) + torch.sum(zh ** 2))),
-                          float(torch.sqrt(r * torch.sum(xn ** 2) + torch.sum(zn ** 2))))
-                dual = rho * float(torch.sqrt(r * torch.sum(ux ** 2) + torch.sum(t ** 2)))
-                ep = eps_abs * self.n_dim + eps_rel * big
-                ed = eps_abs * self.n_dim + eps_rel * dual
+                rp, rd, ep, ed = self._residuals((xh, zh), (xn, zn), (x, z), (ux, t), rho,
+                                                 eps_abs, eps_rel, diff)
                 supp = xh != 0
                 flips = (int(torch.count_nonzero(supp ^ prev_supp)) if prev_supp is not None
                          else supp.numel())
@@ -167,13 +160,7 @@ class _ADMM:
                 converged = True
                 break
             if o.adaptive_rho and it % o.adapt_every == 0 and rd > 0 and rp > 0:
-                ratio = (rp / ep) / (rd / ed)
-                if ratio > o.adapt_tol or ratio < 1.0 / o.adapt_tol:
-                    new = rho * float(np.clip(np.sqrt(ratio), 0.05, 20.0))
-                    ux = ux * (rho / new)
-                    uz.mul_(rho / new)
-                    rho = new
-                    self.rho_updates += 1
+                ux, rho = self._rebalance((rp / ep) / (rd / ed), rho, ux, uz)
             if it % (o.check_every * 100) == 0:
                 self.trace.append({"iter": it, "r_prim": rp, "r_dual": rd, "rho": rho})
                 progress("admm", k, int(max_iter))
@@ -184,6 +171,40 @@ class _ADMM:
         self.xh, self.c = xh, c
         self.seconds += time.perf_counter() - t0
         return converged
+
+    def _gnorm(self, x: torch.Tensor, z: torch.Tensor) -> float:
+        """The graph-form norm of a pair, sqrt(r ||x||^2 + ||z||^2)."""
+        return float(torch.sqrt(self.r * torch.sum(x ** 2) + torch.sum(z ** 2)))
+
+    def _residuals(self, half: tuple, new: tuple, old: tuple, duals: tuple, rho: float,
+                   eps_abs: float, eps_rel: float, diff: torch.Tensor) -> tuple:
+        """(r_prim, r_dual, eps_prim, eps_dual) of one check: the primal residual is the half
+        step's distance from the projection, the dual one rho times the projection's move;
+        their tolerances are absolute plus relative to the iterates and the scaled duals.
+        Each pair is (x, z); ``diff`` is scratch space of z's shape."""
+        (xh, zh), (xn, zn), (x, z), (ux, uz) = half, new, old, duals
+        rp = self._gnorm(xh - xn, torch.sub(zh, zn, out=diff))
+        rd = rho * self._gnorm(xn - x, torch.sub(zn, z, out=diff))
+        big = max(self._gnorm(xh, zh), self._gnorm(xn, zn))
+        dual = rho * self._gnorm(ux, uz)
+        ep = eps_abs * self.n_dim + eps_rel * big
+        ed = eps_abs * self.n_dim + eps_rel * dual
+        return rp, rd, ep, ed
+
+    def _rebalance(self, ratio: float, rho: float, ux: torch.Tensor,
+                   uz: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Residual balancing: when the normalised primal and dual residuals are more than
+        ``adapt_tol`` apart (``ratio`` = primal / dual), scale rho by sqrt(ratio) (within
+        [0.05, 20]) and the scaled duals by the inverse. Returns (u_x, rho); u_z is scaled in
+        place."""
+        o = self.opts
+        if not (ratio > o.adapt_tol or ratio < 1.0 / o.adapt_tol):
+            return ux, rho
+        new = rho * float(np.clip(np.sqrt(ratio), 0.05, 20.0))
+        ux = ux * (rho / new)
+        uz.mul_(rho / new)
+        self.rho_updates += 1
+        return ux, new
 
     def promote(self) -> bool:
         """Continue in float64 (a float32 run stalls at its rounding floor); False if already."""

@@ -43,19 +43,27 @@ def _refit_mix(Xa: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray, WT
                bias: bool, target: float, rest2: float, tight: np.ndarray | None = None,
                cg_iters: int = 10, rounds: int = 8):
     """Repair ADMM's answer (the live columns' W^T, exactly sparse) onto the constraint
-    without changing its support.
+    without changing its support: refit every column on its own support (``_support_refit``),
+    then move from ADMM's answer towards the refit just far enough (``_mix_towards``).
+    Returns (W(s)^T, s, W_refit^T), or None when the refit itself misses the target (the
+    support cannot meet eps)."""
+    Wf = _support_refit(Xa, Y, V, act, WT, bias, tight, cg_iters, rounds)
+    mix = _mix_towards(Xa, Y, V, act, WT, Wf, target, rest2)
+    if mix is None:
+        return None
+    return mix[0], mix[1], Wf
 
-    Every column is refitted on its own support (bias included) by least squares over its
+
+def _support_refit(Xa: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray,
+                   WT: np.ndarray, bias: bool, tight: np.ndarray | None, cg_iters: int,
+                   rounds: int) -> np.ndarray:
+    """Every column refitted on its own support (bias included) by least squares over its
     active samples (towards Y) and the inactive samples held at their bound (``tight``,
     ADMM's clamped set, plus any a fit pushes over the bound, in up to ``rounds`` rounds;
-    towards V). The refit is conjugate gradients on the normal equations, all columns at
-    once (two products with X per step), started from ADMM's answer and stopped after
-    ``cg_iters`` steps: it only has to lower the misfit, not reach the least-squares point.
-    The answer is then W(s) = s W_admm + (1 - s) W_refit with the largest s in [0, 1] whose
-    constraint value (active misfit plus inactive violations, plus ``rest2`` from the other
-    columns) is at most ``target``. Z(s) = X W(s)^T is affine in s, so every trial s costs a
-    few vector operations. Returns (W(s)^T, s, W_refit^T), or None when the refit itself
-    misses the target (the support cannot meet eps)."""
+    towards V; eq. 3's inequalities taken as equalities on those samples). The refit is
+    conjugate gradients on the normal equations, all columns at once (two products with X
+    per step), started from ADMM's answer and stopped after ``cg_iters`` steps: it only has
+    to lower the misfit, not reach the least-squares point. Returns W_refit^T."""
     Na, L = WT.shape
     X = torch.as_tensor(Xa, dtype=torch.float64)
     on = torch.as_tensor(WT != 0)
@@ -91,7 +99,16 @@ def _refit_mix(Xa: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray, WT
         if not bool(over.any()):
             break
         held |= over
-    Wf = Wf.numpy()
+    return Wf.numpy()
+
+
+def _mix_towards(Xa: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray,
+                 WT: np.ndarray, Wf: np.ndarray, target: float,
+                 rest2: float) -> tuple[np.ndarray, float] | None:
+    """W(s) = s W_admm + (1 - s) W_refit with the largest s in [0, 1] whose constraint value
+    (eq. 3: active misfit plus inactive violations, plus ``rest2`` from the other columns) is
+    at most ``target``. Z(s) = X W(s)^T is affine in s, so every trial s costs a few vector
+    operations. Returns (W(s)^T, s), or None when W_refit itself misses the target."""
     Za = Xa @ WT
     Zf = Xa @ Wf
     D = Za - Zf
@@ -120,7 +137,7 @@ def _refit_mix(Xa: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray, WT
                 lo = mid
             else:
                 hi = mid
-    return lo * WT + (1.0 - lo) * Wf, lo, Wf
+    return lo * WT + (1.0 - lo) * Wf, lo
 
 
 def _l1(Wa: np.ndarray, n_in: int) -> float:
