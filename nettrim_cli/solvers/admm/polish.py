@@ -68,6 +68,62 @@ class _PolishResult:
     log: list[dict] = field(default_factory=list)
 
 
+@dataclass
+class _DualCheck:
+    """Column m's dual feasibility at t: its support S (signs ``sgn``) without the
+    coordinates pinned at zero, its bound set T with multipliers ``nu`` (``neg``: the negative
+    ones), and the gradient ``g`` of the misfit plus the bound terms (``grow``: off-support
+    entries above t, i.e. subgradients outside [-1, 1])."""
+
+    m: int
+    S: np.ndarray
+    sgn: np.ndarray
+    T: np.ndarray
+    nu: np.ndarray
+    neg: np.ndarray
+    g: np.ndarray
+    grow: np.ndarray
+
+
+@dataclass
+class _Round:
+    """What one active-set round's KKT checks found: the moves of each kind, the worst
+    violations, the columns moved, the dual checks waiting for an LP (with their place in the
+    next sets) and the next round's sets, column by column."""
+
+    t: float
+    moves: dict[str, int] = field(default_factory=lambda: {
+        "sign": 0, "bound_in": 0, "bound_out": 0, "support_in": 0, "deferred": 0, "lp_ok": 0})
+    worst: dict[str, float] = field(default_factory=lambda: {"sign_mag": 0.0,
+                                                             "grad_viol": 0.0})
+    primal_ok: bool = True
+    moved: list[int] = field(default_factory=list)
+    pending: list[tuple[int, _DualCheck]] = field(default_factory=list)
+    S: list[np.ndarray] = field(default_factory=list)
+    sgn: list[np.ndarray] = field(default_factory=list)
+    T: list[np.ndarray] = field(default_factory=list)
+
+    def keep(self, S: np.ndarray, sgn: np.ndarray, T: np.ndarray) -> None:
+        """The next sets of the next column."""
+        self.S.append(S)
+        self.sgn.append(sgn)
+        self.T.append(T)
+
+    def replace(self, pos: int, S: np.ndarray, sgn: np.ndarray, T: np.ndarray) -> None:
+        self.S[pos], self.sgn[pos], self.T[pos] = S, sgn, T
+
+    def changes(self) -> int:
+        """The number of moves (an LP certificate is not one)."""
+        return sum(v for k, v in self.moves.items() if k != "lp_ok")
+
+    def entry(self, rnd: int) -> dict:
+        return {"round": rnd + 1, "t": self.t, **self.moves, **self.worst,
+                "columns": self.moved[:8]}
+
+    def next_sets(self) -> _Sets:
+        return _Sets(self.S, self.sgn, self.T)
+
+
 class _Polish:
     """Active-set refinement of ADMM's answer for the live columns of a layer."""
 
@@ -195,15 +251,17 @@ class _Polish:
         self.lp_cache[m] = (key, res.status == 0)
         return res.status == 0
 
-    def _dual_moves(self, m, Se, se, Tm, neg, grow, g, nu, t, ch, worst, moved) -> tuple:
-        """A few dual moves for column m, the worst first, releasing bounds before growing the
-        support (wholesale moves can cycle). Returns the column's next (S, signs, T)."""
+    def _dual_moves(self, step: _Round, chk: _DualCheck) -> tuple:
+        """A few dual moves for column ``chk.m``, the worst first, releasing bounds before
+        growing the support (wholesale moves can cycle). Returns the column's next
+        (S, signs, T)."""
+        t, neg, grow, g = step.t, chk.neg, chk.grow, chk.g
         if grow.any():
-            worst["grad_viol"] = max(worst["grad_viol"],
-                                     float(np.abs(g[grow]).max()) / max(t, 1e-300) - 1)
+            step.worst["grad_viol"] = max(step.worst["grad_viol"],
+                                          float(np.abs(g[grow]).max()) / max(t, 1e-300) - 1)
         if neg.any():
             drop = np.flatnonzero(neg)
-            drop = drop[np.argsort(nu[drop])[: self.max_moves]]
+            drop = drop[np.argsort(chk.nu[drop])[: self.max_moves]]
             neg = np.zeros_like(neg)
             neg[drop] = True
             grow = np.zeros_like(grow)
@@ -211,20 +269,20 @@ class _Polish:
         if len(add) > self.max_moves:
             add = add[np.argsort(-np.abs(g[add]))[: self.max_moves]]
         add = np.sort(add)
-        ch["bound_out"] += int(neg.sum())
-        ch["support_in"] += len(add)
+        step.moves["bound_out"] += int(neg.sum())
+        step.moves["support_in"] += len(add)
         if len(add) or neg.any():
-            moved.append(m)
-        newS = np.concatenate([Se, add])
+            step.moved.append(chk.m)
+        newS = np.concatenate([chk.S, add])
         order = np.argsort(newS)
-        return newS[order], np.concatenate([se, -np.sign(g[add])])[order], Tm[~neg]
+        return newS[order], np.concatenate([chk.sgn, -np.sign(g[add])])[order], chk.T[~neg]
 
-    def run(self, WT: np.ndarray, tight: np.ndarray, rounds: int,
-            target: float | None, deadline: float = math.inf) -> _PolishResult:
-        Xa, act, Na, L = self.Xa, self.act, self.Na, self.L
-        bidx = Na - 1 if self.bias else None
+    def _start(self, WT: np.ndarray, tight: np.ndarray) -> _Sets:
+        """ADMM's sets: its support and signs (the bias always in, sign 0) and the inactive
+        entries it clamped at their bound."""
+        bidx = self.Na - 1 if self.bias else None
         S, sgn, T = [], [], []
-        for m in range(L):
+        for m in range(self.L):
             nz = np.flatnonzero(WT[:, m] != 0)
             if bidx is not None:
                 nz = np.union1d(nz, [bidx])
@@ -233,12 +291,105 @@ class _Polish:
                 sv[nz == bidx] = 0.0
             S.append(nz.astype(np.int64))
             sgn.append(sv)
-            T.append(np.flatnonzero(tight[:, m] & ~act[:, m]).astype(np.int64))
-        sets = _Sets(S, sgn, T)
+            T.append(np.flatnonzero(tight[:, m] & ~self.act[:, m]).astype(np.int64))
+        return _Sets(S, sgn, T)
+
+    def _candidate(self, sets: _Sets, cols: list, t: float) -> tuple[_Candidate, np.ndarray]:
+        """The weights u(t) on every column's support and the bound multipliers nu'(t), (P, L),
+        of the KKT solutions ``cols`` at the layer's t."""
+        U = np.zeros((self.Na, self.L))
+        Nu = np.zeros((self.P, self.L))
+        for m in range(self.L):
+            ua, ub, na, nb = cols[m][:4]
+            U[sets.S[m], m] = ua + t * ub
+            if len(sets.T[m]):
+                Nu[sets.T[m], m] = na + t * nb
+        return _Candidate(U=U, t=t, sets=sets, cols=cols, certified=False), Nu
+
+    def _check(self, cand: _Candidate, Nu: np.ndarray) -> _Round:
+        """The KKT conditions of (4) at the candidate, column by column, and the moves that
+        repair what fails; the LP checks of degenerate bound sets run last, once every other
+        column has settled."""
+        Z = self.Xa @ cand.U
+        Gr = G = None
+        if not self.exact:
+            R = np.where(self.act, Z - self.Y, 0.0)
+            Gr = self.Xa.T @ R
+            G = Gr + self.Xa.T @ Nu  # (Na, L): X_Om^T r + X_T^T nu'
+        step = _Round(cand.t)
+        for m in range(self.L):
+            self._check_column(step, cand, m, Z[:, m], Nu, G)
+        settled = step.primal_ok and not step.moved
+        for pos, chk in step.pending:
+            if not settled:
+                step.moves["deferred"] += 1
+                continue
+            if self._lp_certify(chk.m, chk.S, chk.sgn, chk.T, Gr[:, chk.m], step.t):
+                step.moves["lp_ok"] += 1
+                step.replace(pos, chk.S, chk.sgn, chk.T)
+                continue
+            step.replace(pos, *self._dual_moves(step, chk))
+        return step
+
+    def _check_column(self, step: _Round, cand: _Candidate, m: int, z: np.ndarray,
+                      Nu: np.ndarray, G: np.ndarray | None) -> None:
+        """Primal feasibility of column m (the signs on its support, the bounds of eq. 3 on
+        its inactive samples); when it holds, dual feasibility. Adds the column's next sets."""
+        Sm, sm, Tm = cand.sets.S[m], cand.sets.sgn[m], cand.sets.T[m]
+        u = cand.U[Sm, m]
+        # values pinned at zero by the bound set come out as rounding noise
+        near0 = (sm != 0) & (np.abs(u) <= self.zero_tol)
+        wrong = (sm != 0) & (u * sm < 0) & ~near0
+        viol = ~self.act[:, m] & (z > self.V[:, m] + 1e-10 * self.yscale)
+        viol[Tm] = False
+        if wrong.any() or viol.any():
+            step.primal_ok = False
+            step.moved.append(m)
+            step.moves["sign"] += int(wrong.sum())
+            step.moves["bound_in"] += int(viol.sum())
+            if wrong.any():
+                step.worst["sign_mag"] = max(step.worst["sign_mag"],
+                                             float(np.abs(u[wrong]).max()))
+            keep = ~wrong & ~near0
+            step.keep(Sm[keep], sm[keep], np.union1d(Tm, np.flatnonzero(viol)).astype(np.int64))
+        elif self.exact:
+            step.keep(Sm, sm, Tm)
+        else:
+            self._check_dual(step, cand, m, near0, Nu[Tm, m], G[:, m])
+
+    def _check_dual(self, step: _Round, cand: _Candidate, m: int, near0: np.ndarray,
+                    nu: np.ndarray, g: np.ndarray) -> None:
+        """Dual feasibility of column m: multipliers >= 0, subgradients within [-1, 1] off S.
+        A degenerate bound set (multipliers not unique) waits for the LP."""
+        Sm, sm, Tm = cand.sets.S[m], cand.sets.sgn[m], cand.sets.T[m]
+        Se, se = Sm[~near0], sm[~near0]
+        tol_nu = 1e-9 * (float(np.max(np.abs(nu))) if len(nu) else 0.0) + 1e-14
+        neg = nu < -tol_nu
+        off = np.ones(self.Na, dtype=bool)
+        off[Se] = False
+        if self.bias:
+            off[self.Na - 1] = False
+        grow = off & (np.abs(g) > step.t * (1.0 + 1e-7) + 1e-12 * self.yscale)
+        chk = _DualCheck(m=m, S=Se, sgn=se, T=Tm, nu=nu, neg=neg, g=g, grow=grow)
+        if (neg.any() or grow.any()) and len(Tm) and cand.cols[m][7]:
+            # degenerate bound set: the multipliers are not unique, an LP decides; deferred
+            # until the other columns (and so t) have settled
+            step.pending.append((len(step.S), chk))
+            step.keep(Sm, sm, Tm)
+            return
+        step.keep(*self._dual_moves(step, chk))
+
+    def run(self, WT: np.ndarray, tight: np.ndarray, rounds: int,
+            target: float | None, deadline: float = math.inf) -> _PolishResult:
+        """Up to ``rounds`` active-set rounds from ADMM's answer ``WT`` (the live columns' W^T)
+        and its clamped set ``tight``: each solves the KKT system on the current sets with the
+        layer's one t, checks the KKT conditions and moves the sets. Stops when they hold
+        (certified), on a cycle, when eps cannot be met on the support, or after
+        ``deadline`` (perf_counter seconds)."""
+        sets = self._start(WT, tight)
         out = _PolishResult(best=None, first=None)
         best_l1 = np.inf
         seen: set[int] = set()
-        tol_z = 1e-10 * self.yscale
         for rnd in range(rounds):
             if rnd and time.perf_counter() > deadline:
                 out.log.append({"round": rnd + 1, "stopped": "time budget"})
@@ -248,103 +399,24 @@ class _Polish:
                 out.log.append({"round": rnd + 1, "cycle": True})
                 break
             seen.add(key)
-            cols = [self.column(m, sets.S[m], sets.sgn[m], sets.T[m]) for m in range(L)]
+            cols = [self.column(m, sets.S[m], sets.sgn[m], sets.T[m]) for m in range(self.L)]
             t = self._t_for(cols, target)
             if t is None:
                 out.log.append({"round": rnd + 1, "infeasible_on_support": True})
                 break
-            U = np.zeros((Na, L))
-            Nu = np.zeros((self.P, L))
-            for m in range(L):
-                ua, ub, na, nb = cols[m][:4]
-                U[sets.S[m], m] = ua + t * ub
-                if len(sets.T[m]):
-                    Nu[sets.T[m], m] = na + t * nb
-            cand = _Candidate(U=U, t=t, sets=sets, cols=cols, certified=False)
+            cand, Nu = self._candidate(sets, cols, t)
             if rnd == 0:
                 out.first = cand
-            Z = Xa @ U
-            R = np.where(act, Z - self.Y, 0.0)
-            if not self.exact:
-                Gr = Xa.T @ R
-                G = Gr + Xa.T @ Nu  # (Na, L): X_Om^T r + X_T^T nu'
-            ch = {"sign": 0, "bound_in": 0, "bound_out": 0, "support_in": 0, "deferred": 0,
-                  "lp_ok": 0}
-            worst = {"sign_mag": 0.0, "grad_viol": 0.0}
-            primal_ok = True
-            moved: list[int] = []
-            pending: list[tuple] = []
-            nS, nsg, nT = [], [], []
-
-            for m in range(L):
-                Sm, sm, Tm = sets.S[m], sets.sgn[m], sets.T[m]
-                u = U[Sm, m]
-                # values pinned at zero by the bound set come out as rounding noise
-                near0 = (sm != 0) & (np.abs(u) <= self.zero_tol)
-                wrong = (sm != 0) & (u * sm < 0) & ~near0
-                viol = ~act[:, m] & (Z[:, m] > self.V[:, m] + tol_z)
-                viol[Tm] = False
-                if wrong.any() or viol.any():
-                    primal_ok = False
-                    moved.append(m)
-                    ch["sign"] += int(wrong.sum())
-                    ch["bound_in"] += int(viol.sum())
-                    if wrong.any():
-                        worst["sign_mag"] = max(worst["sign_mag"], float(np.abs(u[wrong]).max()))
-                    keep = ~wrong & ~near0
-                    nS.append(Sm[keep])
-                    nsg.append(sm[keep])
-                    nT.append(np.union1d(Tm, np.flatnonzero(viol)).astype(np.int64))
-                    continue
-                if self.exact:
-                    nS.append(Sm)
-                    nsg.append(sm)
-                    nT.append(Tm)
-                    continue
-                # dual feasibility: multipliers >= 0, subgradients within [-1, 1] off S
-                Se, se = Sm[~near0], sm[~near0]
-                nu = Nu[Tm, m]
-                tol_nu = 1e-9 * (float(np.max(np.abs(nu))) if len(nu) else 0.0) + 1e-14
-                neg = nu < -tol_nu
-                g = G[:, m]
-                off = np.ones(Na, dtype=bool)
-                off[Se] = False
-                if bidx is not None:
-                    off[bidx] = False
-                grow = off & (np.abs(g) > t * (1.0 + 1e-7) + 1e-12 * self.yscale)
-                if (neg.any() or grow.any()) and len(Tm) and cols[m][7]:
-                    # degenerate bound set: the multipliers are not unique, an LP decides;
-                    # deferred until the other columns (and so t) have settled
-                    pending.append((m, len(nS), Se, se, Tm, neg, grow, g, nu))
-                    nS.append(Sm)
-                    nsg.append(sm)
-                    nT.append(Tm)
-                    continue
-                sets_m = self._dual_moves(m, Se, se, Tm, neg, grow, g, nu, t, ch, worst, moved)
-                nS.append(sets_m[0])
-                nsg.append(sets_m[1])
-                nT.append(sets_m[2])
-            settled = primal_ok and not moved
-            for m, pos, Se, se, Tm, neg, grow, g, nu in pending:
-                if not settled:
-                    ch["deferred"] += 1
-                    continue
-                if self._lp_certify(m, Se, se, Tm, Gr[:, m], t):
-                    ch["lp_ok"] += 1
-                    nS[pos], nsg[pos], nT[pos] = Se, se, Tm
-                    continue
-                nS[pos], nsg[pos], nT[pos] = self._dual_moves(m, Se, se, Tm, neg, grow, g, nu,
-                                                              t, ch, worst, moved)
-            if primal_ok:
-                l1 = float(np.abs(U[: self.n_in]).sum())
+            step = self._check(cand, Nu)
+            if step.primal_ok:
+                l1 = float(np.abs(cand.U[: self.n_in]).sum())
                 if l1 < best_l1:
                     best_l1, out.best = l1, cand
-            ch_total = sum(v for kk, v in ch.items() if kk != "lp_ok")
-            out.log.append({"round": rnd + 1, "t": t, **ch, **worst, "columns": moved[:8]})
-            if primal_ok and ch_total == 0:
+            out.log.append(step.entry(rnd))
+            if step.primal_ok and step.changes() == 0:
                 # eps = 0 (program 8): primal checks only, no optimality certificate
                 cand.certified = not self.exact
                 out.best = cand
                 break
-            sets = _Sets(nS, nsg, nT)
+            sets = step.next_sets()
         return out
