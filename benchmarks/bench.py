@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nettrim_cli.checkpoint import trace_layers
 from nettrim_cli.datasets import accuracy, load_fashion_mnist, mlp, train
 from nettrim_cli.dump import DumpReader, write_dump
+from nettrim_cli.graph import trace_layers
 from nettrim_cli.program import LayerProgram
 from nettrim_cli.solvers.admm import ADMMSettings
 from nettrim_cli.solvers.base import OSQPSettings, SolverSettings

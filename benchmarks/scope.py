@@ -12,8 +12,9 @@ import time
 import numpy as np
 import torch
 
-from nettrim_cli.checkpoint import load_checkpoint, trace_layers
+from nettrim_cli.checkpoint import load_checkpoint
 from nettrim_cli.dump import DumpReader
+from nettrim_cli.graph import trace_layers
 from nettrim_cli.methods.netrim import PruneSettings, prune
 from nettrim_cli.solvers.base import SolverSettings
 from nettrim_cli.solvers.osqp_solver import OSQPSolver

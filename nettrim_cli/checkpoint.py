@@ -39,35 +39,7 @@ ALLOWED_MODULES: tuple[type, ...] = (
     nn.BatchNorm2d, nn.LayerNorm, nn.Tanh, nn.Sigmoid, nn.GELU, nn.LeakyReLU, nn.ELU,
     nn.Softmax, nn.LogSoftmax,
 )
-# Leaves that pass data along without weights of their own to prune.
-PASSTHROUGH = (nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity,
-               nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-               nn.Softmax, nn.LogSoftmax)
-# Layers with weights that are recognised but kept as they are (reported as not pruned).
-KEPT = (nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)
-# Activations whose program is not the ReLU one (eq. 3): a Linear followed by one is refused.
-OTHER_ACTIVATIONS = (nn.Tanh, nn.Sigmoid, nn.GELU, nn.LeakyReLU, nn.ELU)
-
 STATE_DICT_KEYS = ("state_dict", "model")
-
-
-@dataclass
-class LayerInfo:
-    """A layer found by tracing one forward pass, in forward order."""
-
-    name: str  # qualified module name, e.g. "net.2"
-    kind: str  # "linear", or the class name of a kept layer
-    activation: str | None  # "relu" / "none" for linear layers
-    in_features: int = 0
-    out_features: int = 0
-    bias: bool = False
-    prunable: bool = True
-    note: str = ""
-
-    def as_attrs(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "activation": self.activation or "",
-                "in_features": self.in_features, "out_features": self.out_features,
-                "bias": self.bias}
 
 
 @dataclass
@@ -82,10 +54,10 @@ class Checkpoint:
     prefix: str = ""  # e.g. "module." when the keys carry a DataParallel prefix
     trusted: bool = False
     sha256: str = ""
-    layers: list[LayerInfo] = field(default_factory=list)
+    layers: list = field(default_factory=list)  # graph.LayerInfo, in forward order
 
     @property
-    def prunable(self) -> list[LayerInfo]:
+    def prunable(self) -> list:
         return [layer for layer in self.layers if layer.prunable]
 
     def module(self, name: str) -> nn.Module:
@@ -324,85 +296,6 @@ def _check_linears(model: nn.Module) -> None:
             raise BadInput(f"layer {name!r} declares {shape[1]} -> {shape[0]} features but "
                            f"holds weights of shape "
                            f"{tuple(getattr(w, 'shape', ()))}; the module is malformed")
-
-
-def trace_layers(model: nn.Module, sample: torch.Tensor, path: str = "",
-                 model_path: str | None = None) -> list[LayerInfo]:
-    """Run one forward pass and list the layers in the order they are called.
-
-    A Linear whose output goes straight into an ``nn.ReLU`` gets the ReLU program; a Linear
-    whose output is used otherwise gets the least-squares program (a functional relu is not
-    seen, which is safe: matching pre-activations within eps bounds the post-ReLU mismatch).
-    A Linear followed by another activation, or a leaf module with weights of an unknown type,
-    is refused.
-
-    ``path`` (the data file) is named when ``sample`` does not fit the model, ``model_path``
-    (default: ``path``) when the model itself is not supported.
-    """
-    mpath = path if model_path is None else model_path
-    names = {m: n for n, m in model.named_modules()}
-    calls: list[tuple[nn.Module, int, int]] = []  # module, id(input), id(output)
-    counts: dict[nn.Module, int] = {}
-
-    def hook(mod, inputs, output):
-        inp = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
-        calls.append((mod, id(inp) if inp is not None else -1, id(output)))
-        counts[mod] = counts.get(mod, 0) + 1
-        if isinstance(mod, nn.Linear) and inp is not None and inp.dim() != 2:
-            raise BadInput(f"layer {names[mod]!r} receives a {inp.dim()}-D input; only "
-                           "(batch, features) inputs to Linear layers are supported", path)
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if len(list(m.children())) == 0]
-    try:
-        with torch.no_grad():
-            out = model(sample)
-    except BadInput:
-        raise
-    except Exception as e:  # noqa: BLE001 - the model's own error on this input
-        of = f" {model_path}" if model_path else ""
-        raise BadInput(f"inputs of shape {tuple(sample.shape)} do not fit the model{of} "
-                       f"({type(e).__name__}: {str(e).splitlines()[0][:200]})", path) from e
-    finally:
-        for h in handles:
-            h.remove()
-    layers: list[LayerInfo] = []
-    seen: set = set()
-    for i, (mod, _, out_id) in enumerate(calls):
-        name = names[mod]
-        if mod in seen:
-            continue
-        seen.add(mod)
-        if isinstance(mod, nn.Linear):
-            if counts[mod] > 1:
-                raise BadInput(f"layer {name!r} is called {counts[mod]} times in one forward "
-                               "pass; shared layers are not supported", mpath)
-            nxt = calls[i + 1] if i + 1 < len(calls) else None
-            act = "none"
-            if nxt is not None and nxt[1] == out_id:
-                if isinstance(nxt[0], nn.ReLU):
-                    act = "relu"
-                elif isinstance(nxt[0], OTHER_ACTIVATIONS):
-                    raise BadInput(f"layer {name!r} is followed by {type(nxt[0]).__name__}; "
-                                   "Net-Trim needs ReLU or no activation", mpath)
-            layers.append(LayerInfo(name=name, kind="linear", activation=act,
-                                    in_features=mod.in_features, out_features=mod.out_features,
-                                    bias=mod.bias is not None))
-        elif isinstance(mod, KEPT):
-            layers.append(LayerInfo(name=name, kind=type(mod).__name__.lower(), activation=None,
-                                    prunable=False,
-                                    note="kept dense: only Linear layers are pruned"))
-        elif isinstance(mod, (nn.ReLU, *PASSTHROUGH, *OTHER_ACTIVATIONS)):
-            continue
-        elif any(True for _ in mod.parameters(recurse=False)):
-            raise BadInput(f"layer {name!r} has unknown type {type(mod).__name__}; supported "
-                           "layers with weights: Linear (pruned), Conv/BatchNorm/LayerNorm "
-                           "(kept)", mpath)
-    if not any(layer.prunable for layer in layers):
-        raise BadInput("the model has no Linear layer to prune", mpath)
-    if not isinstance(out, torch.Tensor):
-        raise BadInput("the model's output is not a single tensor", mpath)
-    return layers
 
 
 def set_layer_weights(model: nn.Module, name: str, W: np.ndarray, b: np.ndarray | None) -> None:

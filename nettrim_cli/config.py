@@ -42,13 +42,24 @@ def _typecheck(key: str, value: Any, types: tuple[type, ...], path: str) -> None
                        f"{type(value).__name__} {value!r}", path)
 
 
+PRESETS = Path(__file__).resolve().parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(f.stem for f in PRESETS.glob("*.toml"))
+
+
 def load_config(path: str | None) -> dict[str, Any]:
-    """Read and validate a TOML preset; returns a nested dict (empty without a path)."""
+    """Read and validate a TOML preset; returns a nested dict (empty without a path). A bare
+    name that is not a file (``fast``, ``cascade``, ...) is one of the presets shipped in the
+    package (nettrim_cli/presets/, also reachable as configs/ in a checkout)."""
     if path is None:
         return {}
     p = Path(path)
+    if not p.exists() and PRESETS.joinpath(f"{path}.toml").is_file():
+        p = PRESETS / f"{path}.toml"
     if not p.exists():
-        raise BadInput("no such config file", path)
+        raise BadInput(f"no such config file (presets: {', '.join(preset_names())})", path)
     if p.is_dir():
         raise BadInput("is a directory, not a config file", path)
     try:

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from nettrim_cli import __version__
-from nettrim_cli.checkpoint import LayerInfo
 from nettrim_cli.errors import BadInput
+from nettrim_cli.graph import LayerInfo
 
 FORMAT = "nettrim-dump"
 FORMAT_VERSION = 1

@@ -40,11 +40,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from nettrim_cli.checkpoint import load_checkpoint, trace_layers
+from nettrim_cli.checkpoint import load_checkpoint
 from nettrim_cli.cli import main
 from nettrim_cli.config import SECTIONS, TOP_KEYS, build_settings, load_config
 from nettrim_cli.dump import DumpReader, load_array_file
 from nettrim_cli.errors import BadInput
+from nettrim_cli.graph import trace_layers
 from nettrim_cli.program import LayerProgram
 from nettrim_cli.solvers.base import SolverSettings
 from nettrim_cli.solvers.search import solve_layer

@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from nettrim_cli.checkpoint import Checkpoint, trace_layers
+from nettrim_cli.checkpoint import Checkpoint
 from nettrim_cli.dump import DumpReader, write_dump
+from nettrim_cli.graph import trace_layers
 from nettrim_cli.methods.netrim import PruneSettings, prune
 from nettrim_cli.program import LayerProgram
 from nettrim_cli.solvers.base import OSQPSettings

@@ -35,8 +35,8 @@ def dump(model, inputs_path, labels_path, output, batch_size, force, arch, trust
     import numpy as np
     import torch
 
-    from nettrim_cli.checkpoint import trace_layers
     from nettrim_cli.dump import load_array_file, write_dump
+    from nettrim_cli.graph import trace_layers
 
     if output == "-":
         raise BadInput("an HDF5 dump cannot be written to stdout; give a file name", output)
@@ -62,4 +62,6 @@ def dump(model, inputs_path, labels_path, output, batch_size, force, arch, trust
     console.print(f"nettrim: wrote {output}: {x.shape[0]} samples, {len(pr)} prunable layers "
                   f"({', '.join(f'{la.name}:{la.activation}' for la in pr)}) in "
                   f"{time.perf_counter() - t0:.1f} s")
-
+    for la in pr:
+        if la.note:
+            click.echo(f"nettrim: warning: layer {la.name}: {la.note}", err=True)

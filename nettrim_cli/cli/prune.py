@@ -108,8 +108,9 @@ def _run(method, model: str, acts: str, output: str, report_path: str | None,
     """Load the inputs, run the method, write the checkpoint and the report."""
     import torch
 
-    from nettrim_cli.checkpoint import pruned_copy, trace_layers
+    from nettrim_cli.checkpoint import pruned_copy
     from nettrim_cli.dump import DumpReader
+    from nettrim_cli.graph import trace_layers
     from nettrim_cli.report import build_report, render_table
 
     ckpt = load_ckpt(model, arch, trust)
@@ -140,7 +141,8 @@ def _run(method, model: str, acts: str, output: str, report_path: str | None,
     method.finished()
     if not quiet:
         render_table(report, console)
-    for line in method.warnings(result):
+    notes = [f"layer {la.name}: {la.note}" for la in ckpt.prunable if la.note]
+    for line in notes + method.warnings(result):
         click.echo(f"nettrim: warning: {line}", err=True)
 
 

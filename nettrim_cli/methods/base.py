@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 if TYPE_CHECKING:
-    from nettrim_cli.checkpoint import Checkpoint, LayerInfo
+    from nettrim_cli.checkpoint import Checkpoint
     from nettrim_cli.dump import DumpReader
+    from nettrim_cli.graph import LayerInfo
     from nettrim_cli.solvers.base import LayerSolution, Progress
 
 

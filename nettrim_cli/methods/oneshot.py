@@ -26,9 +26,10 @@ import time
 
 import numpy as np
 
-from nettrim_cli.checkpoint import Checkpoint, LayerInfo
+from nettrim_cli.checkpoint import Checkpoint
 from nettrim_cli.dump import DumpReader
 from nettrim_cli.errors import BadInput
+from nettrim_cli.graph import LayerInfo
 from nettrim_cli.methods.base import (
     LayerResult,
     Method,

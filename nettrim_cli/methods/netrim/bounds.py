@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nettrim_cli.checkpoint import LayerInfo
+from nettrim_cli.graph import LayerInfo
 from nettrim_cli.methods.base import LayerResult
 from nettrim_cli.methods.netrim.settings import PARALLEL, PruneSettings
 from nettrim_cli.methods.network import network_summary

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from nettrim_cli.checkpoint import Checkpoint, LayerInfo
+from nettrim_cli.checkpoint import Checkpoint
 from nettrim_cli.dump import DumpReader
+from nettrim_cli.graph import LayerInfo
 from nettrim_cli.methods.base import LayerResult, original_weights
 from nettrim_cli.methods.netrim.schedule import layer_program, recorded, solved
 from nettrim_cli.methods.netrim.settings import PruneSettings

@@ -12,9 +12,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from nettrim_cli.checkpoint import Checkpoint, LayerInfo
+from nettrim_cli.checkpoint import Checkpoint
 from nettrim_cli.dump import DumpReader
 from nettrim_cli.errors import BadInput
+from nettrim_cli.graph import LayerInfo
 from nettrim_cli.layers import kind_of
 from nettrim_cli.methods.base import LayerResult, original_weights
 from nettrim_cli.methods.netrim.settings import CASCADE, PARALLEL, PruneSettings
