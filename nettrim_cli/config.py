@@ -136,6 +136,39 @@ def _executor_settings(solver: SolverSettings, merged: dict[str, Any], flags: di
                            where)
 
 
+def _check_sections(osqp: OSQPSettings, search: SearchSettings, admm: ADMMSettings | None,
+                    source: str) -> None:
+    """The [osqp], [search] and [admm] values a solver can run with (BadInput naming the
+    key otherwise)."""
+    checks = [
+        (search.scope in ("layer", "column"), "search.scope must be 'layer' or 'column'"),
+        (0 < search.rtol < 1, "search.rtol must be in (0, 1)"),
+        (search.max_evals >= 1, "search.max_evals must be >= 1"),
+        (0 <= osqp.eps_abs < math.inf and 0 <= osqp.eps_rel < math.inf,
+         "osqp tolerances must be finite and >= 0"),
+        (osqp.max_iter >= 1, "osqp.max_iter must be >= 1"),
+        (1 <= osqp.retry_factor <= 1e6, "osqp.retry_factor must be in [1, 1e6]"),
+        # OSQP counts iterations in a 32-bit integer, and a retry runs max_iter * retry_factor
+        (osqp.max_iter * min(max(osqp.retry_factor, 1), 1e6) < 2**31,
+         "osqp.max_iter * osqp.retry_factor must be below 2^31 (OSQP's iteration limit)"),
+        (osqp.formulation in ("split", "epigraph"),
+         "osqp.formulation must be 'split' (eq. 14) or 'epigraph'"),
+        (osqp.screen_init >= 1, "osqp.screen_init must be >= 1"),
+        (admm is None or admm.max_iter >= 1, "admm.max_iter must be >= 1"),
+        (admm is None or (admm.eps_abs >= 0 and admm.eps_rel >= 0),
+         "admm tolerances must be >= 0"),
+        (admm is None or 0 < admm.alpha < 2, "admm.alpha must be in (0, 2)"),
+        (admm is None or (admm.rho is None or admm.rho > 0), "admm.rho must be > 0"),
+        (admm is None or admm.ratio > 0, "admm.ratio must be > 0"),
+        (admm is None or (admm.check_every >= 1 and admm.adapt_every >= 1
+                          and admm.polish_rounds >= 1 and admm.retry_factor > 0),
+         "admm.check_every, adapt_every, polish_rounds must be >= 1 and retry_factor > 0"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise BadInput(msg, source)
+
+
 def build_settings(config: dict[str, Any], flags: dict[str, Any],
                    source: str = "config") -> tuple[PruneSettings, str]:
     """Merge a validated config with flags (flags win when not None) into PruneSettings.
@@ -175,33 +208,7 @@ def build_settings(config: dict[str, Any], flags: dict[str, Any],
     ):
         if not ok:
             raise BadInput(msg, origin(key))
-    checks = [
-        (search.scope in ("layer", "column"), "search.scope must be 'layer' or 'column'"),
-        (0 < search.rtol < 1, "search.rtol must be in (0, 1)"),
-        (search.max_evals >= 1, "search.max_evals must be >= 1"),
-        (0 <= osqp.eps_abs < math.inf and 0 <= osqp.eps_rel < math.inf,
-         "osqp tolerances must be finite and >= 0"),
-        (osqp.max_iter >= 1, "osqp.max_iter must be >= 1"),
-        (1 <= osqp.retry_factor <= 1e6, "osqp.retry_factor must be in [1, 1e6]"),
-        # OSQP counts iterations in a 32-bit integer, and a retry runs max_iter * retry_factor
-        (osqp.max_iter * min(max(osqp.retry_factor, 1), 1e6) < 2**31,
-         "osqp.max_iter * osqp.retry_factor must be below 2^31 (OSQP's iteration limit)"),
-        (osqp.formulation in ("split", "epigraph"),
-         "osqp.formulation must be 'split' (eq. 14) or 'epigraph'"),
-        (osqp.screen_init >= 1, "osqp.screen_init must be >= 1"),
-        (admm is None or admm.max_iter >= 1, "admm.max_iter must be >= 1"),
-        (admm is None or (admm.eps_abs >= 0 and admm.eps_rel >= 0),
-         "admm tolerances must be >= 0"),
-        (admm is None or 0 < admm.alpha < 2, "admm.alpha must be in (0, 2)"),
-        (admm is None or (admm.rho is None or admm.rho > 0), "admm.rho must be > 0"),
-        (admm is None or admm.ratio > 0, "admm.ratio must be > 0"),
-        (admm is None or (admm.check_every >= 1 and admm.adapt_every >= 1
-                          and admm.polish_rounds >= 1 and admm.retry_factor > 0),
-         "admm.check_every, adapt_every, polish_rounds must be >= 1 and retry_factor > 0"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise BadInput(msg, source)
+    _check_sections(osqp, search, admm, source)
     zt = float(merged.get("zero_threshold", 1e-6))
     if not (0 <= zt < 1):
         raise BadInput("zero_threshold must be in [0, 1)", source)
