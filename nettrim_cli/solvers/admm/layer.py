@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from nettrim_cli.program import NONE, LayerProgram
 from nettrim_cli.solvers.admm.iterate import _ADMM
-from nettrim_cli.solvers.admm.polish import _Polish
+from nettrim_cli.solvers.admm.polish import _Candidate, _Polish
 from nettrim_cli.solvers.admm.repair import (
     _bisect,
     _gram_form,
@@ -31,6 +32,7 @@ from nettrim_cli.solvers.admm.settings import (
     SOLVED,
     ADMMSettings,
     ADMMSolution,
+    ADMMStatus,
 )
 from nettrim_cli.solvers.base import (
     Capabilities,
@@ -54,6 +56,255 @@ def _blas_threads(n: int | None):
     return threadpool_limits(limits=n)
 
 
+@dataclass
+class _Answer:
+    """A feasible answer for the layer's weights: whether the polish certified it (the KKT
+    conditions of (4) hold), its l1 norm (weights only) and where it came from."""
+
+    Wa: np.ndarray
+    certified: bool
+    l1: float
+    source: str  # "polish" or "admm"
+
+    def beats(self, other: _Answer | None) -> bool:
+        """Certified first, then the smaller l1 norm; a tie keeps the earlier answer."""
+        return other is None or (self.certified, -self.l1) > (other.certified, -other.l1)
+
+
+class _LayerSolve:
+    """One layer's solve, stage by stage: ADMM on the live columns, the polish, the repair of
+    ADMM's own answer, and the choice among the answers; the state they share and the record
+    (history, failed columns, counts) they write."""
+
+    def __init__(self, program: LayerProgram, settings: SolverSettings, opts: ADMMSettings,
+                 progress: Progress) -> None:
+        self.program, self.opts, self.progress = program, opts, progress
+        self.n_in = program.n_in
+        self.Xa = program.Xa
+        self.Wa0 = program.Wa0
+        self.Y = np.asarray(program.Y, dtype=np.float64)
+        W0 = program.W0
+        self.thr = settings.zero_threshold * float(np.max(np.abs(W0))) if W0.size else 0.0
+        self.eps = None if program.epsilon is None else float(program.epsilon)
+        self.lam = None if program.lam is None else float(program.lam)
+        self.ytop = max(1.0, float(np.abs(self.Y).max())) if self.Y.size else 1.0
+        # eps = 0 (program 8) is met to rounding only
+        eps = self.eps
+        self.eps_ok = (None if eps is None
+                       else (eps if eps > 0 else 1e-10 * float(np.linalg.norm(self.Y))))
+        self.Wa, self.status, self.live, self.dead = settle_dead_columns(program)
+        self.idx = np.asarray(self.live)
+        self.failed: list[dict] = []
+        self.history: list[dict] = []
+        self.lam_out: float | None = self.lam
+        self.solver: _ADMM | None = None
+        self.rounds = self.retries = 0
+        self.admm_conv = self.pol_conv = True
+        self.best: _Answer | None = None
+
+    def ok(self, W: np.ndarray) -> bool:
+        """W in C_eps (eq. 3); with a fixed lambda, the inactive inequalities hold."""
+        if self.eps_ok is None:
+            return self.program.inactive_violation(W) <= 1e-8 * self.ytop
+        return self.program.constraint_value(W) <= self.eps_ok
+
+    def assemble(self, WT: np.ndarray) -> np.ndarray:
+        """The layer's weights from the live columns' W^T, small weights set to exact zeros."""
+        out = self.Wa.copy()
+        out[self.idx] = WT.T
+        return _threshold(out, self.n_in, self.thr)
+
+    def offer(self, answer: _Answer) -> None:
+        if answer.beats(self.best):
+            self.best = answer
+
+    def start(self, device: str, dtype: str) -> None:
+        """The live columns' program for ADMM (in Gram form without activation) and the
+        polish."""
+        program, opts, idx, Xa, eps = self.program, self.opts, self.idx, self.Xa, self.eps
+        l1mask = np.ones(Xa.shape[1])
+        if program.bias:
+            l1mask[-1] = 0.0  # the bias is not penalised
+        self.Yl, self.Vl = self.Y[:, idx], program.bounds[:, idx]
+        self.actl = program.active_set[:, idx]  # Omega of eq. 3, as the program stores it
+        self.gram = _gram_form(Xa, self.Yl, eps) if program.activation == NONE else None
+        W0T = self.Wa0[idx].T
+        if self.gram is not None:
+            # no activation: the misfit lives in the span of X, so ADMM runs on an
+            # (rank x L) sample block instead of (P x L), exactly the same program; every
+            # entry of the block is in the ball, none has a bound
+            Rg, Bg, eps_g = self.gram
+            self.solver = _ADMM(Rg, Bg, np.zeros_like(Bg), np.ones_like(Bg, dtype=bool), W0T,
+                                l1mask, eps_g, self.lam, opts, device, dtype)
+            self.history.append({"stage": "gram_form", "rows": int(Rg.shape[0]),
+                                 "samples": int(Xa.shape[0])})
+        else:
+            self.solver = _ADMM(Xa, self.Yl, self.Vl, self.actl, W0T, l1mask, eps, self.lam,
+                                opts, device, dtype)
+        self.target = None if eps is None else eps * (1.0 - 1e-9)
+        wscale = float(np.abs(self.Wa0).max()) if self.Wa0.size else 1.0
+        self.pol = _Polish(Xa, self.Yl, self.Vl, self.actl, program.bias, self.n_in, eps,
+                           self.lam, wscale=wscale or 1.0)
+        self.tol = (opts.eps_abs, opts.eps_rel)
+
+    def attempt(self, attempt: int, last: bool) -> bool:
+        """One attempt: ADMM (resumed after the first), the polish, ADMM's own answer pulled
+        onto the constraint. True when the best answer so far is certified."""
+        WT, tight = self.run_admm(attempt)
+        first = self.polish(WT, tight, attempt, last) if self.opts.polish else None
+        self.offer_admm(WT, tight, first)
+        return self.best is not None and self.best.certified
+
+    def run_admm(self, attempt: int) -> tuple[np.ndarray, np.ndarray]:
+        """ADMM until its stopping rule; returns (W^T of the live columns, the inactive
+        entries it holds at the bound)."""
+        opts, solver = self.opts, self.solver
+        if attempt:
+            self.retries += 1
+            # a low-precision run continues in float64 at the same tolerances; a float64
+            # run continues with tighter ones
+            if not solver.promote():
+                self.tol = (self.tol[0] / opts.retry_factor, self.tol[1] / opts.retry_factor)
+        self.admm_conv = solver.run(opts.max_iter, *self.tol, self.progress)
+        WT, tight = solver.result()
+        if self.gram is not None:
+            tight = np.zeros_like(self.actl)  # every entry is active: no bounds to hold
+        self.history.append({"stage": "admm", "attempt": attempt + 1,
+                             "iterations": solver.iterations, "converged": self.admm_conv,
+                             "rho": solver.rho, "rho_updates": solver.rho_updates,
+                             "factorizations": solver.factorizations,
+                             "seconds": round(solver.seconds, 4),
+                             "trace": solver.trace[-5:]})
+        return WT, tight
+
+    def polish(self, WT: np.ndarray, tight: np.ndarray, attempt: int,
+               last: bool) -> _Candidate | None:
+        """The active-set polish of ADMM's answer; offers its best candidate (stepped back
+        towards t = 0 when thresholding pushed it over eps). Returns the first round's
+        candidate (ADMM's sets), for pulling ADMM's answer onto the constraint."""
+        opts, tp = self.opts, time.perf_counter()
+        # an ADMM answer that the polish cannot settle quickly goes on (in float64, or with
+        # tighter tolerances) rather than being pushed through many rounds
+        n_rounds = opts.polish_rounds if last else min(opts.polish_rounds, 10)
+        with _blas_threads(opts.polish_blas_threads):
+            res = self.pol.run(WT, tight, n_rounds, self.target, deadline=tp + max(
+                opts.polish_min_seconds, opts.polish_time_factor * self.solver.seconds))
+        self.rounds += len(res.log)
+        self.progress("polish", len(res.log), opts.polish_rounds)
+        cand = res.best
+        if cand is not None:
+            Wc = self.assemble(cand.U)
+            if not self.ok(Wc) and self.eps is not None and self.eps > 0 and cand.t > 0:
+                # thresholding or rounding pushed it over: the misfit grows with t
+                _, Wc = _bisect(lambda s, c=cand: self.assemble(_Polish.at(c, s)), self.ok,
+                                0.0, cand.t)
+            if Wc is not None and self.ok(Wc):
+                self.offer(_Answer(Wc, cand.certified, _l1(Wc, self.n_in), "polish"))
+                if self.lam is None and cand.t > 0:
+                    self.lam_out = 1.0 / (2.0 * cand.t)  # t = 1 / (2 lambda)
+        self.history.append({"stage": "polish", "attempt": attempt + 1, "rounds": len(res.log),
+                             "certified": bool(cand is not None and cand.certified),
+                             "lambda": self.lam_out, "lp_calls": self.pol.lp_calls,
+                             "seconds": round(time.perf_counter() - tp, 4),
+                             "log": res.log[-6:]})
+        return res.first
+
+    def offer_admm(self, WT: np.ndarray, tight: np.ndarray, first: _Candidate | None) -> None:
+        """ADMM's own answer, pulled onto the constraint when it is marginally outside
+        (towards the least-squares fit on its support and bound set): by the support refit,
+        else towards the polish's first fit."""
+        Wadmm = self.assemble(WT)
+        feasible = self.ok(Wadmm)  # each check is a product with X: kept, not recomputed
+        if not feasible and self.eps is not None and self.eps > 0:
+            Wadmm, feasible = self.repair(WT, tight, Wadmm)
+        if not feasible and first is None:
+            with _blas_threads(self.opts.polish_blas_threads):
+                first = self.pol.run(WT, tight, 1, self.target).first
+        if not feasible and first is not None:
+            tfit = 0.0 if self.lam is None else first.t
+            Wfit = self.assemble(_Polish.at(first, tfit))
+            _, Wadmm = _bisect(lambda s, a=Wadmm, b=Wfit: _threshold(
+                s * a + (1 - s) * b, self.n_in, self.thr), self.ok, 0.0, 1.0)
+            feasible = Wadmm is not None
+        if feasible:
+            self.offer(_Answer(Wadmm, False, _l1(Wadmm, self.n_in), "admm"))
+
+    def repair(self, WT: np.ndarray, tight: np.ndarray,
+               Wadmm: np.ndarray) -> tuple[np.ndarray, bool]:
+        """The cheap repair first: refit every column on its own support, then move from
+        ADMM's answer towards the refit just far enough to meet eps. Returns (weights,
+        feasible): the repaired weights, or ``Wadmm`` unchanged when the repair fails."""
+        tr = time.perf_counter()
+        rest = np.setdiff1d(np.arange(len(self.Wa)), self.idx)
+        rest2 = self.program.constraint_value(self.Wa[rest], columns=rest) ** 2
+        with _blas_threads(None):
+            rep = _refit_mix(self.Xa, self.Yl, self.Vl, self.actl, WT, self.program.bias,
+                             self.target, rest2, tight)
+        entry = {"stage": "repair", "method": "support refit",
+                 "mix": None if rep is None else rep[1]}
+        feasible = False
+        if rep is not None:
+            Wr = self.assemble(rep[0])
+            if not self.ok(Wr):  # thresholding moved it: step back with exact checks
+                # (_bisect returns a feasible point or None)
+                _, Wr = _bisect(lambda s, a=rep[0], b=rep[2]: self.assemble(
+                    s * a + (1 - s) * b), self.ok, 0.0, rep[1])
+            if Wr is not None:
+                Wadmm, feasible = Wr, True
+        entry.update(ok=feasible, seconds=round(time.perf_counter() - tr, 4))
+        self.history.append(entry)
+        return Wadmm, feasible
+
+    def choose(self) -> None:
+        """The answer for the live columns and their status: the best answer (``solved``
+        when certified, else ``solved_inaccurate``); without one, ADMM's answer mixed with
+        the original weights when those are feasible; else ADMM's answer as it is."""
+        best = self.best
+        self.pol_conv = bool(best is not None and best.certified)
+        if best is not None:
+            self.Wa = best.Wa
+            st = SOLVED if best.certified else INACCURATE
+            self.history.append({"stage": "chosen", "source": best.source,
+                                 "certified": best.certified})
+        elif self.ok(self.Wa0):
+            st = self.mix_with_original()
+        else:
+            self.Wa = self.assemble(self.solver.result()[0])
+            st = NOT_REACHED
+            for m in self.live:
+                self.failed.append({"column": m, "status": NOT_REACHED,
+                                    "action": "kept ADMM's answer; the original weights are "
+                                              "infeasible too"})
+        for m in self.live:
+            self.status[m] = st
+
+    def mix_with_original(self) -> ADMMStatus:
+        """The last resort: pull ADMM's answer towards the (feasible) original weights."""
+        Wadmm = self.assemble(self.solver.result()[0])
+        Wa0, n_in, thr = self.Wa0, self.n_in, self.thr
+        s, Wa = _bisect(lambda s: _threshold(s * Wadmm + (1 - s) * Wa0, n_in, thr), self.ok,
+                        0.0, 1.0)
+        if Wa is None:  # thresholding the original weights already breaks eps
+            s, Wa = 0.0, Wa0.copy()
+        self.Wa = Wa
+        self.history.append({"stage": "chosen", "source": MIXED, "admm_weight": s})
+        for m in self.live:
+            self.failed.append({"column": m, "status": MIXED,
+                                "action": f"mixed with the original weights ({s:.3g} ADMM)"})
+        return MIXED
+
+    def solution(self, t0: float) -> ADMMSolution:
+        constraint = self.program.constraint_value(self.Wa)
+        reached = self.ok(self.Wa)
+        iterations = self.solver.iterations if self.solver is not None else 0
+        return ADMMSolution(
+            Wa=self.Wa, lam=self.lam_out, constraint=constraint, status=self.status,
+            failed=self.failed, solves=1 if self.live else 0, retries=self.retries,
+            iterations=iterations, seconds=time.perf_counter() - t0, passes=self.rounds,
+            dead_columns=self.dead, eps_reached=bool(reached), history=self.history,
+            admm_converged=self.admm_conv, polish_converged=self.pol_conv,
+        )
+
 
 def solve_layer(program: LayerProgram, settings: SolverSettings,
                 progress: Progress = no_progress, device: str = "cpu", dtype: str = "float64",
@@ -61,189 +312,19 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
     """Solve program (4)/(6) -- or eq. 11 for every column at a fixed ``program.lam`` -- for the
     whole layer with ADMM and an active-set polish. ``admm_settings`` (or ``settings.admm``
     when the settings carry one) tunes ADMM; ``device``/``dtype`` are torch's for ADMM (the
-    polish runs in float64 numpy)."""
+    polish runs in float64 numpy). Dead neurons are settled first (``dead_neuron``); when the
+    polish cannot certify the answer, ADMM resumes once (``ADMMSettings.retry``)."""
     t0 = time.perf_counter()
     opts = admm_settings or getattr(settings, "admm", None) or ADMMSettings()
-    N = program.n_in
-    Xa = program.Xa
-    Wa0 = program.Wa0
-    Y = np.asarray(program.Y, dtype=np.float64)
-    V = program.bounds
-    act = program.active_set  # Omega of eq. 3, as the program stores it
-    thr = settings.zero_threshold * float(np.max(np.abs(program.W0))) if program.W0.size else 0.0
-    eps = None if program.epsilon is None else float(program.epsilon)
-    lam = None if program.lam is None else float(program.lam)
-    ytop = max(1.0, float(np.abs(Y).max())) if Y.size else 1.0
-
-    # eps = 0 (program 8) is met to rounding only
-    eps_ok = None if eps is None else (eps if eps > 0 else 1e-10 * float(np.linalg.norm(Y)))
-
-    def ok(W: np.ndarray) -> bool:
-        if eps_ok is None:
-            return program.inactive_violation(W) <= 1e-8 * ytop
-        return program.constraint_value(W) <= eps_ok
-
-    Wa, status, live, dead = settle_dead_columns(program)
-    failed: list[dict] = []
-
-    history: list[dict] = []
-    lam_out: float | None = lam
-    solver = None
-    rounds = retries = 0
-    admm_conv = pol_conv = True
-    if live:
-        idx = np.asarray(live)
-        l1mask = np.ones(Xa.shape[1])
-        if program.bias:
-            l1mask[-1] = 0.0
-        Yl, Vl, actl = Y[:, idx], V[:, idx], act[:, idx]
-        gram = _gram_form(Xa, Yl, eps) if program.activation == NONE else None
-        if gram is not None:
-            # no activation: the misfit lives in the span of X, so ADMM runs on an
-            # (rank x L) sample block instead of (P x L), exactly the same program
-            Rg, Bg, eps_g = gram
-            solver = _ADMM(Rg, Bg, np.zeros_like(Bg), np.ones_like(Bg, dtype=bool), Wa0[idx].T,
-                           l1mask, eps_g, lam, opts, device, dtype)
-            history.append({"stage": "gram_form", "rows": int(Rg.shape[0]),
-                            "samples": int(Xa.shape[0])})
-        else:
-            solver = _ADMM(Xa, Yl, Vl, actl, Wa0[idx].T, l1mask, eps, lam, opts, device, dtype)
-
-        def assemble(WT: np.ndarray) -> np.ndarray:
-            out = Wa.copy()
-            out[idx] = WT.T
-            return _threshold(out, N, thr)
-
-        target = None if eps is None else eps * (1.0 - 1e-9)
-        wscale = float(np.abs(Wa0).max()) if Wa0.size else 1.0
-        pol = _Polish(Xa, Yl, Vl, actl, program.bias, N, eps, lam, wscale=wscale or 1.0)
-        tol_abs, tol_rel = opts.eps_abs, opts.eps_rel
+    run = _LayerSolve(program, settings, opts, progress)
+    if run.live:
+        run.start(device, dtype)
         attempts = 1 + int(opts.retry and opts.polish)
-        best: tuple | None = None  # (W, certified, l1, source)
         for attempt in range(attempts):
-            if attempt:
-                retries += 1
-                # a low-precision run continues in float64 at the same tolerances; a float64
-                # run continues with tighter ones
-                if not solver.promote():
-                    tol_abs, tol_rel = tol_abs / opts.retry_factor, tol_rel / opts.retry_factor
-            admm_conv = solver.run(opts.max_iter, tol_abs, tol_rel, progress)
-            WT, tight = solver.result()
-            if gram is not None:
-                tight = np.zeros_like(actl)  # every entry is active: no bounds to hold
-            history.append({"stage": "admm", "attempt": attempt + 1,
-                            "iterations": solver.iterations, "converged": admm_conv,
-                            "rho": solver.rho, "rho_updates": solver.rho_updates,
-                            "factorizations": solver.factorizations,
-                            "seconds": round(solver.seconds, 4), "trace": solver.trace[-5:]})
-            found: list[tuple] = []
-            first = None
-            if opts.polish:
-                tp = time.perf_counter()
-                # an ADMM answer that the polish cannot settle quickly goes on (in float64,
-                # or with tighter tolerances) rather than being pushed through many rounds
-                last = attempt + 1 == attempts
-                n_rounds = opts.polish_rounds if last else min(opts.polish_rounds, 10)
-                with _blas_threads(opts.polish_blas_threads):
-                    res = pol.run(WT, tight, n_rounds, target, deadline=tp + max(
-                        opts.polish_min_seconds, opts.polish_time_factor * solver.seconds))
-                rounds += len(res.log)
-                first = res.first
-                progress("polish", len(res.log), opts.polish_rounds)
-                cand = res.best
-                if cand is not None:
-                    Wc = assemble(cand.U)
-                    if not ok(Wc) and eps is not None and eps > 0 and cand.t > 0:
-                        # thresholding or rounding pushed it over: the misfit grows with t
-                        _, Wc = _bisect(lambda s, c=cand: assemble(_Polish.at(c, s)), ok,
-                                        0.0, cand.t)
-                    if Wc is not None and ok(Wc):
-                        found.append((Wc, cand.certified, _l1(Wc, N), "polish"))
-                        if lam is None and cand.t > 0:
-                            lam_out = 1.0 / (2.0 * cand.t)
-                history.append({"stage": "polish", "attempt": attempt + 1,
-                                "rounds": len(res.log),
-                                "certified": bool(cand is not None and cand.certified),
-                                "lambda": lam_out, "lp_calls": pol.lp_calls,
-                                "seconds": round(time.perf_counter() - tp, 4),
-                                "log": res.log[-6:]})
-            # ADMM's own answer, pulled onto the constraint when it is marginally outside
-            # (towards the least-squares fit on its support and bound set)
-            Wadmm = assemble(WT)
-            feasible = ok(Wadmm)  # each check is a product with X: kept, not recomputed
-            if not feasible and eps is not None and eps > 0:
-                # the cheap repair first: refit every column on its own support, then move
-                # from ADMM's answer towards the refit just far enough to meet eps
-                tr = time.perf_counter()
-                rest = np.setdiff1d(np.arange(len(Wa)), idx)
-                rest2 = program.constraint_value(Wa[rest], columns=rest) ** 2
-                with _blas_threads(None):
-                    rep = _refit_mix(Xa, Yl, Vl, actl, WT, program.bias, target, rest2, tight)
-                entry = {"stage": "repair", "method": "support refit",
-                         "mix": None if rep is None else rep[1]}
-                if rep is not None:
-                    Wr = assemble(rep[0])
-                    if not ok(Wr):  # thresholding moved it: step back with exact checks
-                        # (_bisect returns a feasible point or None)
-                        _, Wr = _bisect(lambda s, a=rep[0], b=rep[2]: assemble(
-                            s * a + (1 - s) * b), ok, 0.0, rep[1])
-                    if Wr is not None:
-                        Wadmm, feasible = Wr, True
-                entry.update(ok=feasible, seconds=round(time.perf_counter() - tr, 4))
-                history.append(entry)
-            if not feasible and first is None:
-                with _blas_threads(opts.polish_blas_threads):
-                    first = pol.run(WT, tight, 1, target).first
-            if not feasible and first is not None:
-                tfit = 0.0 if lam is None else first.t
-                Wfit = assemble(_Polish.at(first, tfit))
-                _, Wadmm = _bisect(lambda s, a=Wadmm, b=Wfit: _threshold(s * a + (1 - s) * b,
-                                                                         N, thr), ok, 0.0, 1.0)
-                feasible = Wadmm is not None
-            if feasible:
-                found.append((Wadmm, False, _l1(Wadmm, N), "admm"))
-            for f in found:
-                if best is None or (f[1], -f[2]) > (best[1], -best[2]):
-                    best = f
-            if best is not None and best[1]:
+            if run.attempt(attempt, last=attempt + 1 == attempts):
                 break
-        pol_conv = bool(best is not None and best[1])
-        if best is not None:
-            Wa = best[0]
-            st = SOLVED if best[1] else INACCURATE
-            history.append({"stage": "chosen", "source": best[3], "certified": best[1]})
-        elif ok(Wa0):
-            # last resort: pull ADMM's answer towards the (feasible) original weights
-            Wadmm = assemble(solver.result()[0])
-            s, Wa = _bisect(lambda s: _threshold(s * Wadmm + (1 - s) * Wa0, N, thr), ok,
-                            0.0, 1.0)
-            if Wa is None:  # thresholding the original weights already breaks eps
-                s, Wa = 0.0, Wa0.copy()
-            st = MIXED
-            history.append({"stage": "chosen", "source": MIXED,
-                            "admm_weight": s})
-            for m in live:
-                failed.append({"column": m, "status": MIXED,
-                               "action": f"mixed with the original weights ({s:.3g} ADMM)"})
-        else:
-            Wa = assemble(solver.result()[0])
-            st = NOT_REACHED
-            for m in live:
-                failed.append({"column": m, "status": NOT_REACHED,
-                               "action": "kept ADMM's answer; the original weights are "
-                                         "infeasible too"})
-        for m in live:
-            status[m] = st
-    constraint = program.constraint_value(Wa)
-    reached = ok(Wa)
-    iterations = solver.iterations if solver is not None else 0
-    return ADMMSolution(
-        Wa=Wa, lam=lam_out, constraint=constraint, status=status, failed=failed,
-        solves=1 if live else 0, retries=retries, iterations=iterations,
-        seconds=time.perf_counter() - t0, passes=rounds, dead_columns=dead,
-        eps_reached=bool(reached), history=history, admm_converged=admm_conv,
-        polish_converged=pol_conv,
-    )
+        run.choose()
+    return run.solution(t0)
 
 
 class ADMMSolver:
