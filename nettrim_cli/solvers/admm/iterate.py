@@ -1,8 +1,8 @@
 """ADMM in graph form for program (4)/(6) (or eq. 11 at a fixed lambda), all columns at once.
 
-The columns of X_a are equilibrated (A = X_a E, unit-norm columns) and the
-data scaled by one scalar s (unit rms of Y on Omega); the variable is x = E^{-1} W^T / s and
-z = A x (= Z / s). Each iteration
+The columns of X_a are equilibrated (A = X_a E, unit-norm columns) and the data scaled by
+one scalar s (unit rms of Y on Omega); the variable is x = E^{-1} W^T / s and z = A x
+(= Z / s). Each iteration
 
     x_half = soft-threshold(x - u_x, e / (rho r))  (the l1 term; bias untouched)
     z_half = Pi_C(z - u_z)                         (ball on the active part, clamp on the rest)
@@ -89,9 +89,9 @@ class _ADMM:
 
     def _prox_f(self, c: torch.Tensor, rho: float, out: torch.Tensor,
                 diff: torch.Tensor) -> torch.Tensor:
-        """Pi_C(c) (or the prox of the lambda misfit) into ``out``: min(c, V) on the inactive
-        entries, c - k (c - Y) on the active ones, k from the ball (or from lambda and rho).
-        ``diff`` is scratch space of c's shape."""
+        """Pi_C(c) for C of eq. 3 (or the prox of the lambda misfit of eq. 11) into ``out``:
+        min(c, V) on the inactive entries, c - k (c - Y) on the active ones, k from the ball
+        (or from lambda and rho). ``diff`` is scratch space of c's shape."""
         torch.sub(c, self.Y, out=diff).mul_(self.actf)
         torch.minimum(c, self.Vm, out=out)  # Vm = +inf on the active entries
         if self.radius is not None:
@@ -127,6 +127,7 @@ class _ADMM:
         rp = rd = ep = ed = float("nan")
         k = 0
         for k in range(1, int(max_iter) + 1):
+            # the half step: soft-threshold (the l1 objective of (4)), projection onto C
             cx = x - ux
             xh = torch.sign(cx) * torch.clamp(cx.abs() - self.wl1 / (rho * r), min=0.0)
             torch.sub(z, uz, out=c)
@@ -134,6 +135,7 @@ class _ADMM:
             xr = torch.add(x, xh - x, alpha=alpha) if alpha != 1.0 else xh
             # t = z_r + u_z with z_r = alpha zh + (1 - alpha) z
             torch.add(uz, z, alpha=1.0 - alpha, out=t).add_(zh, alpha=alpha)
+            # the projection onto {z = A x}: x = (A^T A + r I)^{-1} (r (x_r + u_x) + A^T t)
             xn = self.Kinv @ torch.addmm(xr + ux, A.T, t, beta=r)
             torch.matmul(A, xn, out=zn)
             ux = ux + xr - xn

@@ -1,7 +1,7 @@
 """The active-set polish: the KKT system of (4) / eq. 11 on a fixed support and bound set.
 
-With ADMM's support S (signs s) and the set T of inactive entries it holds at the
-bound, the KKT system of (4) restricted to (S, T) reads, for every column,
+With ADMM's support S (signs s) and the set T of inactive entries it holds at the bound, the
+KKT system of (4) restricted to (S, T) reads, for every column,
 
     [X_{Om,S}^T X_{Om,S}  X_{T,S}^T] [u  ]   [X_{Om,S}^T y_Om - t s]
     [X_{T,S}              0        ] [nu'] = [v_T                   ],   t = 1 / (2 lambda),
@@ -104,7 +104,7 @@ class _Round:
     T: list[np.ndarray] = field(default_factory=list)
 
     def keep(self, S: np.ndarray, sgn: np.ndarray, T: np.ndarray) -> None:
-        """The next sets of the next column."""
+        """Append the next sets of the next column."""
         self.S.append(S)
         self.sgn.append(sgn)
         self.T.append(T)
