@@ -6,10 +6,8 @@ takes, ``run`` returning a ``MethodResult``) and one entry here.
 
 from __future__ import annotations
 
-import importlib
-
-from nettrim_cli.errors import BadInput
 from nettrim_cli.methods.base import Method
+from nettrim_cli.registry import lookup
 
 # name -> "module:class"; imported only when chosen
 METHODS: dict[str, str] = {
@@ -21,7 +19,4 @@ METHODS: dict[str, str] = {
 
 
 def method_class(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise BadInput(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    module, _, cls = METHODS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    return lookup(METHODS, name, "method")

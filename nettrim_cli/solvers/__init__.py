@@ -6,9 +6,7 @@ Adding a solver: a module with a class that follows ``base.LayerSolver`` (``name
 
 from __future__ import annotations
 
-import importlib
-
-from nettrim_cli.errors import BadInput
+from nettrim_cli.registry import lookup
 from nettrim_cli.solvers.base import LayerSolver
 
 # name -> "module:class"; imported only when chosen (the ADMM solver pulls in torch)
@@ -20,10 +18,7 @@ SOLVERS: dict[str, str] = {
 
 def solver_class(name: str) -> type[LayerSolver]:
     """The solver class registered as ``name`` (BadInput, exit 2, for an unknown name)."""
-    if name not in SOLVERS:
-        raise BadInput(f"unknown solver {name!r}; choose from {', '.join(sorted(SOLVERS))}")
-    module, _, cls = SOLVERS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    return lookup(SOLVERS, name, "solver")
 
 
 def make_solver(name: str, **options) -> LayerSolver:
