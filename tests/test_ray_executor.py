@@ -17,12 +17,15 @@ import sys
 import numpy as np
 import pytest
 from conftest import invoke
+from threadpoolctl import threadpool_limits
 
-from nettrim_cli.solvers import ray_exec, ray_layers
+from nettrim_cli.execution import ray_columns, ray_layers
+from nettrim_cli.execution.ray_columns import RayColumns, RayEvaluator
+from nettrim_cli.execution.ray_layers import RayLayers
+from nettrim_cli.program import LayerProgram
 from nettrim_cli.solvers.base import SolverSettings
+from nettrim_cli.solvers.osqp import ScaledLayer
 from nettrim_cli.solvers.osqp_solver import OSQPSolver
-from nettrim_cli.solvers.ray_exec import RayEvaluator
-from nettrim_cli.solvers.ray_layers import RayLayers
 from nettrim_cli.solvers.search import solve_layer
 
 ray = pytest.importorskip("ray")
@@ -33,7 +36,6 @@ def ray_cluster():
     # "local": a new instance even if a cluster was started on this machine
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
-    ray_exec.shutdown_pool()
     ray.shutdown()
 
 
@@ -93,7 +95,7 @@ def test_layer_weights_identical_and_actor_count(ray_cluster, cascade):
 
 def test_layer_data_is_put_once_and_actors_are_reused(ray_cluster, monkeypatch):
     """One ray.put per layer (the actors get its reference); the evaluations send only
-    lambdas; the actors stay for the next layer."""
+    lambdas; the actors of the run's executor stay for the next layer."""
     real_put = ray.put
     puts = []
 
@@ -104,11 +106,13 @@ def test_layer_data_is_put_once_and_actors_are_reused(ray_cluster, monkeypatch):
     monkeypatch.setattr(ray, "put", put)
     s = SolverSettings()
     s.executor = "ray"
-    solve_layer(_program(seed=3), s, workers=2)
-    first = list(ray_exec._POOL["actors"])
-    solve_layer(_program(seed=4, cascade=True), s, workers=2)
-    assert puts == ["dict", "dict"]
-    assert ray_exec._POOL["actors"] == first and len(first) == 2
+    with RayColumns() as executor:
+        solve_layer(_program(seed=3), s, workers=2, executor=executor)
+        first = list(executor.pool.actors)
+        solve_layer(_program(seed=4, cascade=True), s, workers=2, executor=executor)
+        second = list(executor.pool.actors)
+    assert puts == ["LayerContext", "LayerContext"]
+    assert second == first and len(first) == 2
 
 
 def test_rebuilt_problems_are_identical_too(ray_cluster):
@@ -126,7 +130,7 @@ def test_cuda_algebra_needs_a_gpu_in_the_cluster(ray_cluster):
     from nettrim_cli.errors import BadInput
 
     with pytest.raises(BadInput, match="no GPU"):
-        ray_exec._gpu_share(ray, 2)
+        ray_columns._gpu_share(ray, 2)
 
 
 def test_killed_actor_is_replaced_and_the_answer_is_identical(ray_cluster, monkeypatch):
@@ -164,7 +168,7 @@ def test_killed_actor_via_cli_gives_identical_checkpoint(ray_cluster, env, monke
 def test_an_actor_that_keeps_dying_leaves_its_columns_reported(ray_cluster, monkeypatch):
     """Beyond MAX_RESTARTS its columns keep their original weights with status worker_lost,
     listed in failed_columns; none is dropped."""
-    monkeypatch.setattr(ray_exec, "MAX_RESTARTS", 0)
+    monkeypatch.setattr(ray_columns, "MAX_RESTARTS", 0)
     share = []
 
     def hook(ev, call):
@@ -177,7 +181,7 @@ def test_an_actor_that_keeps_dying_leaves_its_columns_reported(ray_cluster, monk
     s.executor = "ray"
     prog = _program(seed=2)
     sol = solve_layer(prog, s, workers=2)
-    lost = [f["column"] for f in sol.failed if f["status"] == ray_exec.LOST]
+    lost = [f["column"] for f in sol.failed if f["status"] == ray_columns.LOST]
     assert lost == share and len(share) >= 2
     for m in lost:
         assert np.array_equal(sol.Wa[m], prog.Wa0[m])
@@ -229,7 +233,7 @@ def test_unreachable_address_fails_fast():
     from nettrim_cli.errors import BadInput
 
     with pytest.raises(BadInput, match="cannot reach the Ray cluster"):
-        ray_exec._reachable("127.0.0.1:9")
+        ray_columns._reachable("127.0.0.1:9")
 
 
 # -- parallel mode: the layers as Ray tasks ----------------------------------------------------
@@ -376,3 +380,53 @@ def test_cpu_shares_follow_the_layer_costs():
     assert ray_layers.allocate([6.0, 2.0, 1.0], 8) == [5, 2, 1]
     assert ray_layers.allocate([6.0, 2.0], 8, limits=[3, 10]) == [3, 5]
     assert ray_layers.allocate([], 4) == []
+
+
+# -- threading: layers large enough for BLAS to split their products over threads ------------
+
+def _wide(seed: int, P: int = 600, N: int = 160, M: int = 4) -> LayerProgram:
+    """A last layer (no activation) whose 600 x 161 design BLAS multiplies with threads."""
+    rng = np.random.default_rng(seed)
+    X = np.maximum(rng.standard_normal((P, N)), 0)
+    W = rng.standard_normal((M, N)) / np.sqrt(N)
+    b = rng.standard_normal(M) * 0.1
+    Y = X @ W.T + b
+    return LayerProgram(X=X, Y=Y, W0=W, b0=b, activation="none",
+                        epsilon=0.05 * np.linalg.norm(Y))
+
+
+def _threads_change_the_gram(program: LayerProgram) -> bool:
+    Xs = ScaledLayer(program).Xs
+    with threadpool_limits(1):
+        one = Xs.T @ Xs
+    with threadpool_limits(2):
+        two = Xs.T @ Xs
+    return not np.array_equal(one, two)
+
+
+def test_threaded_layers_give_the_local_bits_in_ray_tasks_and_actors(ray_cluster):
+    """The issue's case at test size: layers whose products BLAS splits over threads (their
+    Gram matrix differs between one thread and two) give the local run's float64 weights,
+    lambda and constraint bit for bit in a Ray task of one CPU (where Ray sets
+    OMP_NUM_THREADS=1), and through a coordinator's column actors -- while the local run is
+    made with two BLAS threads around it."""
+    if not _threads_change_the_gram(_wide(0)):
+        pytest.skip("this BLAS sums a 600 x 161 Gram matrix alike with one thread and two")
+    s = SolverSettings()
+    with threadpool_limits(2):
+        ref = {i: solve_layer(_wide(i), s, workers=1) for i in range(3)}
+    # three layers on two CPUs: one task of one CPU per layer, solved in the task
+    with RayLayers(OSQPSolver(), s, {i: (600, 160, 4) for i in range(3)}) as pool:
+        assert set(pool.cpus.values()) == {1}
+        for i in pool.order:
+            pool.submit(i, _wide(i))
+        got = {key: sol for key, sol, _ in pool.results()}
+    # one layer: both CPUs, a coordinator task handing the columns to two column actors
+    with RayLayers(OSQPSolver(), s, {0: (600, 160, 4)}) as pool:
+        assert pool.cpus == {0: 2}
+        pool.submit(0, _wide(0))
+        [(_, actors, _)] = list(pool.results())
+    assert actors.workers == 2
+    for r, sol in [*((ref[i], got[i]) for i in range(3)), (ref[0], actors)]:
+        assert np.array_equal(r.Wa, sol.Wa), f"{int((r.Wa != sol.Wa).sum())} weights differ"
+        assert r.lam == sol.lam and r.constraint == sol.constraint

@@ -6,7 +6,7 @@ import signal
 import numpy as np
 import pytest
 
-import nettrim_cli.solvers.search as search
+import nettrim_cli.execution.local as local
 from nettrim_cli.program import LayerProgram
 from nettrim_cli.solvers.base import SolverSettings
 from nettrim_cli.solvers.search import solve_layer
@@ -41,7 +41,7 @@ def test_pruned_weights_identical_for_any_worker_count(scope, cascade):
 
 def test_a_dying_worker_is_replaced_and_no_column_is_dropped(monkeypatch):
     """Kill one worker process in the middle of a layer: its columns are solved anyway."""
-    real = search.ProcessEvaluator.evaluate
+    real = local.ProcessEvaluator.evaluate
     calls = {"n": 0}
 
     def evaluate(self, requests, polish, progress=None):
@@ -50,7 +50,7 @@ def test_a_dying_worker_is_replaced_and_no_column_is_dropped(monkeypatch):
             os.kill(self.procs[0].pid, signal.SIGKILL)
         return real(self, requests, polish, progress)
 
-    monkeypatch.setattr(search.ProcessEvaluator, "evaluate", evaluate)
+    monkeypatch.setattr(local.ProcessEvaluator, "evaluate", evaluate)
     s = SolverSettings()
     sol = solve_layer(program(seed=1), s, workers=2)
     ref = solve_layer(program(seed=1), s, workers=1)

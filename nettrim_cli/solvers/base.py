@@ -85,10 +85,14 @@ class SolverSettings:
     # memory; otherwise rebuild each from its last solution and working set.
     memory_budget_mb: float = 2048.0
     # Where the columns are solved: "local" (this machine's processes) or "ray" (actors on a
-    # Ray cluster, see nettrim_cli/solvers/ray_exec.py); address: the Ray cluster to join
+    # Ray cluster, see nettrim_cli/execution/); address: the Ray cluster to join
     # (HOST:PORT or "auto"; None: RAY_ADDRESS if set, else a new local Ray instance).
     executor: str = "local"
     address: str | None = None
+    # BLAS / torch threads of a whole-layer solver's arithmetic (ADMM), the same wherever a
+    # layer is solved (see nettrim_cli/execution/threads.py); 0: the CPUs of the machine where
+    # the run starts. OSQP uses one thread for all its arithmetic whatever this says.
+    threads: int = 0
     # --solver admm: an ADMMSettings (nettrim_cli.solvers.admm) from the [admm] section of a
     # preset, None for its defaults
     admm: Any = None

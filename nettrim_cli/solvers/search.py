@@ -1,5 +1,5 @@
 """Choosing lambda so that the layer's constraint ||Yhat - Y||_F <= eps holds (Proposition 1),
-with the columns solved in parallel worker processes.
+with the columns solved by an executor (``nettrim_cli.execution``: local processes or Ray).
 
 The squared constraint value E(lambda)^2 = sum_m e_m(lambda) is non-increasing in lambda and
 the smallest lambda that meets eps is the sparsest. With scope ``layer`` every column shares one
@@ -13,32 +13,33 @@ log E - log eps until E is within [(1 - rtol) eps, eps]. Between evaluations onl
 changes (``update(q=...)``, warm start); the chosen lambda is solved once more with polishing,
 which gives exact zeros, and checked.
 
-Workers: the columns are dealt round-robin to ``workers`` forked processes that inherit the
-layer's data (copy-on-write, not copied per task) and keep their columns' OSQP problems between
-evaluations. OSQP's solve holds the GIL, so threads would not run in parallel (measured: two
-threads took 1.8x longer than one). BLAS is limited to one thread inside column solves so that
-the results are bit-identical whatever the number of workers.
+The layer's data reaches the columns as one object, ``LayerContext``, made once per layer and
+handed to the executor's evaluator (a forked worker inherits it, a Ray actor reads it from one
+``ray.put``). All of the layer's arithmetic -- here and in every column solve, wherever it
+runs -- uses one BLAS thread (``OSQP_THREADS``): a product split over more threads sums in
+another order, and the answer would depend on where it was computed.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
-import multiprocessing as mp
-import os
-import signal
 import time
-import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
+from nettrim_cli.execution import ColumnExecutor, Evaluator, make_executor
+from nettrim_cli.execution.threads import default_workers, fixed_threads
 from nettrim_cli.program import LayerProgram
 from nettrim_cli.solvers.base import LayerSolution, Progress, SolverSettings, no_progress
 from nettrim_cli.solvers.osqp import ColumnQP, ScaledLayer, is_solved, settle_dead_columns
 
-# The layer being solved, set before worker processes are forked so that they share it.
-_SHARED: dict = {}
+# BLAS / torch threads of every OSQP computation, on the driver and in every worker or actor
+OSQP_THREADS = 1
 
 
 def threshold(wa: np.ndarray, n_in: int, thr: float) -> np.ndarray:
@@ -74,174 +75,95 @@ class ColumnOutcome:
     state: tuple | None = None  # (last solution, working set) when a journal records it
 
 
+class _Shape:
+    """Stands in for the program's X in a remote worker: only ``.shape`` is read there."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = tuple(shape)
+
+
+@dataclass
+class LayerContext:
+    """What solving a column needs of its layer, made once per layer by ``solve_layer`` and
+    handed to the executor (``nettrim_cli.execution.ColumnContext``).
+
+    Attributes:
+        program: the layer program.
+        layer: its ScaledLayer (the scaled design and its Gram matrix), shared by the columns.
+        settings: the solver settings.
+        thr: weights with |w| <= thr are written as exact zeros.
+        exact: solve program (8) (eps = 0) instead of eq. 11.
+        persist: keep every column's OSQP problem between evaluations (see ``_persist``).
+        record: give back each column's (last solution, working set) for the journal.
+        states: resumed columns' (last solution, working set), from the journal.
+        threads: BLAS / torch threads of every column solve, wherever it runs.
+    """
+
+    program: LayerProgram
+    layer: ScaledLayer
+    settings: SolverSettings
+    thr: float
+    exact: bool
+    persist: bool
+    record: bool = False
+    states: dict = field(default_factory=dict)
+    threads: int = OSQP_THREADS
+
+    def work(self, m: int) -> ColumnWork:
+        return ColumnWork(self, m)
+
+    def unsolved(self, m: int, status: str) -> ColumnOutcome:
+        """A column given up with ``status`` keeps, and is measured with, its original
+        weights (as an unsolved column in ``ColumnWork``)."""
+        wa = self.program.Wa0[m].copy()
+        return ColumnOutcome(wa=wa, err=self.layer.column_error(self.program, m, wa),
+                             status=status, iterations=0, seconds=0.0, retried=True,
+                             zero=not wa[: self.program.n_in].any())
+
+    def without_input(self) -> LayerContext:
+        """The context without the raw X: the columns and their errors use the scaled copy in
+        ``layer``; X is replaced by its shape (what a Ray actor is sent)."""
+        program = copy.copy(self.program)
+        program.X = _Shape(program.X.shape)
+        program._Xa = None
+        return dataclasses.replace(self, program=program)
+
+
 class ColumnWork:
     """One column's OSQP problem across evaluations: kept alive when the layer's problems fit
     the memory budget, otherwise rebuilt each time from the last solution and working set."""
 
-    def __init__(self, m: int) -> None:
+    def __init__(self, context: LayerContext, m: int) -> None:
+        self.context = context
         self.m = m
         self.qp: ColumnQP | None = None
         # a resumed run starts from the state its records left (see nettrim_cli.workdir)
-        self.last, self.working = _SHARED.get("states", {}).get(m, (None, None))
+        self.last, self.working = context.states.get(m, (None, None))
 
     def solve(self, lam: float, polish: bool) -> ColumnOutcome:
-        sh = _SHARED
-        program: LayerProgram = sh["program"]
+        c = self.context
+        program = c.program
         qp = self.qp
         if qp is None:
-            qp = ColumnQP(program, self.m, sh["settings"].osqp, layer=sh["layer"],
-                          exact=sh["exact"], working=self.working)
+            qp = ColumnQP(program, self.m, c.settings.osqp, layer=c.layer, exact=c.exact,
+                          working=self.working)
             qp.warm(self.last if self.last is not None else program.Wa0[self.m])
         r = qp.solve(lam, polish=polish)
         self.working = qp.working
-        if sh["persist"]:
+        if c.persist:
             self.qp = qp
         if is_solved(r.status) and np.isfinite(r.wa).all():
             self.last = r.wa
-            wa = threshold(r.wa, program.n_in, sh["thr"])
-            err = sh["layer"].column_error(program, self.m, wa)
+            wa = threshold(r.wa, program.n_in, c.thr)
         else:
             # never write a wrong column: an unsolved one keeps (and is measured with) its
             # original weights, which is what would be written for it
             wa = program.Wa0[self.m].copy()
-            err = sh["layer"].column_error(program, self.m, wa)
+        err = c.layer.column_error(program, self.m, wa)
         return ColumnOutcome(wa=wa, err=err, status=r.status, iterations=r.iterations,
                              seconds=r.seconds, retried=r.retried,
                              zero=not wa[: program.n_in].any(),
-                             state=(self.last, self.working) if sh.get("record") else None)
-
-
-class LocalEvaluator:
-    """Solves the requested columns in this process."""
-
-    def __init__(self, columns: list[int]) -> None:
-        self.works = {m: ColumnWork(m) for m in columns}
-
-    def evaluate(self, requests: dict[int, float], polish: bool,
-                 progress=None, on_result=None) -> dict[int, ColumnOutcome]:
-        out = {}
-        with threadpool_limits(1):
-            for i, (m, lam) in enumerate(sorted(requests.items())):
-                out[m] = self.works[m].solve(lam, polish)
-                if on_result is not None:
-                    on_result(m, out[m])
-                if progress is not None:
-                    progress(i + 1, len(requests))
-        return out
-
-    def close(self) -> None:
-        self.works.clear()
-
-
-def _worker(conn, columns: list[int]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-    local = LocalEvaluator(columns)
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:
-            return
-        if msg[0] == "stop":
-            return
-        _, requests, polish = msg
-        try:
-            for m, lam in sorted(requests.items()):
-                conn.send(("done", m, local.evaluate({m: lam}, polish)[m]))
-            conn.send(("end",))
-        except Exception:  # noqa: BLE001 - report, the parent decides
-            conn.send(("error", traceback.format_exc()))
-
-
-class ProcessEvaluator:
-    """Columns dealt round-robin to forked worker processes that keep their OSQP problems.
-
-    A worker that dies or raises is replaced by solving its outstanding columns here, in this
-    process (they lose their warm start, nothing else)."""
-
-    def __init__(self, columns: list[int], workers: int) -> None:
-        ctx = mp.get_context("fork")
-        self.owner: dict[int, int] = {}
-        self.procs, self.conns = [], []
-        self.fallback = LocalEvaluator([])
-        self.failed: set[int] = set()
-        for w in range(workers):
-            mine = columns[w::workers]
-            for m in mine:
-                self.owner[m] = w
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker, args=(child, mine), daemon=True)
-            p.start()
-            child.close()
-            self.procs.append(p)
-            self.conns.append(parent)
-        self.retries = 0
-
-    def evaluate(self, requests: dict[int, float], polish: bool,
-                 progress=None, on_result=None) -> dict[int, ColumnOutcome]:
-        per: dict[int, dict[int, float]] = {}
-        for m, lam in requests.items():
-            per.setdefault(self.owner[m], {})[m] = lam
-        out: dict[int, ColumnOutcome] = {}
-        pending = set()
-        for w, req in per.items():
-            if w in self.failed:
-                continue
-            try:
-                self.conns[w].send(("solve", req, polish))
-                pending.add(w)
-            except (BrokenPipeError, OSError):
-                self._lose(w)
-        while pending:
-            ready = mp.connection.wait([self.conns[w] for w in pending], timeout=1.0)
-            for w in list(pending):
-                conn = self.conns[w]
-                if conn not in ready:
-                    if not self.procs[w].is_alive():
-                        pending.discard(w)
-                        self._lose(w)
-                    continue
-                try:
-                    msg = conn.recv()
-                except (EOFError, OSError):
-                    pending.discard(w)
-                    self._lose(w)
-                    continue
-                if msg[0] == "done":
-                    out[msg[1]] = msg[2]
-                    if on_result is not None:
-                        on_result(msg[1], msg[2])
-                    if progress is not None:
-                        progress(len(out), len(requests))
-                elif msg[0] == "end":
-                    pending.discard(w)
-                else:
-                    pending.discard(w)
-                    self._lose(w)
-        missing = {m: lam for m, lam in requests.items() if m not in out}
-        if missing:
-            self.retries += len(missing)
-            for m in missing:
-                self.fallback.works.setdefault(m, ColumnWork(m))
-            out.update(self.fallback.evaluate(missing, polish, on_result=on_result))
-        return out
-
-    def _lose(self, w: int) -> None:
-        self.failed.add(w)
-        if self.procs[w].is_alive():
-            self.procs[w].kill()
-
-    def close(self) -> None:
-        for w, conn in enumerate(self.conns):
-            if w not in self.failed:
-                try:
-                    conn.send(("stop",))
-                except (BrokenPipeError, OSError):
-                    pass
-        for p in self.procs:
-            p.join(timeout=2)
-            if p.is_alive():
-                p.kill()
-                p.join()
+                             state=(self.last, self.working) if c.record else None)
 
 
 @dataclass
@@ -318,26 +240,6 @@ class _Group:
             self.done = True
 
 
-def _evaluator(columns: list[int], workers: int, settings: SolverSettings | None = None,
-               requested: int | None = None):
-    if settings is not None and settings.executor == "ray":
-        from nettrim_cli.solvers.ray_exec import RayEvaluator
-
-        # --workers N: N actors; unset or 0: one per CPU of the Ray cluster
-        asked = requested if requested is not None else settings.workers
-        return RayEvaluator(columns, asked or None, settings.address)
-    if workers > 1 and len(columns) >= 2 * workers:
-        return ProcessEvaluator(columns, workers)
-    return LocalEvaluator(columns)
-
-
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def _persist(program: LayerProgram, n_cols: int, budget_mb: float) -> bool:
     """Keep every column's OSQP problem alive if their estimated size fits the budget."""
     n = 2 * program.n_in + 1
@@ -345,137 +247,197 @@ def _persist(program: LayerProgram, n_cols: int, budget_mb: float) -> bool:
     return per_col * n_cols <= budget_mb * 1e6
 
 
-def solve_layer(program: LayerProgram, settings: SolverSettings,
-                progress: Progress = no_progress, workers: int | None = None,
-                journal=None) -> LayerSolution:
-    """Solve the layer program column by column with OSQP; lambda fixed or chosen from eps.
-
-    Args:
-        program: the layer program (X, Y, V, eps or lambda).
-        settings: OSQP, search and zero-threshold settings.
-        progress: progress(stage, done, total), called as columns finish.
-        workers: worker processes (default ``settings.workers``, 0 meaning all cores).
-        journal: a ``nettrim_cli.workdir.ColumnJournal``: record every column evaluation
-            durably and answer the ones it already holds (resume). Used only where the columns'
-            problems are rebuilt for every evaluation (see ``_persist``), since only there a
-            resumed evaluation is bit-identical to an uninterrupted one; elsewhere its records
-            are cleared and the layer starts over.
-    Returns:
-        the pruned weights with exact zeros, the lambda(s), and the solver's record.
-    """
-    t0 = time.perf_counter()
-    M = program.n_out
-    n_workers = workers if workers is not None else settings.workers
-    n_workers = n_workers or default_workers()
+def _layer_context(program: LayerProgram, settings: SolverSettings, n_live: int,
+                   journal) -> tuple[LayerContext, object]:
+    """The layer's context, and the journal where it is kept: only where the columns' problems
+    are rebuilt for every evaluation is a resumed evaluation bit-identical to an uninterrupted
+    one; elsewhere the journal's records are cleared and the layer starts over."""
     thr = settings.zero_threshold * float(np.max(np.abs(program.W0))) if program.W0.size else 0.0
-    layer = ScaledLayer(program)
-    Wa, status, live, dead = settle_dead_columns(program)
-    failed: list[dict] = []
-    exact = program.epsilon is not None and program.epsilon == 0.0
-    persist = _persist(program, len(live), settings.memory_budget_mb)
+    persist = _persist(program, n_live, settings.memory_budget_mb)
     if journal is not None:
         if persist:
             journal.clear()
             journal = None
         else:
             journal.load()
-    _SHARED.clear()
-    _SHARED.update(program=program, layer=layer, settings=settings, thr=thr, exact=exact,
-                   persist=persist, record=journal is not None,
-                   states=dict(journal.states) if journal is not None else {})
-    stats = {"solves": 0, "retries": 0, "iterations": 0}
-    history: list[dict] = []
-    lam_out: float | list | None = None
-    reached = True
-    evaluator = _evaluator(live, n_workers, settings, workers) if live else None
+    context = LayerContext(
+        program=program, layer=ScaledLayer(program), settings=settings, thr=thr,
+        exact=program.epsilon is not None and program.epsilon == 0.0, persist=persist,
+        record=journal is not None, states=dict(journal.states) if journal is not None else {})
+    return context, journal
+
+
+@contextmanager
+def _evaluator(executor: ColumnExecutor | None, settings: SolverSettings,
+               context: LayerContext, live: list[int],
+               workers: int | None) -> Iterator[Evaluator | None]:
+    """The layer's evaluator (None without live columns) from the executor given or, without
+    one, from an executor made from the settings for this layer; closed after the layer."""
+    if not live:
+        yield None
+        return
+    own = executor is None
+    if own:
+        executor = make_executor(settings)
     try:
-        def run(requests: dict[int, float], polish: bool, stage: str, key: str):
-            res: dict[int, ColumnOutcome] = {}
-            todo = requests
-            if journal is not None:
-                for m, lam in requests.items():
-                    e = journal.lookup(key, m, lam)
-                    if e is not None:
-                        res[m] = ColumnOutcome(
-                            wa=e.wa, err=e.err, status=e.status, iterations=e.iterations,
-                            seconds=e.seconds, retried=e.retried, zero=e.zero)
-                todo = {m: lam for m, lam in requests.items() if m not in res}
-
-            def on_result(m: int, r: ColumnOutcome) -> None:
-                journal.record(key, m, todo[m], r, final=polish)
-
-            if todo:
-                extra = {"on_result": on_result} if journal is not None else {}
-                res.update(evaluator.evaluate(
-                    todo, polish, progress=lambda d, t: progress(stage, d, t), **extra))
-            for r in res.values():
-                stats["solves"] += 1
-                stats["retries"] += int(r.retried)
-                stats["iterations"] += r.iterations
-            return res
-
-        if not live:
-            pass
-        elif program.lam is not None or exact:
-            lam = program.lam if program.lam is not None else math.inf
-            res = run({m: lam for m in live}, True, "solve", "solve")
-            for m in live:
-                Wa[m], status[m] = res[m].wa, res[m].status
-            lam_out = None if exact else float(program.lam)
-        else:
-            lam_out, reached = _search(program, settings, layer, live, run, Wa, status,
-                                       history)
-    finally:
-        if evaluator is not None:
-            stats["retries"] += getattr(evaluator, "retries", 0)
+        evaluator = executor.evaluator(context, live, workers)
+        try:
+            yield evaluator
+        finally:
             evaluator.close()
-        _SHARED.clear()
-    for m in live:
-        if not is_solved(status[m]):
-            failed.append({"column": m, "status": status[m], "action": "kept original weights"})
-    constraint = math.sqrt(sum(layer.column_error(program, m, Wa[m]) for m in range(M)))
-    del layer
+    finally:
+        if own:
+            executor.close()
+
+
+class _Evaluations:
+    """The layer's column evaluations: answered from the journal where it holds them, the rest
+    by the evaluator (and recorded in the journal as they finish); the solves counted."""
+
+    def __init__(self, evaluator: Evaluator | None, journal, progress: Progress) -> None:
+        self.evaluator, self.journal, self.progress = evaluator, journal, progress
+        self.solves = self.retries = self.iterations = 0
+
+    def __call__(self, requests: dict[int, float], polish: bool, stage: str,
+                 key: str) -> dict[int, ColumnOutcome]:
+        res = self._recorded(requests, key)
+        todo = {m: lam for m, lam in requests.items() if m not in res}
+        if todo:
+            extra = {}
+            if self.journal is not None:
+                journal = self.journal
+                extra["on_result"] = lambda m, r: journal.record(key, m, todo[m], r,
+                                                                 final=polish)
+            res.update(self.evaluator.evaluate(
+                todo, polish, progress=lambda d, t: self.progress(stage, d, t), **extra))
+        for r in res.values():
+            self.solves += 1
+            self.retries += int(r.retried)
+            self.iterations += r.iterations
+        return res
+
+    def _recorded(self, requests: dict[int, float], key: str) -> dict[int, ColumnOutcome]:
+        """The evaluations the journal already holds (a resumed run)."""
+        res: dict[int, ColumnOutcome] = {}
+        for m, lam in requests.items():
+            e = self.journal.lookup(key, m, lam) if self.journal is not None else None
+            if e is not None:
+                res[m] = ColumnOutcome(wa=e.wa, err=e.err, status=e.status,
+                                       iterations=e.iterations, seconds=e.seconds,
+                                       retried=e.retried, zero=e.zero)
+        return res
+
+
+def solve_layer(program: LayerProgram, settings: SolverSettings,
+                progress: Progress = no_progress, workers: int | None = None,
+                journal=None, executor: ColumnExecutor | None = None) -> LayerSolution:
+    """Solve the layer program column by column with OSQP; lambda fixed or chosen from eps.
+
+    Args:
+        program: the layer program (X, Y, V, eps or lambda).
+        settings: OSQP, search and zero-threshold settings.
+        progress: progress(stage, done, total), called as columns finish.
+        workers: workers (default ``settings.workers``, 0 meaning all cores or Ray CPUs).
+        journal: a ``nettrim_cli.workdir.ColumnJournal``: record every column evaluation
+            durably and answer the ones it already holds (resume). Used only where the columns'
+            problems are rebuilt for every evaluation (see ``_persist``), since only there a
+            resumed evaluation is bit-identical to an uninterrupted one; elsewhere its records
+            are cleared and the layer starts over.
+        executor: where the columns are solved (``nettrim_cli.execution``); None: one made
+            from ``settings.executor`` for this layer and closed after it.
+    Returns:
+        the pruned weights with exact zeros, the lambda(s), and the solver's record.
+    """
+    t0 = time.perf_counter()
+    asked = workers if workers is not None else settings.workers
+    with fixed_threads(OSQP_THREADS):
+        Wa, status, live, dead = settle_dead_columns(program)
+        context, journal = _layer_context(program, settings, len(live), journal)
+        with _evaluator(executor, settings, context, live, asked) as evaluator:
+            evals = _Evaluations(evaluator, journal, progress)
+            lam, reached, history = _solve_columns(context, live, evals, Wa, status)
+        layer = context.layer
+        constraint = math.sqrt(sum(layer.column_error(program, m, Wa[m])
+                                   for m in range(program.n_out)))
+    failed = [{"column": m, "status": status[m], "action": "kept original weights"}
+              for m in live if not is_solved(status[m])]
     return LayerSolution(
-        Wa=Wa, lam=lam_out, constraint=constraint, status=status,
-        failed=failed, solves=stats["solves"], retries=stats["retries"],
-        iterations=stats["iterations"], seconds=time.perf_counter() - t0,
+        Wa=Wa, lam=lam, constraint=constraint, status=status,
+        failed=failed, solves=evals.solves,
+        retries=evals.retries + (evaluator.retries if evaluator is not None else 0),
+        iterations=evals.iterations, seconds=time.perf_counter() - t0,
         passes=max((len(h.get("trace", ())) or h.get("evaluations", 1) for h in history),
                    default=1), dead_columns=dead,
         eps_reached=reached, history=history,
-        workers=getattr(evaluator, "n_workers", n_workers))
+        workers=evaluator.n_workers if evaluator is not None else asked or default_workers())
 
 
-def _search(program, settings, layer, live, run, Wa, status, history):
-    s = settings.search
+def _solve_columns(context: LayerContext, live: list[int], evals: _Evaluations,
+                   Wa: np.ndarray, status: list[str]) -> tuple[float | list | None, bool,
+                                                               list[dict]]:
+    """The live columns at the program's lambda, or with lambda searched for eps: writes
+    their weights and statuses; gives (lambda, eps reached, search history)."""
+    program = context.program
+    if not live:
+        return None, True, []
+    if program.lam is None and not context.exact:
+        return _search(context, live, evals, Wa, status)
+    lam = program.lam if program.lam is not None else math.inf
+    res = evals({m: lam for m in live}, True, "solve", "solve")
+    for m in live:
+        Wa[m], status[m] = res[m].wa, res[m].status
+    return (None if context.exact else float(program.lam)), True, []
+
+
+def _groups(context: LayerContext, live: list[int]) -> list[_Group]:
+    """The lambda searches: one for the layer, or one per column with its share of eps."""
+    program, s = context.program, context.settings.search
     eps = float(program.epsilon)
-    floors = {m: lambda_floor(program, layer, m) for m in live}
+    floors = {m: lambda_floor(program, context.layer, m) for m in live}
     finite = [f for f in floors.values() if math.isfinite(f)]
     base = min(finite) if finite else 1.0
     if s.scope == "layer":
-        groups = [_Group(columns=list(live), target=eps, floor=base, rtol=s.rtol)]
-    elif s.scope == "column":
-        Y = np.asarray(program.Y, dtype=np.float64)
-        act = Y > 0 if program.activation != "none" else np.ones_like(Y, dtype=bool)
-        norms = np.sqrt((np.where(act, Y, 0.0) ** 2).sum(axis=0))
-        total = float(np.linalg.norm(norms)) or 1.0
-        groups = [_Group(columns=[m], target=eps * norms[m] / total, rtol=s.rtol,
-                         floor=floors[m] if math.isfinite(floors[m]) else base) for m in live]
-    else:
+        return [_Group(columns=list(live), target=eps, floor=base, rtol=s.rtol)]
+    if s.scope != "column":
         raise ValueError(f"unknown lambda scope {s.scope!r}")
+    # eps_m = eps ||y_m,Omega|| / ||Y_Omega||_F, Omega the program's active set (eq. 3)
+    Y = np.asarray(program.Y, dtype=np.float64)
+    norms = np.sqrt((np.where(program.active_set, Y, 0.0) ** 2).sum(axis=0))
+    total = float(np.linalg.norm(norms)) or 1.0
+    return [_Group(columns=[m], target=eps * norms[m] / total, rtol=s.rtol,
+                   floor=floors[m] if math.isfinite(floors[m]) else base) for m in live]
+
+
+def _search(context: LayerContext, live: list[int], evals: _Evaluations, Wa: np.ndarray,
+            status: list[str]) -> tuple[float | list, bool, list[dict]]:
+    s = context.settings.search
+    groups = _groups(context, live)
     for step in range(s.max_evals):
         todo = [g for g in groups if not g.done]
         if not todo:
             break
         lams = {id(g): g.next_lambda() for g in todo}
-        res = run({m: lams[id(g)] for g in todo for m in g.columns}, False,
-                  f"lambda step {step + 1}", f"s{step}")
+        res = evals({m: lams[id(g)] for g in todo for m in g.columns}, False,
+                    f"lambda step {step + 1}", f"s{step}")
         for g in todo:
             err = math.sqrt(sum(res[m].err for m in g.columns))
             zero = all(res[m].zero for m in g.columns)
             g.update(lams[id(g)], err, zero, s.rtol)
-    # the chosen lambdas, solved once more with polishing, and checked against eps; a group
-    # whose polished answer misses eps (numerically) moves its lambda up a little and retries
-    reached = True
+    reached = _polish(context, groups, evals, Wa, status)
+    if s.scope == "layer":
+        history = [{"columns": len(g.columns), "target": g.target, "lambda": g.hi,
+                    "trace": [[lam, err] for lam, err in g.trace]} for g in groups]
+        return groups[0].hi, reached, history
+    history = [{"column": g.columns[0], "lambda": g.hi, "evaluations": g.evals} for g in groups]
+    return [g.hi for g in groups], reached, history
+
+
+def _polish(context: LayerContext, groups: list[_Group], evals: _Evaluations, Wa: np.ndarray,
+            status: list[str]) -> bool:
+    """The chosen lambdas, solved once more with polishing, and checked against eps; a group
+    whose polished answer misses eps (numerically) moves its lambda up a little and retries.
+    Writes the columns' weights and statuses; True when every group meets its eps."""
+    rtol = context.settings.search.rtol
     pending = list(groups)
     for attempt in range(4):
         chosen = {}
@@ -483,10 +445,10 @@ def _search(program, settings, layer, live, run, Wa, status, history):
             if g.hi is None:  # eps never met inside the search: go past the last lambda tried
                 g.hi = (g.lo or g.floor) * 10.0
             elif attempt:
-                g.hi *= 1.0 + 4 * s.rtol
+                g.hi *= 1.0 + 4 * rtol
             for m in g.columns:
                 chosen[m] = g.hi
-        res = run(chosen, True, "polish", f"p{attempt}")
+        res = evals(chosen, True, "polish", f"p{attempt}")
         still = []
         for g in pending:
             for m in g.columns:
@@ -497,16 +459,7 @@ def _search(program, settings, layer, live, run, Wa, status, history):
         if not pending:
             break
     for g in pending:
-        reached = False
         for m in g.columns:
-            Wa[m] = program.Wa0[m].copy()
+            Wa[m] = context.program.Wa0[m].copy()
             status[m] = "epsilon_not_reached"
-    for g in groups:
-        if s.scope == "layer":
-            history.append({"columns": len(g.columns), "target": g.target, "lambda": g.hi,
-                            "trace": [[lam, err] for lam, err in g.trace]})
-        else:
-            history.append({"column": g.columns[0], "lambda": g.hi, "evaluations": g.evals})
-    if s.scope == "layer":
-        return groups[0].hi, reached
-    return [g.hi for g in groups], reached
+    return not pending

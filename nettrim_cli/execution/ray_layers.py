@@ -2,8 +2,9 @@
 same time (``--mode parallel --executor ray``).
 
 ``RayLayers`` is handed the pending layers' shapes first, then each layer's program
-(``submit``), and gives the solutions back as they finish (``results``); ``trim.prune`` records
-and writes them in network order.
+(``submit``), and gives the solutions back as they finish (``results``); the prune records and
+writes them in network order (``nettrim_cli.methods.netrim``). Its remote function is its own
+attribute, made when it is, and its column actors belong to the task that made them.
 
 - **Object store.** The driver puts each layer's program (X, Y, W0, b0, eps) in the object store
   once (``ray.put``); the layer's task -- and its retry -- gets that reference, and the driver
@@ -16,15 +17,19 @@ and writes them in network order.
   column), so that all layers finish at about the same time:
     * OSQP: a layer given k > 1 CPUs is a coordinator task (no CPU of its own: it runs the
       lambda search and waits) that hands its columns to k column actors of one CPU each --
-      the machinery of ``ray_exec.RayEvaluator`` (warm starts, an actor's death replayed
-      bit for bit, ``worker_lost`` columns reported); a layer with one CPU is solved in its
-      task, columns one after another (``LocalEvaluator``);
-    * ADMM (and any other solver): one task with k CPUs, and k BLAS / torch threads.
+      the machinery of ``ray_columns.RayEvaluator`` (warm starts, an actor's death replayed
+      bit for bit, ``worker_lost`` columns reported), ended with the task; a layer with one
+      CPU is solved in its task, columns one after another (``LocalEvaluator``);
+    * ADMM (and any other solver): one task with k CPUs.
   A run that needs GPUs (``--osqp-algebra cuda``, ``--device cuda``) gives every layer one CPU
   and an equal share (at most one) of the cluster's GPUs.
-- **Same answer as the local run.** Every task solves its layer with the very solver function
-  of the local run; the columns are solved with one BLAS thread as locally, so the weights
-  are bit-identical (on nodes with the same CPU type and numpy/BLAS/torch builds).
+- **Same answer as the local run.** Every task solves its layer with the very solver of the
+  local run and with the local run's thread counts, not the task's CPUs (Ray sets
+  OMP_NUM_THREADS per task, and a product threaded differently sums differently): OSQP uses
+  one BLAS thread for all its arithmetic wherever it runs; a whole-layer solver (ADMM) uses
+  ``settings.threads``, fixed on the driver (``threads.layer_threads``) and sent with the
+  settings. So the weights are bit-identical (on nodes with the same CPU type and
+  numpy/BLAS/torch builds).
 - **Failures.** A task whose worker dies (``WorkerCrashedError``, a lost node, its coordinator
   killed with its actors) or that raises is submitted once more with the same reference (a
   warning names the layer). A second failure ends the run: ``SolverFailure`` (exit 1, one
@@ -41,17 +46,16 @@ import dataclasses
 import logging
 import os
 import signal
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from nettrim_cli.errors import BadInput, NettrimError, SolverFailure
+from nettrim_cli.execution.ray_columns import connect
+from nettrim_cli.execution.threads import fixed_threads, layer_threads
 from nettrim_cli.program import LayerProgram
-from nettrim_cli.solvers import ray_exec
-from nettrim_cli.solvers.base import LayerSolution, SolverSettings, no_progress
+from nettrim_cli.solvers.base import LayerSolution, LayerSolver, SolverSettings, no_progress
 
 log = logging.getLogger("nettrim")
 
@@ -92,10 +96,11 @@ def _writable(program: LayerProgram) -> LayerProgram:
     return dataclasses.replace(program, **arrays)
 
 
-def _run_layer(program: LayerProgram, solver: Callable, settings: SolverSettings, cpus: int,
+def _run_layer(program: LayerProgram, solver: LayerSolver, settings: SolverSettings, cpus: int,
                coordinate: bool, fault: str | None = None) -> tuple[LayerSolution, float]:
-    """One layer in a Ray worker: ``solver`` on the program with ``cpus`` CPUs; (solution,
-    seconds). ``fault`` is a test hook: "kill" ends this worker process, "raise" raises."""
+    """One layer in a Ray worker: ``solver`` on the program with ``cpus`` CPUs and
+    ``settings.threads`` threads; (solution, seconds). ``fault`` is a test hook: "kill" ends
+    this worker process, "raise" raises."""
     if fault == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     if fault == "raise":
@@ -103,33 +108,13 @@ def _run_layer(program: LayerProgram, solver: Callable, settings: SolverSettings
     t0 = time.perf_counter()
     program = _writable(program)
     settings = copy.deepcopy(settings)
-    # k > 1 CPUs for an OSQP layer: k column actors (ray_exec); otherwise in this process
+    # k > 1 CPUs for an OSQP layer: k column actors (ray_columns), made by the solver for this
+    # layer and ended with it; otherwise the columns in this process
     settings.executor = "ray" if coordinate else "local"
     settings.workers = cpus
-    threads = 1 if coordinate else cpus
-    torch = sys.modules.get("torch")  # loaded with the solver when it needs it (ADMM)
-    before = torch.get_num_threads() if torch is not None else None
-    try:
-        with threadpool_limits(threads):
-            if torch is not None:
-                torch.set_num_threads(threads)
-            sol = solver.solve(program, settings, no_progress)
-    finally:
-        if torch is not None:
-            torch.set_num_threads(before)
-        if coordinate:
-            ray_exec.shutdown_pool()  # free the CPUs of this layer's column actors
+    with fixed_threads(settings.threads):  # the driver's count, not this task's CPUs
+        sol = solver.solve(program, settings, no_progress)
     return sol, time.perf_counter() - t0
-
-
-_REMOTE: dict = {}
-
-
-def _remote(ray):
-    if "fn" not in _REMOTE:
-        # retries are ours (logged, and counted per layer): Ray's own are off
-        _REMOTE["fn"] = ray.remote(max_retries=0)(_run_layer)
-    return _REMOTE["fn"]
 
 
 def _device(solver) -> str:
@@ -148,7 +133,8 @@ class RayLayers:
     Args:
         solver: the layer solver of the local run (pickled to the workers by reference:
             nettrim must be installed there).
-        settings: the solver settings (``workers``: at most that many CPUs; ``address``).
+        settings: the solver settings (``workers``: at most that many CPUs; ``address``;
+            ``threads``: 0 is fixed here, on the driver, see ``threads.layer_threads``).
         shapes: {key: (samples, n_in, n_out)} of every layer that will be submitted.
     """
 
@@ -157,12 +143,14 @@ class RayLayers:
     _hook = None
     _faults: dict = {}
 
-    def __init__(self, solver: Callable, settings: SolverSettings,
+    def __init__(self, solver: LayerSolver, settings: SolverSettings,
                  shapes: dict[object, tuple[int, int, int]]) -> None:
-        ray = self.ray = ray_exec.connect(settings.address)
-        # column actors kept by an earlier layer of this process hold CPUs the layers need
-        ray_exec.shutdown_pool()
-        self.solver, self.settings = solver, settings
+        ray = self.ray = connect(settings.address)
+        self.solver = solver
+        # every task computes with the thread count of this machine, not with its own CPUs
+        self.settings = dataclasses.replace(settings, threads=layer_threads(settings))
+        # retries are ours (logged, and counted per layer): Ray's own are off
+        self.remote = ray.remote(max_retries=0)(_run_layer)
         res = ray.cluster_resources()
         cluster = max(int(res.get("CPU", 1)), 1)
         cpus = max(1, min(settings.workers or cluster, cluster))
@@ -204,7 +192,7 @@ class RayLayers:
         k = self.cpus[key]
         coordinate = self.osqp and k > 1
         attempt = self.attempts[key]
-        fn = _remote(self.ray).options(num_cpus=0 if coordinate else k, num_gpus=self.num_gpus)
+        fn = self.remote.options(num_cpus=0 if coordinate else k, num_gpus=self.num_gpus)
         ref = fn.remote(self.refs[key], self.solver, self.settings, k, coordinate,
                         RayLayers._faults.get((key, attempt)))
         self.futures[ref] = key
