@@ -12,11 +12,10 @@ Parallel mode's layers as Ray tasks are ``ray_layers.RayLayers`` (not an executo
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
-from nettrim_cli.errors import BadInput
+from nettrim_cli.registry import lookup
 
 # name -> "module:class"; imported only when chosen (Ray is an optional extra)
 EXECUTORS: dict[str, str] = {
@@ -74,9 +73,4 @@ class ColumnExecutor(Protocol):
 
 def make_executor(settings) -> ColumnExecutor:
     """The executor named by ``settings.executor`` (BadInput, exit 2, for an unknown name)."""
-    name = settings.executor
-    if name not in EXECUTORS:
-        raise BadInput(f"unknown executor {name!r}; choose from {', '.join(sorted(EXECUTORS))}",
-                       "--executor")
-    module, _, cls = EXECUTORS[name].partition(":")
-    return getattr(importlib.import_module(module), cls).from_settings(settings)
+    return lookup(EXECUTORS, settings.executor, "executor").from_settings(settings)

@@ -225,26 +225,7 @@ class ColumnQP:
             self.q_fit = np.zeros(2 * N + nf)
         else:
             self.eq_rows = None
-            n_in = self.inactive.size
-            # X_Omega X_Omega^T from the smaller of the two sample sets, in row blocks so that
-            # no copy of the layer's data is made
-            rows = self.inactive if n_in < act.sum() else np.flatnonzero(act)
-            G = np.zeros_like(layer.gram)
-            for i in range(0, rows.size, 4096):
-                blk = Xs[rows[i:i + 4096]]
-                G += blk.T @ blk
-            if rows is self.inactive:
-                G = layer.gram - G
-            yfull = np.zeros(Xs.shape[0])
-            yfull[act] = y
-            b = Xs.T @ yfull
-            # a fixed positive scale of the objective keeps OSQP's dual residual in sensible
-            # units; it does not move the minimiser
-            self.scale = max(float(np.mean(np.diag(G))), 1e-12)
-            H = 2.0 * G / self.scale
-            self.P = _epigraph_hessian(H, N) if self.epigraph else _split_hessian(H, N)
-            self.q_l1 = l1 / self.scale
-            self.q_fit = -2.0 * (D.T @ b) / self.scale
+            self._fit_objective(act, y, l1)
         self.n_inactive = int(self.inactive.size)
         if working is not None:
             self.working = np.asarray(working, dtype=np.int64)
@@ -257,6 +238,31 @@ class ColumnQP:
         self.rounds = 0
         self._lam = 1.0
         self._setup(None, None)
+
+    def _fit_objective(self, act: np.ndarray, y: np.ndarray, l1: np.ndarray) -> None:
+        """Eq. 11's objective divided by lambda and a fixed scale: P from X_Omega X_Omega^T,
+        q = l1 / lambda + q_fit (see ``q``)."""
+        layer, Xs, N, D = self.layer, self.layer.Xs, self.N, self.D
+        n_in = self.inactive.size
+        # X_Omega X_Omega^T from the smaller of the two sample sets, in row blocks so that
+        # no copy of the layer's data is made
+        rows = self.inactive if n_in < act.sum() else np.flatnonzero(act)
+        G = np.zeros_like(layer.gram)
+        for i in range(0, rows.size, 4096):
+            blk = Xs[rows[i:i + 4096]]
+            G += blk.T @ blk
+        if rows is self.inactive:
+            G = layer.gram - G
+        yfull = np.zeros(Xs.shape[0])
+        yfull[act] = y
+        b = Xs.T @ yfull
+        # a fixed positive scale of the objective keeps OSQP's dual residual in sensible
+        # units; it does not move the minimiser
+        self.scale = max(float(np.mean(np.diag(G))), 1e-12)
+        H = 2.0 * G / self.scale
+        self.P = _epigraph_hessian(H, N) if self.epigraph else _split_hessian(H, N)
+        self.q_l1 = l1 / self.scale
+        self.q_fit = -2.0 * (D.T @ b) / self.scale
 
     def _setup(self, x: np.ndarray | None, y: np.ndarray | None) -> None:
         Xw = self.layer.Xs[self.inactive[self.working]]
