@@ -65,6 +65,8 @@ def lambda_floor(program: LayerProgram, layer: ScaledLayer, m: int) -> float:
 
 @dataclass
 class ColumnOutcome:
+    """One column's answer at one lambda: what an evaluator gives back and a journal records."""
+
     wa: np.ndarray
     err: float  # squared constraint value of the column
     status: str
