@@ -43,6 +43,7 @@ fashion-mnist:
 
 bench: install fashion-mnist
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench_export.py
 
 # The paper's section 6 on Fashion-MNIST (hours on 2 cores; cached, so a rerun resumes):
 # writes exp_out/ and docs/results.md with the figures. NETS=NN2-10K,CNN-10K picks networks.

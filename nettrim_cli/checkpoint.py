@@ -239,7 +239,9 @@ def _as_state_dict(obj) -> tuple[dict, str | None] | None:
 def load_checkpoint(path: str, arch: str | None = None, trust: bool = False) -> Checkpoint:
     """Load a checkpoint in any of the three accepted forms (see the module docstring)."""
     data = _read_bytes(path)
-    obj, trusted = _torch_load_safe(data, path, trust)
+    from nettrim_cli.export.reader import load_object  # an export loads densified (issue 17)
+
+    obj, trusted = load_object(data, path, trust)
     digest = hashlib.sha256(data).hexdigest()
     if isinstance(obj, nn.Module):
         ckpt = Checkpoint(model=obj, form="module", path=path, trusted=trusted)

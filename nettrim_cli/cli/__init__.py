@@ -16,6 +16,7 @@ import click
 from nettrim_cli import __version__
 from nettrim_cli.cli.dump import dump
 from nettrim_cli.cli.eval import eval_cmd
+from nettrim_cli.cli.export import export
 from nettrim_cli.cli.finetune import finetune
 from nettrim_cli.cli.prune import prune
 from nettrim_cli.cli.report import report
@@ -33,7 +34,7 @@ def main(verbose: bool) -> None:
     warnings.formatwarning = lambda msg, cat, *a, **k: f"nettrim: warning: {msg}\n"
 
 
-for _command in (dump, prune, report, eval_cmd, finetune):
+for _command in (dump, prune, report, eval_cmd, finetune, export):
     main.add_command(_command)
 
 __all__ = ["main", "EXIT_BAD_INPUT"]
