@@ -346,6 +346,11 @@ def test_layers_below_min_sparsity_stay_dense():
     assert isinstance(sparse_model(pruned_mlp((40, 5), 0.9)[0]), SparseLinear)
 
 
+def test_half_precision_layers_stay_dense():
+    model = pruned_mlp((40, 30, 5), 0.9).to(torch.bfloat16)
+    assert not any(isinstance(m, SparseLinear) for m in sparse_model(model).modules())
+
+
 def test_sparse_model_of_a_densified_export(tmp_path):
     dense = pruned_mlp((784, 300, 10), 0.95)
     torch.save(dense, tmp_path / "p.pt")

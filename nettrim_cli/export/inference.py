@@ -24,6 +24,8 @@ from torch import nn
 # make bench: at 80% zeros the sparse product was slower than dense at every batch size on
 # the 2-core machine but one (0.76-1.05x), at 90% faster at every one (1.3-1.7x)
 DEFAULT_MIN_SPARSITY = 0.85
+# the dtypes scipy's kernel and torch's sparse CSR product both take on CPU
+KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
 def _matvec_kernel():
@@ -65,7 +67,7 @@ class SparseLinear(nn.Module):
         # numpy views of the same memory for the one-sample kernel
         self._np = (self.crow.numpy(), self.col.numpy(), self.values.numpy())
         self._bias_np = None if self.bias is None else self.bias.to(self.values.dtype).numpy()
-        self._kernel = _matvec_kernel()
+        self._kernel = _matvec_kernel() if self.values.dtype in KERNEL_DTYPES else None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> SparseLinear:
@@ -150,7 +152,8 @@ def weight_sparsity(weight: torch.Tensor) -> float:
 def sparse_model(model: nn.Module, min_sparsity: float = DEFAULT_MIN_SPARSITY,
                  inplace: bool = False) -> nn.Module:
     """``model`` with each ``nn.Linear`` whose weight is at least ``min_sparsity`` zeros
-    replaced by a SparseLinear (a copy unless ``inplace``); for CPU inference. Runs of sparse
+    replaced by a SparseLinear (a copy unless ``inplace``); for CPU inference. float16 and
+    bfloat16 layers stay dense (no CPU sparse kernel takes them). Runs of sparse
     layers and ReLUs inside an ``nn.Sequential`` become one SparseChain.
 
     Args:
@@ -167,11 +170,14 @@ def sparse_model(model: nn.Module, min_sparsity: float = DEFAULT_MIN_SPARSITY,
     """
     if not inplace:
         model = copy.deepcopy(model)
+    def worth(mod: nn.Module) -> bool:
+        return type(mod) is nn.Linear and mod.weight.dtype in KERNEL_DTYPES and \
+            weight_sparsity(mod.weight) >= min_sparsity
+
     if type(model) is nn.Linear:
-        return SparseLinear.from_linear(model).eval() \
-            if weight_sparsity(model.weight) >= min_sparsity else model.eval()
+        return SparseLinear.from_linear(model).eval() if worth(model) else model.eval()
     for name, mod in list(model.named_modules()):
-        if type(mod) is nn.Linear and weight_sparsity(mod.weight) >= min_sparsity:
+        if worth(mod):
             model.set_submodule(name, SparseLinear.from_linear(mod))
     for mod in list(model.modules()):
         if isinstance(mod, nn.Sequential):
