@@ -141,6 +141,10 @@ TORCH_EDITS = {
     "mask bit flipped": lambda doc: _entry(doc)["mask"].__setitem__(
         0, _entry(doc)["mask"][0] ^ 0x01),
     "mask not uint8": lambda doc: _entry(doc).__setitem__("mask", _entry(doc)["mask"].long()),
+    "values of another dtype": lambda doc: _entry(doc).__setitem__(
+        "values", _entry(doc)["values"].double()),
+    "dense entry of another dtype": lambda doc: doc["state_dict"].__setitem__(
+        "1.bias", doc["state_dict"]["1.bias"].long()),
     "values 2-D": lambda doc: _entry(doc).__setitem__("values", _entry(doc)["values"][None]),
     "shape too large": lambda doc: _entry(doc).__setitem__("shape", [300000, 60000]),
     "shape transposed": lambda doc: _entry(doc).__setitem__("shape", [6, 3]),

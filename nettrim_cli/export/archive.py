@@ -142,8 +142,16 @@ def _refill(skeleton: bytes, sd: dict, path: str, trust: bool) -> tuple[nn.Modul
         raise BadInput(f"damaged export: the module skeleton is a {type(model).__name__}, not "
                        "an nn.Module", path)
     try:
+        # assign=True takes the tensors as they are: a dtype the module did not have is refused
+        wanted = {k: v.dtype for k, v in model.state_dict().items()}
+        odd = next((k for k, v in sd.items() if k in wanted and v.dtype != wanted[k]), None)
+        if odd is not None:
+            raise BadInput(f"damaged export: tensor {odd!r} is {sd[odd].dtype}, the module "
+                           f"holds {wanted[odd]}", path)
         model.load_state_dict(sd, strict=True, assign=True)
         left = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    except BadInput:
+        raise
     except Exception as e:  # noqa: BLE001 - a damaged skeleton fails in many ways
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         why = (lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__)[:200]
