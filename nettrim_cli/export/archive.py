@@ -31,6 +31,7 @@ SD_KEYS = (None, "state_dict", "model")  # as checkpoint.STATE_DICT_KEYS, plus a
 # Modules whose weight is stored sparse when it holds zeros: every layer kind a pruning tool
 # zeroes (Net-Trim's Linear, and conv weights that other tools prune), not only layers.KINDS.
 SPARSE_MODULES: tuple[type, ...] = (nn.Linear, nn.modules.conv._ConvNd)
+MODULE_INTERNALS = frozenset(nn.Module().__dict__)  # what every nn.Module instance holds
 
 
 @dataclass
@@ -142,6 +143,13 @@ def _refill(skeleton: bytes, sd: dict, path: str, trust: bool) -> tuple[nn.Modul
         raise BadInput(f"damaged export: the module skeleton is a {type(model).__name__}, not "
                        "an nn.Module", path)
     try:
+        # a damaged pickle can build a module that lacks nn.Module's own internals (its hook
+        # tables, say), which only fails later, when something registers a hook
+        broken = next((type(m).__name__ for m in model.modules()
+                       if not MODULE_INTERNALS <= m.__dict__.keys()), None)
+        if broken is not None:
+            raise BadInput(f"damaged export: a {broken} in the module skeleton lacks "
+                           "nn.Module's internals", path)
         # assign=True takes the tensors as they are: a dtype the module did not have is refused
         wanted = {k: v.dtype for k, v in model.state_dict().items()}
         odd = next((k for k, v in sd.items() if k in wanted and v.dtype != wanted[k]), None)

@@ -67,6 +67,9 @@ def check_meta(meta: object, path: str) -> dict:
     """The export description, checked field by field."""
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise damaged(f"its description is not a {FORMAT!r} record", path)
+    missing = sorted({"version", "encoding", "form", "sd_key", "container_keys"} - set(meta))
+    if missing:
+        raise damaged(f"its description lacks {', '.join(missing)}", path)
     if meta.get("version") != VERSION:
         raise BadInput(f"export version {meta.get('version')!r} is not supported (this nettrim "
                        f"reads version {VERSION})", path)
