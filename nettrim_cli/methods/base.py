@@ -78,11 +78,10 @@ class MethodResult:
 @dataclass
 class RunHooks:
     """How a method reports progress: on_layer(index, count, name) before each unit,
-    on_columns(stage, done, total) within one; note(text) for one line to the user."""
+    on_columns(stage, done, total) within one. One-line messages go through ``Method.note``."""
 
     on_layer: Callable[[int, int, str], None] | None = None
     on_columns: Progress | None = None
-    note: Callable[[str], None] = lambda text: None
 
 
 class Method:

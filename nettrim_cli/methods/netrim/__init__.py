@@ -10,7 +10,7 @@ from nettrim_cli import __version__
 from nettrim_cli.checkpoint import Checkpoint
 from nettrim_cli.dump import DumpReader
 from nettrim_cli.errors import BadInput, NettrimError
-from nettrim_cli.methods.base import LayerResult, Method, MethodResult, RunHooks
+from nettrim_cli.methods.base import Method, MethodResult, RunHooks
 from nettrim_cli.methods.netrim.bounds import network_figures
 from nettrim_cli.methods.netrim.schedule import check_settings, run_in_order
 from nettrim_cli.methods.netrim.settings import CASCADE, PARALLEL, PruneSettings
@@ -47,14 +47,11 @@ def prune(ckpt: Checkpoint, dump: DumpReader, settings: PruneSettings, solver: L
         layers = run_on_ray(ckpt, dump, settings, solver, on_layer, workdir)
     else:
         layers = run_in_order(ckpt, dump, settings, solver, on_layer, progress, workdir)
-    network = network_figures(ckpt, ckpt.layers, dump.inputs(), _weights(layers), layers,
-                              settings)
-    return MethodResult(method="netrim", mode=settings.mode, settings={}, layers=layers,
-                        network=network)
-
-
-def _weights(layers: list[LayerResult]) -> dict:
-    return {o.info.name: (o.W, o.b) for o in layers}
+    result = MethodResult(method="netrim", mode=settings.mode, settings={}, layers=layers,
+                          network={})
+    result.network = network_figures(ckpt, ckpt.layers, dump.inputs(), result.weights, layers,
+                                     settings)
+    return result
 
 
 class NetTrim(Method):
