@@ -49,15 +49,21 @@ def preset_names() -> list[str]:
     return sorted(f.stem for f in PRESETS.glob("*.toml"))
 
 
+def resolve_preset(path: str) -> str:
+    """``path`` itself, or the shipped preset file when it is a bare preset name (``fast``)
+    and no such file exists here."""
+    if not Path(path).exists() and PRESETS.joinpath(f"{path}.toml").is_file():
+        return str(PRESETS / f"{path}.toml")
+    return path
+
+
 def load_config(path: str | None) -> dict[str, Any]:
     """Read and validate a TOML preset; returns a nested dict (empty without a path). A bare
     name that is not a file (``fast``, ``cascade``, ...) is one of the presets shipped in the
     package (nettrim_cli/presets/, also reachable as configs/ in a checkout)."""
     if path is None:
         return {}
-    p = Path(path)
-    if not p.exists() and PRESETS.joinpath(f"{path}.toml").is_file():
-        p = PRESETS / f"{path}.toml"
+    p = Path(resolve_preset(path))
     if not p.exists():
         raise BadInput(f"no such config file (presets: {', '.join(preset_names())})", path)
     if p.is_dir():

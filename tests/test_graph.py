@@ -89,3 +89,16 @@ def test_untraceable_model_falls_back_to_hooks_and_says_so():
 def test_presets_resolve_by_name_from_the_package():
     assert {"fast", "cascade", "parallel", "demo"} <= set(preset_names())
     assert load_config("fast") == load_config("configs/fast.toml")
+
+
+def test_prune_with_a_preset_name_records_the_preset_file(env):
+    import json
+
+    from conftest import invoke
+
+    out, rep = env.out / "p.pt", env.out / "r.json"
+    r = invoke("prune", env.a.model, "--acts", env.a.acts, "--config", "parallel", "-o", out,
+               "--report", rep, "-q")
+    assert r.exit_code == 0, r.stderr
+    recorded = json.loads(rep.read_text())["inputs"]["config"]["path"]
+    assert recorded.endswith("presets/parallel.toml")

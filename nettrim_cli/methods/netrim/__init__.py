@@ -72,7 +72,11 @@ class NetTrim(Method):
         self.flags = {"mode": mode, "epsilon": epsilon, "gamma": gamma, "lambda": lam,
                       "scope": scope, "solver": solver, "workers": workers,
                       "executor": executor, "address": address, "osqp_algebra": osqp_algebra}
-        self.config_path, self.device, self.dtype = config_path, device, dtype
+        from nettrim_cli.config import resolve_preset
+
+        # a preset name is recorded (report inputs, output checks) as the file it names
+        self.config_path = resolve_preset(config_path) if config_path else None
+        self.device, self.dtype = device, dtype
         self.workdir_path, self.resume, self.strict = workdir, resume, strict
         self.work: WorkDir | None = None
 
