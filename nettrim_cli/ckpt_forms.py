@@ -29,6 +29,7 @@ from nettrim_cli.errors import BadInput
 STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model_state", "model", "net", "network",
                    "module", "weights", "params")
 MAX_LISTED = 12  # keys named in an error line
+MAX_HEADER = 100_000_000  # the largest header the safetensors format allows
 
 
 @dataclass
@@ -135,11 +136,13 @@ def optimizer_note(path: str, keys: list[str]) -> str:
 
 
 def sniff_safetensors(data: bytes) -> bool:
-    """Whether ``data`` starts like a safetensors file (8-byte header size, then '{')."""
-    if len(data) < 10:
+    """Whether ``data`` starts like a safetensors file: an 8-byte little-endian header size
+    (at most the format's 100 MB), then '{'. Neither a torch.save zip nor a pickle starts so;
+    a truncated safetensors file still does, and is then refused as one."""
+    if len(data) < 9:
         return False
     n = int.from_bytes(data[:8], "little")
-    return 2 <= n <= len(data) - 8 and data[8:9] == b"{"
+    return 2 <= n <= MAX_HEADER and data[8:9] == b"{"
 
 
 def safetensors_metadata(data: bytes) -> dict | None:

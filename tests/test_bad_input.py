@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TESTS_DIR, Env, assert_refused, invoke
+from safetensors.torch import save as st_save
 from torch import nn
 
 # ----------------------------------------------------------------------------------------------
@@ -828,6 +829,148 @@ def layer_no_linear(e):
     return Expect(dump_argv(e, model=p), [p, "no Linear"])
 
 
+# --- checkpoint forms (issue 14) ----------------------------------------------------------
+
+
+def _tiny_sd() -> dict:
+    torch.manual_seed(0)
+    return archs.tiny().state_dict()
+
+
+def _st(e: Env, name: str, tensors: dict, **kw) -> Path:
+    return e.write(name, st_save({k: v.contiguous() for k, v in tensors.items()}, **kw))
+
+
+def _damaged_module(e: Env, edit: Callable[[nn.Module], None]) -> Path:
+    """A module pickle whose Linear lost (or has a wrong) part of nn.Module's internals: it
+    loads, and used to fail only when tracing registered a hook (exit 1)."""
+    torch.manual_seed(0)
+    m = archs.tiny()
+    edit(m[3])
+    return e.save("model.pt", m)
+
+
+@case("checkpoint form")
+def form_dict_without_state_dict(e):
+    p = e.save("model.pt", {"epoch": 3, "optimizer_state_dict": {"state": {},
+                                                                 "param_groups": []}})
+    return Expect(dump_argv(e, model=p, extra=["--arch", ARCH + "tiny"]),
+                  [p, "'epoch' (int)", "'optimizer_state_dict' (dict)", "model_state_dict"])
+
+
+@case("checkpoint form")
+def form_two_state_dicts_no_common_key(e):
+    p = e.save("model.pt", {"gen": _tiny_sd(), "disc": _tiny_sd()})
+    return Expect(dump_argv(e, model=p, extra=["--arch", ARCH + "tiny"]),
+                  [p, "2 state_dicts", "'gen'", "'disc'"])
+
+
+@case("checkpoint form")
+def form_module_under_a_key(e):
+    torch.manual_seed(0)
+    p = e.save("model.pt", {"model": archs.tiny(), "epoch": 1})
+    return Expect(dump_argv(e, model=p), [p, "nn.Module under 'model'"])
+
+
+@case("checkpoint form")
+def form_tutorial_without_arch(e):
+    p = e.save("model.pt", {"epoch": 3, "model_state_dict": _tiny_sd()})
+    return Expect(prune_argv(e, model=p), [p, "'model_state_dict'", "--arch"])
+
+
+@case("checkpoint form")
+def form_tutorial_other_arch(e):
+    p = e.save("model.pt", {"epoch": 3, "model_state_dict": _tiny_sd()})
+    return Expect(dump_argv(e, model=p, extra=["--arch", ARCH + "wider"]), [p, "wider"])
+
+
+@case("checkpoint form")
+def form_tutorial_nan_finetune(e):
+    sd = _tiny_sd()
+    sd["1.weight"][0, 0] = float("nan")
+    p = e.save("model.pt", {"epoch": 3, "model_state_dict": sd})
+    return Expect(["finetune", p, "--arch", ARCH + "tiny", "--data", e.a.acts, "--epochs", "1",
+                   "-o", e.out / "tuned.pt"], [p, "NaN or Inf", "1.weight"])
+
+
+@case("checkpoint form")
+def form_export_container_key_not_a_string(e):
+    sd = _tiny_sd()
+    sd["1.weight"][0] = 0.0
+    p = e.save("model.pt", {1: sd, "epoch": 3})
+    return Expect(["export", p, "--arch", ARCH + "tiny", "-o", e.out / "x.pt"],
+                  [p, "not a string"])
+
+
+@case("checkpoint form")
+def safetensors_without_arch(e):
+    p = _st(e, "model.safetensors", _tiny_sd())
+    return Expect(dump_argv(e, model=p), [p, "--arch"])
+
+
+@case("checkpoint form")
+def safetensors_truncated(e):
+    full = _st(e, "full.safetensors", _tiny_sd())
+    p = half(e, full, "model.safetensors")
+    return Expect(prune_argv(e, model=p, extra=["--arch", ARCH + "tiny"]),
+                  [p, "not a readable safetensors file"])
+
+
+@case("checkpoint form")
+def safetensors_header_not_json(e):
+    data = bytearray(_st(e, "full.safetensors", _tiny_sd()).read_bytes())
+    data[9:14] = b"#####"
+    p = e.write("model.safetensors", bytes(data))
+    return Expect(dump_argv(e, model=p, extra=["--arch", ARCH + "tiny"]),
+                  [p, "not a readable safetensors file"])
+
+
+@case("checkpoint form")
+def safetensors_no_tensors(e):
+    p = e.write("model.safetensors", st_save({}))
+    return Expect(dump_argv(e, model=p, extra=["--arch", ARCH + "tiny"]), [p, "no tensors"])
+
+
+@case("checkpoint form")
+def safetensors_other_model(e):
+    p = _st(e, "model.safetensors", archs.wider().state_dict())
+    return Expect(dump_argv(e, model=p, extra=["--arch", ARCH + "tiny"]), [p, "does not fit"])
+
+
+@case("checkpoint form")
+def safetensors_inf_prune(e):
+    sd = _tiny_sd()
+    sd["3.bias"][1] = float("inf")
+    p = _st(e, "model.safetensors", sd)
+    return Expect(prune_argv(e, model=p, extra=["--arch", ARCH + "tiny"]),
+                  [p, "NaN or Inf", "3.bias"])
+
+
+@case("checkpoint form")
+def damaged_module_lacks_hooks_dump(e):
+    p = _damaged_module(e, lambda m: m.__dict__.pop("_forward_hooks"))
+    return Expect(dump_argv(e, model=p), [p, "damaged checkpoint", "'3'", "_forward_hooks"])
+
+
+@case("checkpoint form")
+def damaged_module_lacks_hooks_prune(e):
+    p = _damaged_module(e, lambda m: m.__dict__.pop("_forward_hooks"))
+    return Expect(prune_argv(e, model=p), [p, "damaged checkpoint", "_forward_hooks"])
+
+
+@case("checkpoint form")
+def damaged_module_hooks_wrong_type(e):
+    p = _damaged_module(e, lambda m: m.__dict__.__setitem__("_forward_pre_hooks", 7))
+    return Expect(dump_argv(e, model=p), [p, "damaged checkpoint", "_forward_pre_hooks"])
+
+
+@case("checkpoint form")
+def arch_module_not_in_current_directory(e):
+    return Expect(dump_argv(e, model=e.a.sd, extra=["--arch", "nt_no_such_models:make"]),
+                  ["nt_no_such_models:make", "'nt_no_such_models'", "current directory",
+                   os.getcwd()])
+
+
 # --- configs ------------------------------------------------------------------------------
 
 
@@ -1006,7 +1149,8 @@ PERMISSIONS_ENFORCED = _permissions_enforced()
 # and all, with no pytest in between.
 SUBPROCESS_CASES = [BY_ID[i] for i in ("dump_missing_model", "pickle_exploit_plain_protocol5",
                                        "acts_truncated", "config_invalid_toml",
-                                       "layer_lstm_state_dict")]
+                                       "layer_lstm_state_dict",
+                                       "damaged_module_lacks_hooks_prune")]
 
 
 def _snapshot(paths: list[Path]) -> dict[Path, bytes]:
