@@ -303,7 +303,7 @@ def module_damage(model: nn.Module) -> str | None:
                      if k in state and not isinstance(state[k], want))
         if missing or odd:
             what = f"lacks {', '.join(missing[:3])}" if missing else \
-                f"holds a {type(state[odd[0]]).__name__} as {odd[0]}"
+                f"holds a {type(state[odd[0]]).__name__} object as {odd[0]}"
             return f"{where} ({type(mod).__name__}) {what}, part of nn.Module's internals"
         for child_name, child in state["_modules"].items():
             if child is None:
