@@ -971,6 +971,79 @@ def arch_module_not_in_current_directory(e):
                    os.getcwd()])
 
 
+# --- exports (issue 17) -------------------------------------------------------------------
+
+
+def _pruned_tiny(e: Env, name: str = "pruned.pt") -> Path:
+    torch.manual_seed(0)
+    m = archs.tiny()
+    with torch.no_grad():
+        for lin in (m[1], m[3]):
+            lin.weight[lin.weight.abs() < 0.25] = 0.0
+    return e.save(name, m)
+
+
+def _tampered_export(e: Env, edit: Callable[[dict], None]) -> Path:
+    """A torch-format export of a pruned tiny model, loaded, edited and saved again."""
+    src = _pruned_tiny(e)
+    exp = e.path("pruned.sparse.pt")
+    r = invoke("export", src, "-o", exp)
+    assert r.exit_code == 0, r.stderr
+    doc = torch.load(exp, weights_only=True)
+    edit(doc["state_dict"]["3.weight"])  # 3 x 6 entries: 3 mask bytes, 6 spare bits
+    return e.save("tampered.pt", doc)
+
+
+@case("bad export input")
+def export_unpruned_checkpoint(e):
+    return Expect(["export", e.a.model, "-o", e.out / "x.pt"], [e.a.model, "not pruned"])
+
+
+@case("bad export input")
+def export_unknown_format(e):
+    p = _pruned_tiny(e)
+    return Expect(["export", p, "-o", e.out / "x.pt", "--format", "zip"], ["zip"])
+
+
+@case("bad export input")
+def export_output_exists(e):
+    p = _pruned_tiny(e)
+    out = e.out / "x.pt"
+    out.write_bytes(b"precious")
+    return Expect(["export", p, "-o", out], [out, "--force"], keep={"x.pt": b"precious"})
+
+
+@case("bad export input")
+def export_over_its_input(e):
+    p = _pruned_tiny(e)
+    return Expect(["export", p, "-o", p, "--force"], [p, "input"], unchanged=[p])
+
+
+@case("bad export input")
+def export_tampered_mask_past_the_end(e):
+    """The bitmask's 'index out of range': a keep bit past the weight's last entry."""
+    def edit(w):
+        w["mask"][-1] |= 0x80
+        w["values"] = torch.cat([w["values"], torch.ones(1)])
+    p = _tampered_export(e, edit)
+    return Expect(["eval", p, "--data", e.a.acts, "-o", e.out / "e.json"],
+                  [p, "damaged export", "past the last entry"])
+
+
+@case("bad export input")
+def export_tampered_values_length(e):
+    p = _tampered_export(e, lambda w: w.__setitem__("values", w["values"][:-1]))
+    return Expect(["eval", p, "--data", e.a.acts, "-o", e.out / "e.json"],
+                  [p, "damaged export", "values are stored"])
+
+
+@case("bad export input")
+def export_tampered_shape(e):
+    p = _tampered_export(e, lambda w: w.__setitem__("shape", [6, 5]))
+    return Expect(["dump", p, "--inputs", e.a.calib, "-o", e.out / "acts.h5"],
+                  [p, "damaged export"])
+
+
 # --- configs ------------------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ from nettrim_cli.checkpoint import load_checkpoint, module_damage
 from nettrim_cli.ckpt_forms import clear_optimizer_state, find_state_dict, fit_prefix
 from nettrim_cli.errors import BadInput
 from nettrim_cli.export import sparse_model
+from nettrim_cli.export.formats import SafetensorsFormat
 
 ARCH = "nettrim_test_archs:tiny"
 
@@ -150,6 +151,9 @@ def test_safetensors_finetune_and_export_keep_the_form(assets, reference, tmp_pa
     _ok("finetune", pruned, "--arch", ARCH, "--data", data, "--epochs", "1", "-o", tuned, "-q")
     with safe_open(str(tuned), "pt") as f:
         assert f.metadata() == {"made_by": "a training script"}
+    default = tmp_path / "export.out"  # no --format: a safetensors input exports as one
+    r = _ok("export", pruned, "--arch", ARCH, "-o", default)
+    assert "(safetensors)" in r.stderr and SafetensorsFormat.sniff(default.read_bytes())
     for fmt in ("torch", "safetensors"):
         out = tmp_path / f"export.{fmt}"
         _ok("export", pruned, "--arch", ARCH, "-o", out, "--format", fmt)
