@@ -53,7 +53,8 @@ ALLOWED_MODULES: tuple[type, ...] = (
     nn.Softmax, nn.LogSoftmax,
 )
 __all__ = ["ALLOWED_MODULES", "STATE_DICT_KEYS", "Checkpoint", "build_arch", "load_checkpoint",
-           "module_damage", "pruned_copy", "save_checkpoint", "set_layer_weights"]
+           "module_damage", "pruned_copy", "read_state_dict", "save_checkpoint",
+           "set_layer_weights"]
 MODULE_INTERNALS = frozenset(nn.Module().__dict__)  # what every nn.Module instance holds
 # the internals' types: the hook and tensor tables are dicts, the flags what they are
 _INTERNAL_TYPES: dict[str, type] = {
@@ -280,6 +281,23 @@ def _as_state_dict(obj) -> tuple[dict, str | None] | None:
         return find_state_dict(obj, "")
     except BadInput:
         return None
+
+
+def read_state_dict(path: str, trust: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file in any accepted form, by the model's own names, without
+    building the model (no ``--arch``): a module's state_dict, the state_dict found in a dict
+    (ckpt_forms.find_state_dict), a safetensors file's tensors, an export densified; a
+    ``module.`` or ``_orig_mod.`` prefix on every key is dropped."""
+    from nettrim_cli.export.reader import load_object  # checkpoint is imported by export
+
+    obj, _ = load_object(_read_bytes(path), path, trust)
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    sd = obj.tensors if isinstance(obj, SafetensorsFile) else find_state_dict(obj, path)[0]
+    for prefix in ("module.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
 
 
 def module_damage(model: nn.Module) -> str | None:

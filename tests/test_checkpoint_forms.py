@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 from test_export import pruned_mlp, same_state
 
-from nettrim_cli.checkpoint import load_checkpoint, module_damage
+from nettrim_cli.checkpoint import load_checkpoint, module_damage, read_state_dict
 from nettrim_cli.ckpt_forms import clear_optimizer_state, find_state_dict, fit_prefix
 from nettrim_cli.errors import BadInput
 from nettrim_cli.export import sparse_model
@@ -305,3 +305,27 @@ def test_sparse_model_predicts_what_the_dense_one_does(batch, sparse_files):
         got = torch.cat([fast(xt[i:i + batch]) for i in range(0, len(xt), batch)])
     assert torch.equal(dense.argmax(1), got.argmax(1))
     assert torch.allclose(dense, got, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the tensors without --arch (nettrim report --checkpoint)
+
+
+@pytest.mark.parametrize("form", ["tutorial", "net_key", "only_tensor_dict", "compile_prefix",
+                                  "safetensors"])
+def test_read_state_dict_without_arch(form, assets, tmp_path):
+    model = torch.load(assets.model, weights_only=False)
+    src = _write(form, _forms(model)[form], tmp_path / "in.pt")
+    assert same_state(dict(sorted(read_state_dict(str(src)).items())),
+                      dict(sorted(model.state_dict().items())))
+
+
+def test_report_plots_the_pattern_of_a_safetensors_prune(assets, tmp_path):
+    pytest.importorskip("matplotlib")
+    sd = torch.load(assets.model, weights_only=False).state_dict()
+    src = _write("safetensors", sd, tmp_path / "in.pt")
+    out, rep, figs = tmp_path / "p.safetensors", tmp_path / "r.json", tmp_path / "figs"
+    _ok("prune", src, "--arch", ARCH, "--acts", assets.acts, "-o", out, "--report", rep, "-q")
+    _ok("report", rep, "--plot", figs, "--checkpoint", out)
+    assert sorted(p.name for p in figs.iterdir()) == ["discrepancy.png", "pattern_1.png",
+                                                       "pattern_3.png", "sparsity.png"]
