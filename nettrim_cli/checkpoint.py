@@ -3,6 +3,7 @@
 Accepted forms:
   (a) a whole ``nn.Module`` saved with ``torch.save``, built from standard torch.nn layers:
       loaded with ``weights_only=True`` and an allowlist of those classes;
+  (a') the same module under a common key of a dict (``{"model": module, "epoch": 3}``);
   (b) a state_dict with ``--arch package.module:factory`` that builds the module: plain, under
       a common key of a dict holding other entries (epoch, optimizer state, ...), or the only
       dict of tensors in one; keys may carry one prefix (``module.``); a ``.safetensors`` file
@@ -36,6 +37,7 @@ from nettrim_cli.ckpt_forms import (
     STATE_DICT_KEYS,
     SafetensorsFile,
     clear_optimizer_state,
+    find_module,
     find_state_dict,
     fit_prefix,
     optimizer_note,
@@ -69,8 +71,8 @@ class Checkpoint:
     model: nn.Module
     form: str  # "module" or "state_dict"
     path: str
-    container: object = None  # the loaded object for state_dict form (dict, maybe wrapped)
-    sd_key: str | None = None  # the container's key holding the state_dict, when wrapped
+    container: object = None  # the loaded dict holding the state_dict (or the module)
+    sd_key: str | None = None  # the container's key holding the state_dict or module
     prefix: str = ""  # e.g. "module." when the keys carry a DataParallel prefix
     trusted: bool = False
     file_format: str = "torch"  # "torch" (torch.save) or "safetensors"
@@ -291,8 +293,9 @@ def read_state_dict(path: str, trust: bool = False) -> dict[str, torch.Tensor]:
     from nettrim_cli.export.reader import load_object  # checkpoint is imported by export
 
     obj, _ = load_object(_read_bytes(path), path, trust)
-    if isinstance(obj, nn.Module):
-        return obj.state_dict()
+    key = find_module(obj)
+    if isinstance(obj, nn.Module) or key is not None:
+        return (obj if key is None else obj[key]).state_dict()
     sd = obj.tensors if isinstance(obj, SafetensorsFile) else find_state_dict(obj, path)[0]
     for prefix in ("module.", "_orig_mod."):
         if all(k.startswith(prefix) for k in sd):
@@ -368,8 +371,12 @@ def load_checkpoint(path: str, arch: str | None = None, trust: bool = False) -> 
 
     obj, trusted = load_object(data, path, trust)
     digest = hashlib.sha256(data).hexdigest()
+    key = find_module(obj)
     if isinstance(obj, nn.Module):
         ckpt = Checkpoint(model=obj, form="module", path=path, trusted=trusted)
+    elif key is not None:  # {"model": module, "epoch": ...}: written back the same way
+        ckpt = Checkpoint(model=obj[key], form="module", path=path, container=obj, sd_key=key,
+                          trusted=trusted)
     else:
         ckpt = _fit_state_dict(obj, path, arch, trusted)
     ckpt.sha256 = digest
@@ -447,8 +454,13 @@ def save_checkpoint(ckpt: Checkpoint, model: nn.Module, dest) -> list[str]:
     depend only on the weights (see _save_bytes).
     """
     if ckpt.form == "module":
-        _save_bytes(model, dest)
-        return []
+        if ckpt.sd_key is None:
+            _save_bytes(model, dest)
+            return []
+        out, cleared = clear_optimizer_state(ckpt.container, ckpt.sd_key)
+        out[ckpt.sd_key] = model
+        _save_bytes(out, dest)
+        return [optimizer_note(ckpt.path, cleared)] if cleared else []
     sd = {ckpt.prefix + k: v.detach().clone() for k, v in model.state_dict().items()}
     if ckpt.file_format == "safetensors":
         data = safetensors_bytes(sd, ckpt.metadata)

@@ -2,7 +2,8 @@
 
 A training script saves its weights in one of a few ways (issue 14):
   - the state_dict itself, ``{name: tensor}``;
-  - a dict holding it under a common key next to other entries, as the PyTorch tutorials do:
+  - a dict holding it (or a whole module) under a common key next to other entries, as the
+    PyTorch tutorials do:
     ``{"epoch": 3, "model_state_dict": ..., "optimizer_state_dict": ...}`` (``find_state_dict``
     looks under ``STATE_DICT_KEYS`` in that order, then for the one value that is a dict of
     tensors);
@@ -79,11 +80,25 @@ def find_state_dict(obj: object, path: str) -> tuple[dict, str | None]:
                        f"common key ({accepted}); save the one to prune on its own", path)
     modules = [k for k, v in obj.items() if isinstance(v, torch.nn.Module)]
     if modules:
-        raise BadInput(f"checkpoint holds a whole nn.Module under {modules[0]!r}; save the "
-                       "module itself or its state_dict()", path)
+        raise BadInput(f"checkpoint holds {len(modules)} nn.Modules "
+                       f"({', '.join(map(repr, modules[:MAX_LISTED]))}) and none under a common "
+                       f"key ({accepted}); save the one to prune on its own", path)
     raise BadInput(f"no state_dict in the checkpoint: found {_describe(obj)}; a state_dict "
                    f"(a dict of tensors) is looked for under {accepted}, or as the only dict "
                    "of tensors", path)
+
+
+def find_module(obj: object) -> str | None:
+    """The key of a dict holding a whole ``nn.Module`` under a common key (or as its only
+    module), as ``torch.save({"model": model, "epoch": 3})`` makes, else None. A dict that
+    also holds a state_dict is a state_dict checkpoint (find_state_dict)."""
+    if not isinstance(obj, dict) or any(is_tensor_dict(v) for v in obj.values()):
+        return None
+    for key in STATE_DICT_KEYS:
+        if isinstance(obj.get(key), torch.nn.Module):
+            return key
+    modules = [k for k, v in obj.items() if isinstance(v, torch.nn.Module)]
+    return modules[0] if len(modules) == 1 else None
 
 
 def fit_prefix(keys: list[str], wanted: set[str]) -> str | None:

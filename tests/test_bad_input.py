@@ -866,10 +866,10 @@ def form_two_state_dicts_no_common_key(e):
 
 
 @case("checkpoint form")
-def form_module_under_a_key(e):
+def form_two_modules_no_common_key(e):
     torch.manual_seed(0)
-    p = e.save("model.pt", {"model": archs.tiny(), "epoch": 1})
-    return Expect(dump_argv(e, model=p), [p, "nn.Module under 'model'"])
+    p = e.save("model.pt", {"student": archs.tiny(), "teacher": archs.tiny(), "epoch": 1})
+    return Expect(dump_argv(e, model=p), [p, "2 nn.Modules", "'student'", "'teacher'"])
 
 
 @case("checkpoint form")

@@ -216,6 +216,30 @@ def test_damaged_module_is_named_and_a_sound_one_passes():
     assert "module '3'" in module_damage(m) and "_forward_hooks" in module_damage(m)
 
 
+def test_module_under_a_key_dump_prune_eval_export(assets, reference, tmp_path):
+    """``torch.save({"model": model, "epoch": 3, "optimizer": ...})``: no --arch needed; the
+    output holds the pruned module under the same key, the other entries as they were (the
+    optimizer's per-weight state cleared)."""
+    ref_sd, data = reference
+    model = torch.load(assets.model, weights_only=False)
+    src = tmp_path / "in.pt"
+    torch.save({"epoch": 3, "model": model, "optimizer": _adam_state(archs.tiny())}, src)
+    acts, out = tmp_path / "acts.h5", tmp_path / "pruned.pt"
+    _ok("dump", src, "--inputs", assets.calib, "-o", acts)
+    r = _ok("prune", src, "--acts", acts, "-o", out, "-q")
+    assert "'optimizer' written to the output" in r.stderr
+    _ok("eval", out, "--data", data)
+    written = torch.load(out, weights_only=False)  # our own file
+    assert list(written) == ["epoch", "model", "optimizer"] and written["epoch"] == 3
+    assert isinstance(written["model"], torch.nn.Sequential)
+    assert same_state(written["model"].state_dict(), ref_sd)
+    exported = tmp_path / "pruned.sparse.pt"
+    _ok("export", out, "-o", exported)
+    back = load_checkpoint(str(exported))
+    assert back.form == "module" and back.sd_key == "model" and back.container["epoch"] == 3
+    assert same_state(back.model.state_dict(), ref_sd)
+
+
 # ----------------------------------------------------------------------------------------------
 # --arch from the current directory, as `python -m` finds modules
 

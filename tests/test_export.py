@@ -78,7 +78,8 @@ def forms(model: nn.Module) -> dict[str, object]:
             "tutorial": {"epoch": 3, "model_state_dict": sd, "optimizer_state_dict": {
                 "state": {0: {"step": torch.tensor(1.0), "exp_avg": torch.ones(6, 4)}},
                 "param_groups": [{"lr": 0.001, "params": [0, 1, 2, 3]}]}},
-            "only_tensor_dict": {"weights_ema": sd, "config": {"width": 6}}}
+            "only_tensor_dict": {"weights_ema": sd, "config": {"width": 6}},
+            "module_under_key": {"epoch": 3, "model": model}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,12 +119,13 @@ def test_bitmask_is_smaller_than_dense_at_ninety_percent():
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("form", ["module", "state_dict", "wrapped_state_dict", "wrapped_model",
-                                  "dataparallel_prefix", "tutorial", "only_tensor_dict"])
+                                  "dataparallel_prefix", "tutorial", "only_tensor_dict",
+                                  "module_under_key"])
 def test_export_then_densify_gives_the_checkpoint_bit_for_bit(form, fmt, tmp_path):
     obj = forms(pruned_tiny())[form]
     src, out = tmp_path / "pruned.pt", tmp_path / f"pruned.{fmt}"
     torch.save(obj, src)
-    arch = None if form == "module" else ARCH
+    arch = None if form.startswith("module") else ARCH
     export_file(str(src), str(out), fmt, arch=arch)
 
     prefix = "module." if form == "dataparallel_prefix" else ""
@@ -140,7 +142,12 @@ def test_export_then_densify_gives_the_checkpoint_bit_for_bit(form, fmt, tmp_pat
         return
     assert list(densified) == list(obj)  # the container's keys, in order
     sd_key = {"wrapped_state_dict": "state_dict", "wrapped_model": "model",
-              "tutorial": "model_state_dict", "only_tensor_dict": "weights_ema"}.get(form)
+              "tutorial": "model_state_dict", "only_tensor_dict": "weights_ema",
+              "module_under_key": "model"}.get(form)
+    if form == "module_under_key":  # the module, refilled, under its key
+        assert repr(densified["model"]) == repr(obj["model"]) and densified["epoch"] == 3
+        assert same_state(densified["model"].state_dict(), obj["model"].state_dict())
+        return
     assert same_state(densified[sd_key] if sd_key else densified, obj[sd_key] if sd_key else obj)
     for k in obj:
         if k != sd_key and sd_key:

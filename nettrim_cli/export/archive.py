@@ -4,7 +4,8 @@ An ``Export`` is the checkpoint's state_dict in its own order, with each pruned 
 Linear or conv weight holding zeros, when the bitmask encoding is smaller) as a SparseWeight
 and every other tensor as it was, plus what is needed to give back the checkpoint's form:
   - a whole ``nn.Module``: the module with its state on the meta device (a skeleton, a few
-    KB: structure without data), refilled with ``load_state_dict(assign=True)``;
+    KB: structure without data), refilled with ``load_state_dict(assign=True)``; a module
+    under a key of a container also keeps the other entries, as below;
   - a state_dict under a key of a container (``{"model_state_dict": ..., "epoch": 3}``, any
     key ckpt_forms.find_state_dict accepts): the other entries and the container's key order;
   - a plain state_dict: nothing more.
@@ -65,7 +66,11 @@ class Export:
                     raise BadInput(f"damaged export: weight {name!r}: {e}", path) from e
             sd[name] = value
         if self.form == "module":
-            return _refill(self.skeleton or b"", sd, path, trust)
+            model, trusted = _refill(self.skeleton or b"", sd, path, trust)
+            if self.sd_key is None:
+                return model, trusted
+            return {k: model if k == self.sd_key else self.extra[k]
+                    for k in self.container_keys}, trusted
         if self.sd_key is None:
             return sd, False
         return {k: sd if k == self.sd_key else self.extra[k] for k in self.container_keys}, False
@@ -78,7 +83,7 @@ def export_checkpoint(ckpt) -> Export:
     an unpruned model, or one not pruned by nettrim or another tool, has nothing to store
     sparse.
     """
-    if ckpt.form == "module":
+    if ckpt.form == "module":  # a module, maybe under a key of a container
         sd = ckpt.model.state_dict()
         prefix = ""
     else:
@@ -103,12 +108,11 @@ def export_checkpoint(ckpt) -> Export:
         encoded = pack(t) if name in weights else None
         tensors[name] = encoded if encoded and encoded.nbytes < t.numel() * t.element_size() \
             else t.detach()
-    if ckpt.form == "module":
-        return Export(form="module", tensors=tensors, skeleton=_skeleton(ckpt.model))
     keys = list(ckpt.container) if ckpt.sd_key else []
     extra = {k: v for k, v in ckpt.container.items() if k != ckpt.sd_key} if ckpt.sd_key else {}
-    return Export(form="state_dict", tensors=tensors, sd_key=ckpt.sd_key, container_keys=keys,
-                  extra=extra)
+    skeleton = _skeleton(ckpt.model) if ckpt.form == "module" else None
+    return Export(form=ckpt.form, tensors=tensors, sd_key=ckpt.sd_key, container_keys=keys,
+                  extra=extra, skeleton=skeleton)
 
 
 def _skeleton(model: nn.Module) -> bytes:

@@ -78,8 +78,7 @@ def check_meta(meta: object, path: str) -> dict:
     form, sd_key, keys = meta.get("form"), meta.get("sd_key"), meta.get("container_keys")
     if form not in FORMS:
         raise damaged(f"unknown checkpoint form {form!r}", path)
-    if not (sd_key is None or isinstance(sd_key, str)) or (form == "module" and
-                                                           sd_key is not None):
+    if not (sd_key is None or isinstance(sd_key, str)):
         raise damaged(f"state_dict key {sd_key!r} does not fit form {form!r}", path)
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or \
             len(set(keys)) != len(keys) or (sd_key is None) != (not keys) or \
