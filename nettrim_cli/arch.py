@@ -52,6 +52,10 @@ def build_arch(arch: str) -> nn.Module:
     mod_name, _, attr = arch.partition(":")
     if not mod_name or not attr:
         raise BadInput("--arch must look like package.module:factory", arch)
+    if mod_name.endswith(".py") or "/" in mod_name or os.sep in mod_name:
+        name = os.path.splitext(mod_name)[0].strip("./").replace("/", ".").replace(os.sep, ".")
+        raise BadInput(f"--arch takes a module name, not a file: for {mod_name} in the current "
+                       f"directory, pass --arch {name}:{attr}", arch)
     mod = _import_from_cwd(mod_name, arch)
     factory = getattr(mod, attr, None)
     if factory is None:

@@ -965,6 +965,12 @@ def damaged_module_hooks_wrong_type(e):
 
 
 @case("checkpoint form")
+def arch_given_as_a_file(e):
+    return Expect(dump_argv(e, model=e.a.sd, extra=["--arch", "models/mlp.py:make"]),
+                  ["models/mlp.py:make", "not a file", "--arch models.mlp:make"])
+
+
+@case("checkpoint form")
 def arch_module_not_in_current_directory(e):
     return Expect(dump_argv(e, model=e.a.sd, extra=["--arch", "nt_no_such_models:make"]),
                   ["nt_no_such_models:make", "'nt_no_such_models'", "current directory",

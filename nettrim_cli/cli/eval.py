@@ -58,7 +58,7 @@ def _eval_text(doc: dict, fmt: str, width: int = 100) -> str:
 @click.option("-o", "--output", help="Write here (atomically) instead of stdout.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--sparse", is_flag=True,
-              help="Run pruned Linear layers (>= 85%% zeros) as sparse CSR products on CPU, "
+              help="Run pruned Linear layers (>= 85% zeros) as sparse CSR products on CPU, "
                    "the opt-in inference path of nettrim_cli.export.sparse_model.")
 @with_ckpt_options
 @handle_errors
