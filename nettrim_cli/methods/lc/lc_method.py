@@ -145,8 +145,8 @@ class LC(TrainedPruning):
 
         def on_step(s: LCState) -> None:
             h = s.history[-1]
-            h["theta_train_accuracy"] = with_weights(
-                weights, s.theta, lambda: accuracy(model, self.x, self.y)[0])
+            h["theta_train_accuracy"], h["theta_loss"] = with_weights(
+                weights, s.theta, lambda: accuracy(model, self.x, self.y))
             self.save_state(s.step, model, s.arrays(), {"lc": s.record()})
             at["k"] = s.step
             if hooks.on_step is not None:
