@@ -209,3 +209,19 @@ def test_training_methods_need_data_and_others_need_acts(tiny, tmp_path):
                tmp_path / "p.pt", "-q")
     assert r.exit_code == 2 and "needs --acts" in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_masked_finetune_after_lc_keeps_theta_zeros(tiny, tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    args = ["--method", "lc", "--sparsity", "0.7", "--steps", "3", "--epochs", "2", *LC_FAST]
+    assert _prune(tiny, base, *args).exit_code == 0
+    r = _prune(tiny, tmp_path, *args, "--finetune-epochs", "5")
+    assert r.exit_code == 0, r.stderr
+    theta, tuned = _weights(base / "p.pt"), _weights(tmp_path / "p.pt")
+    for a, b in zip(theta, tuned, strict=True):
+        assert np.array_equal(a != 0, b != 0)  # same support, exactly
+        assert not np.array_equal(a, b)  # and the kept weights trained
+    training = json.loads((tmp_path / "p.json").read_text())["network"]["training"]
+    assert training["finetune"]["epochs"] == 5 and training["epochs"] == 3 * 2 + 5
+    assert len(training["finetune"]["loss_per_epoch"]) == 5
