@@ -31,7 +31,7 @@ def _acc(exp: Path, name: str) -> str:
     return "–" if e is None else f"{100 * e['results'][0]['accuracy']:.2f}"
 
 
-def _row(exp: Path, label: str, name: str, times: dict) -> str | None:
+def _row(exp: Path, label: str, name: str) -> str | None:
     r = _load(exp / f"{name}.json")
     if r is None:
         return None
@@ -39,7 +39,7 @@ def _row(exp: Path, label: str, name: str, times: dict) -> str | None:
     train_acc = steps[-1].get("theta_train_accuracy", steps[-1].get("train_accuracy"))
     return (f"| {label} | {100 * net['pruned_fraction']:.2f} | {net['nonzeros_after']:,} | "
             f"{_acc(exp, name)} | {100 * train_acc:.2f} | {net['training']['epochs']} | "
-            f"{times.get(name, '–')} |")
+            f"{r['seconds']:.0f} |")
 
 
 def _main_table(exp: Path, times: dict) -> list[str]:
@@ -49,21 +49,22 @@ def _main_table(exp: Path, times: dict) -> list[str]:
     if dense is not None:
         weights = sum(a * b for a, b in zip(ARCH[:-1], ARCH[1:], strict=True))
         lines.append(f"| dense | 0 | {weights:,} | "
-                     f"{_acc(exp, 'dense')} | – | {DENSE_EPOCHS} (Adam) | "
+                     f"{_acc(exp, 'dense')} | {_acc(exp, 'dense-train')} | "
+                     f"{DENSE_EPOCHS} (Adam) | "
                      f"{times.get('dense', '–')} |")
     for s in SPARSITIES:
         pct = round(100 * s)
         for label, name in ((f"LC, l0 constraint, {pct}%", f"lc-{_tag(CHOSEN)}-{pct}"),
                             (f"iterative magnitude (HPTD), {pct}%", f"hptd-{pct}")):
-            row = _row(exp, label, name, times)
+            row = _row(exp, label, name)
             if row:
                 lines.append(row)
     return lines
 
 
-def _sweep_table(exp: Path, times: dict) -> list[str]:
-    lines = ["| mu schedule | mu0 | a | mu of the last step | ||w - theta|| first -> last | "
-             "training acc. of theta: direct compression -> last step (%) | test accuracy "
+def _sweep_table(exp: Path) -> list[str]:
+    lines = ["| mu schedule | mu0 | a | mu of the last step | ‖w − θ‖ first -> last | "
+             "training acc. of θ: direct compression -> last step (%) | test accuracy "
              "(%) | wall time (s) |", "|---|---|---|---|---|---|---|---|"]
     for key, (mu0, a) in SWEEP.items():
         name = f"lc-{_tag(key)}-95"
@@ -77,7 +78,7 @@ def _sweep_table(exp: Path, times: dict) -> list[str]:
             f"{steps[0]['distance']:.3g} -> {steps[-1]['distance']:.3g} | "
             f"{100 * steps[0]['theta_train_accuracy']:.2f} -> "
             f"{100 * steps[-1]['theta_train_accuracy']:.2f} | {_acc(exp, name)} | "
-            f"{times.get(name, '–')} |")
+            f"{r['seconds']:.0f} |")
     return lines
 
 
@@ -106,8 +107,10 @@ def section(exp: Path) -> str:
         "CPU is shared, so this is a smaller budget on the harder Fashion-MNIST.",
         "- Net-Trim and Net-Trim + fine-tuning at 90% are in the section above on other "
         "networks (NN2/NN3, CNN); Net-Trim was not run on this LeNet300 in this run.",
-        "- Wall times: 2 shared cores with other jobs running, so they are inflated and only "
-        "roughly comparable between rows.",
+        "- Wall times: the dense training as measured by experiments/lc_run.py, a prune's "
+        "the report's `seconds` (the whole `nettrim prune` run, evaluation per step included); "
+        "2 shared cores with other jobs running, so they are inflated and only roughly "
+        "comparable between rows.",
         "",
         "### At 90% and 95% of the weights pruned",
         "",
@@ -118,7 +121,7 @@ def section(exp: Path) -> str:
         "Each row: the LC run above with only mu0 and a changed (20 steps). \"toolkit\" is the "
         "LC toolkit's LeNet300 schedule (mu0 9e-5, a 1.1), here over 20 steps instead of 40.",
         "",
-        *_sweep_table(exp, times),
+        *_sweep_table(exp),
         "",
         END,
     ]

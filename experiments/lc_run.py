@@ -87,12 +87,16 @@ def main() -> int:
         timed("dense", time.perf_counter() - t0)
     run("eval", str(model), "--data", str(test_h5), "--format", "json",
         stdout=EXP / "eval-dense.json")
+    run("eval", str(model), "--data", str(train_h5), "--format", "json",
+        stdout=EXP / "eval-dense-train.json")
     lc = [(name, s, ["--method", "lc", *LC_BASE, *flags]) for name, s, flags in lc_runs()]
     # the sweep first, the chosen schedule at 90% last
     jobs = lc[:-1] + [(f"hptd-{round(100 * s)}", s, ["--method", "magnitude-iterative", *HPTD])
                       for s in SPARSITIES] + lc[-1:]
     for name, sparsity, flags in jobs:
         report = EXP / f"{name}.json"
+        if (EXP / f"{name}.pt.nettrim-work").exists():
+            flags = [*flags, "--resume"]  # a run of this step was stopped: go on from it
         timed(name, run("prune", str(model), "--data", str(train_h5), "--sparsity",
                         str(sparsity), *flags, "-o", str(EXP / f"{name}.pt"), "--report",
                         str(report), "-q", out=report))
