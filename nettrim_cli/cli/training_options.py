@@ -18,8 +18,7 @@ TRAINING_FLAGS: list[tuple[str, str, dict]] = [
         help="lc, magnitude-iterative: the budget per layer (default) or one joint budget "
         "over all pruned layers.")),
     ("--epochs", "epochs", dict(
-        type=int, help="Training epochs per LC step / per round (lc: 2, magnitude-iterative: "
-        "6).")),
+        type=int, help="Training epochs per LC step / per round (default 1 / 2).")),
     ("--lr", "lr", dict(type=float, help="Learning rate of the first step (default 0.05).")),
     ("--lr-decay", "lr_decay", dict(
         type=float, help="The learning rate of step k is lr * decay^k (lc: 0.98, "
@@ -43,10 +42,10 @@ TRAINING_FLAGS: list[tuple[str, str, dict]] = [
     ("--radius", "radius", dict(
         type=float, help="lc l1-constraint: the l1 budget as a fraction of the dense "
         "weights' l1 norm, in (0, 1).")),
-    ("--mu0", "mu0", dict(type=float, help="lc: mu of the first LC step (default 9e-5).")),
+    ("--mu0", "mu0", dict(type=float, help="lc: mu of the first LC step (default 1e-3).")),
     ("--mu-growth", "mu_growth", dict(
-        type=float, help="lc: mu_k = mu0 * growth^k (default 1.2).")),
-    ("--steps", "steps", dict(type=int, help="lc: LC steps (default 30).")),
+        type=float, help="lc: mu_k = mu0 * growth^k (default 1.3).")),
+    ("--steps", "steps", dict(type=int, help="lc: LC steps (default 20).")),
     ("--variant", "variant", dict(
         type=click.Choice(["augmented-lagrangian", "quadratic-penalty"]),
         help="lc: with multipliers (default) or the quadratic penalty alone.")),

@@ -54,7 +54,7 @@ class IterativeMagnitude(TrainedPruning):
     specific = ("--rounds", "--ramp")
     program = "iterative magnitude pruning with retraining (HPTD)"
     DEFAULTS: ClassVar[dict[str, Any]] = {
-        "allocation": "per-layer", "epochs": 6, "lr": 0.05, "lr_decay": 1.0,
+        "allocation": "per-layer", "epochs": 2, "lr": 0.05, "lr_decay": 1.0,
         "optimizer": "sgd", "batch_size": 128, "seed": 0, "finetune_epochs": 0,
         "rounds": 10, "ramp": "cubic"}
 
