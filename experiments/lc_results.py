@@ -81,8 +81,9 @@ def _reading(exp: Path) -> list[str]:
 
 def _sweep_table(exp: Path) -> list[str]:
     lines = ["| mu schedule | mu0 | a | mu of the last step | ‖w − θ‖ first -> last | "
-             "training acc. of θ: direct compression -> last step (%) | test accuracy "
-             "(%) | wall time (s) |", "|---|---|---|---|---|---|---|---|"]
+             "training acc. of θ: direct compression -> last step (%) | training loss of "
+             "the pruned network | test accuracy (%) | wall time (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for key, (mu0, a) in SWEEP.items():
         name = f"lc-{_tag(key)}-95"
         r = _load(exp / f"{name}.json")
@@ -94,7 +95,8 @@ def _sweep_table(exp: Path) -> list[str]:
             f"| {key}{mark} | {mu0} | {a} | {steps[-1]['mu']:.3g} | "
             f"{steps[0]['distance']:.3g} -> {steps[-1]['distance']:.3g} | "
             f"{100 * steps[0]['theta_train_accuracy']:.2f} -> "
-            f"{100 * steps[-1]['theta_train_accuracy']:.2f} | {_acc(exp, name)} | "
+            f"{100 * steps[-1]['theta_train_accuracy']:.2f} | {steps[-1]['theta_loss']:.4f} | "
+            f"{_acc(exp, name)} | "
             f"{r['seconds']:.0f} |")
     return lines
 

@@ -45,9 +45,9 @@ TRAINING = ["--optimizer", "sgd", "--lr", "0.05", "--batch-size", "128",
 LC_BASE = [*TRAINING, "--lr-decay", "0.98", "--steps", "20", "--epochs", "1"]
 HPTD = [*TRAINING, "--lr-decay", "1", "--rounds", "10", "--epochs", "2", "--ramp", "cubic"]
 # mu schedules tried at 95% (name: mu0, growth); "toolkit" is the LC toolkit's LeNet300 one
-SWEEP = {"toolkit": ("9e-5", "1.1"), "mu0 1e-3 a 1.3": ("1e-3", "1.3"),
-         "mu0 1e-2 a 1.3": ("1e-2", "1.3"), "mu0 3e-4 a 1.3": ("3e-4", "1.3"),
-         "mu0 3e-3 a 1.3": ("3e-3", "1.3")}
+SWEEP = {"toolkit": ("9e-5", "1.1"), "mu0 3e-4 a 1.3": ("3e-4", "1.3"),
+         "mu0 1e-3 a 1.3": ("1e-3", "1.3"), "mu0 3e-3 a 1.3": ("3e-3", "1.3"),
+         "mu0 1e-2 a 1.3": ("1e-2", "1.3")}
 FALLBACK = "mu0 1e-3 a 1.3"  # until the sweep has run
 BEGIN, END = "<!-- LC_BEGIN -->", "<!-- LC_END -->"
 
