@@ -77,9 +77,10 @@ log = logging.getLogger("nettrim")
 @click.option("--match", "match_path", metavar="REPORT.json",
               help="Baselines: keep exactly as many weights per layer as this report's layers.")
 @click.option("--sparsity", type=float,
-              help="Baselines: prune this fraction of every layer's weights (of all pruned "
-                   "layers together with --allocation joint); one-shot baselines: in [0, 1), "
-                   "lc and magnitude-iterative: in (0, 1).")
+              help="Net-Trim: find the eps that prunes this fraction of all the pruned layers' "
+                   "weights (within 0.5 points). Baselines: prune this fraction of every "
+                   "layer's weights, in [0, 1). lc, magnitude-iterative: of every layer's "
+                   "weights (of all pruned layers together with --allocation joint), in (0, 1).")
 @training_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @with_ckpt_options
@@ -186,7 +187,7 @@ def _hooks(prog, n_units: int, quiet: bool, unit: str):
 
     def on_step(line):
         if not quiet:
-            prog.console.print(f"nettrim: {line}", highlight=False)
+            click.echo(f"nettrim: {line}", err=True)
 
     return RunHooks(on_layer=on_layer, on_columns=on_columns, on_step=on_step)
 

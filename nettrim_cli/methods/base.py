@@ -81,10 +81,11 @@ class MethodResult:
 @dataclass
 class RunHooks:
     """How a method reports progress: on_layer(index, count, name) before each unit (a
-    training-based method: before each step, "LC step" / "round"), on_columns(stage, done,
-    total) within one (a training-based method: samples of the current epoch, the stage
-    naming step, epoch and running loss), on_step(line) once a training step is done (its
-    figures in one line). One-line messages go through ``Method.note``."""
+    training-based method: before each step, "LC step k/K" / "round t/n"), on_columns(stage,
+    done, total) within one (a training-based method: samples of the current epoch, the stage
+    naming step, epoch and running loss), on_step(line) after a stage of a run of many (a trial
+    of the sparsity search, an LC step or round with its figures); silenced with the progress
+    (-q). One-line messages the user must see go through ``Method.note``."""
 
     on_layer: Callable[[int, int, str], None] | None = None
     on_columns: Progress | None = None
