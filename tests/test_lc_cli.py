@@ -225,3 +225,26 @@ def test_masked_finetune_after_lc_keeps_theta_zeros(tiny, tmp_path):
     training = json.loads((tmp_path / "p.json").read_text())["network"]["training"]
     assert training["finetune"]["epochs"] == 5 and training["epochs"] == 3 * 2 + 5
     assert len(training["finetune"]["loss_per_epoch"]) == 5
+
+
+def test_an_activation_dump_is_the_calibration_set_when_given(tiny, tmp_path):
+    np.save(tmp_path / "calib.npy", tiny["x"][:64])
+    r = invoke("dump", tiny["model"], "--inputs", tmp_path / "calib.npy", "-o",
+               tmp_path / "acts.h5")
+    assert r.exit_code == 0, r.stderr
+    out = tmp_path / "out"
+    out.mkdir()
+    r = _prune(tiny, out, "--method", "lc", "--acts", tmp_path / "acts.h5", "--sparsity",
+               "0.7", "--steps", "2", "--epochs", "1", *LC_FAST)
+    assert r.exit_code == 0, r.stderr
+    report = json.loads((out / "p.json").read_text())
+    assert report["settings"]["calibration"] == "the activation dump's inputs"
+    assert set(report["inputs"]) == {"model", "acts", "data"}
+    no_dump = _prune(tiny, tmp_path, "--method", "lc", "--sparsity", "0.7", "--steps", "2",
+                     "--epochs", "1", *LC_FAST)
+    assert no_dump.exit_code == 0, no_dump.stderr
+    other = json.loads((tmp_path / "p.json").read_text())
+    assert other["settings"]["calibration"] == "the first 256 training samples"
+    # the same pruned network, measured on other inputs
+    assert (out / "p.pt").read_bytes() == (tmp_path / "p.pt").read_bytes()
+    assert other["network"]["output_norm"] != report["network"]["output_norm"]
