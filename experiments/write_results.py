@@ -226,5 +226,8 @@ def main(exp: Path, docs: Path, nets: list[str], seeds: list[int]) -> Path:
     reading = docs / "results-reading.md"
     text = text.replace("READING", reading.read_text() if reading.exists() else
                         "(no reading written yet)")
-    path.write_text(text)
+    from experiments.lc_results import carry
+
+    # the section of `make experiments-lc` is kept as it is
+    path.write_text(carry(path.read_text() if path.exists() else "", text))
     return path

@@ -369,10 +369,11 @@ def set_layer_weights(model: nn.Module, name: str, W: np.ndarray, b: np.ndarray 
             mod.bias.copy_(torch.as_tensor(b, dtype=mod.bias.dtype))
 
 
-def pruned_copy(ckpt: Checkpoint, weights: dict[str, tuple[np.ndarray, np.ndarray | None]]
-                ) -> nn.Module:
-    """A deep copy of the model with the given layers' weights replaced."""
-    model = copy.deepcopy(ckpt.model)
+def pruned_copy(ckpt: Checkpoint, weights: dict[str, tuple[np.ndarray, np.ndarray | None]],
+                base: nn.Module | None = None) -> nn.Module:
+    """A deep copy of the model (or of ``base``, a trained copy of it) with the given layers'
+    weights replaced."""
+    model = copy.deepcopy(ckpt.model if base is None else base)
     for name, (W, b) in weights.items():
         set_layer_weights(model, name, W, b)
     return model

@@ -18,11 +18,14 @@ def outputs(model: torch.nn.Module, inputs: np.ndarray) -> np.ndarray:
 
 def network_summary(ckpt: Checkpoint, inputs: np.ndarray,
                     pruned: dict[str, tuple[np.ndarray, np.ndarray | None]],
-                    weights: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+                    weights: list[tuple[np.ndarray, np.ndarray]],
+                    base: torch.nn.Module | None = None) -> dict:
     """The report's network figures every method shares: weight counts over the pruned layers
-    (``weights``: (W, W0) pairs) and the measured output discrepancy on the calibration set."""
+    (``weights``: (W, W0) pairs) and the measured output discrepancy on the calibration set
+    (of the original network against the pruned one: ``base``, a trained copy, when given,
+    with the ``pruned`` layers' weights)."""
     y = outputs(ckpt.model, inputs)
-    yhat = outputs(pruned_copy(ckpt, pruned), inputs)
+    yhat = outputs(pruned_copy(ckpt, pruned, base), inputs)
     disc = float(np.linalg.norm(yhat - y))
     ynorm = float(np.linalg.norm(y))
     params = sum(W.size for W, _ in weights)
