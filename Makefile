@@ -55,6 +55,11 @@ experiments: install fashion-mnist
 experiments-lc: install fashion-mnist
 	nice $(BIN)/python -m experiments.lc_run
 
+# Issue 16's comparison at 90% and 95% pruned: Net-Trim (--sparsity) with and without the default
+# fine-tune, the one-shot baselines at its counts, LC and HPTD (reuses `make experiments-lc`).
+experiments-hs: install fashion-mnist
+	$(BIN)/python -m experiments.high_sparsity
+
 # How the default of `nettrim finetune` was chosen: NN2-10K pruned to 90% (Net-Trim and
 # SparseGPT-style), fine-tuned with a grid of recipes; writes docs/finetune-recipe.md (~30 min).
 finetune-recipe: install fashion-mnist
