@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 import click
@@ -13,15 +12,14 @@ from nettrim_cli.cli.common import (
     check_two_outputs,
     handle_errors,
     load_ckpt,
-    progress_bars,
     stderr_console,
     with_ckpt_options,
     write_checkpoint_and_json,
 )
+from nettrim_cli.cli.progress import RunProgress, quiet_requested
 from nettrim_cli.errors import BadInput
 from nettrim_cli.methods import METHODS
-
-log = logging.getLogger("nettrim")
+from nettrim_cli.methods.base import RunHooks
 
 
 @click.command()
@@ -39,9 +37,11 @@ log = logging.getLogger("nettrim")
 @click.option("--lambda", "lam", type=float, help="Solve eq. 14 with this fixed lambda.")
 @click.option("--scope", type=click.Choice(["layer", "column"]),
               help="One lambda per layer (exact program 4, default) or per column.")
-@click.option("--solver", type=click.Choice(["osqp", "admm"]),
-              help="Layer solver: osqp (column by column, the reference; default) or admm "
-                   "(whole layer at once, torch).")
+@click.option("--solver", type=click.Choice(["auto", "osqp", "admm"]),
+              help="Layer solver: auto (default: whole layer at once, certified on small "
+                   "layers, fast on large ones), osqp (column by column with a lambda search, "
+                   "the reference; chosen by --scope or --osqp-algebra) or admm (whole-layer "
+                   "ADMM as configured by a preset's [admm]).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Device for --solver admm.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float64",
@@ -73,7 +73,8 @@ log = logging.getLogger("nettrim")
               help="Baselines: keep exactly as many weights per layer as this report's layers.")
 @click.option("--sparsity", type=float,
               help="Baselines: prune this fraction of every layer's weights, in [0, 1).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress display, no summary table (errors and warnings only).")
 @with_ckpt_options
 @handle_errors
 def prune(model, acts, output, report_path, force, quiet, arch, trust_checkpoint, method,
@@ -100,7 +101,8 @@ def prune(model, acts, output, report_path, force, quiet, arch, trust_checkpoint
     files = chosen.input_files()
     check_two_outputs(output, report_path, "--report", force, (model, acts, *files.values()))
     chosen.load()
-    _run(chosen, model, acts, output, report_path, files, quiet, arch, trust_checkpoint)
+    _run(chosen, model, acts, output, report_path, files, quiet_requested(quiet), arch,
+         trust_checkpoint)
 
 
 def _run(method, model: str, acts: str, output: str, report_path: str | None,
@@ -122,9 +124,10 @@ def _run(method, model: str, acts: str, output: str, report_path: str | None,
         dump.check_against(ckpt.model, ckpt.layers, model_path=model)
         acts_sha = sha256_file(acts)
         method.start(ckpt, acts_sha, output)
-        with progress_bars(console, quiet) as prog:
+        with RunProgress(console, quiet) as shown:
             try:
-                result = method.run(ckpt, dump, _hooks(prog, len(ckpt.prunable), quiet))
+                result = method.run(ckpt, dump, RunHooks(on_layer=shown.on_layer,
+                                                         on_columns=shown.on_columns))
             except (BadInput, KeyboardInterrupt) as e:
                 method.abandoned(e)
                 raise
@@ -144,23 +147,6 @@ def _run(method, model: str, acts: str, output: str, report_path: str | None,
     notes = [f"layer {la.name}: {la.note}" for la in ckpt.prunable if la.note]
     for line in notes + method.warnings(result):
         click.echo(f"nettrim: warning: {line}", err=True)
-
-
-def _hooks(prog, n_units: int, quiet: bool):
-    from nettrim_cli.methods.base import RunHooks
-
-    ltask = prog.add_task("layers", total=n_units)
-    ctask = prog.add_task("columns", total=1)
-
-    def on_layer(i, n, name):
-        prog.update(ltask, completed=i, description=f"layer {name}")
-        if not quiet:
-            log.info("layer %d/%d: %s", i + 1, n, name)
-
-    def on_columns(stage, done, total):
-        prog.update(ctask, completed=done, total=total, description=stage)
-
-    return RunHooks(on_layer=on_layer, on_columns=on_columns)
 
 
 # every prune option a method may declare, by flag: the parameter it arrives as

@@ -96,6 +96,8 @@ class NetTrim(Method):
                 raise BadInput("--device cuda: no CUDA device is available to torch here; use "
                                "--device cpu")
             return make_solver("admm", device=self.device, dtype=self.dtype)
+        if self.device != "cpu":
+            raise BadInput(f"--device {self.device}: only --solver admm runs on a GPU")
         return make_solver(self.solver_name)
 
     def input_files(self) -> dict[str, str]:
