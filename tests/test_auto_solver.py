@@ -95,3 +95,21 @@ def test_no_solver_flags_choose_auto_and_osqp_options_choose_osqp():
     _, name = build_settings({"solver": "admm"}, {})
     assert name == "admm"
     assert make_solver("auto").capabilities.granularity == "layer"
+
+
+def test_a_fixed_lambda_takes_the_certified_path_whatever_the_size():
+    """--lambda (eq. 11): no eps for the refit to aim at, so even a layer above the size
+    limit gets the certified answer; its eq. 11 objective is OSQP's within 1e-3."""
+    program = make_layer(activation="relu", bias=True, cascade=True, lam=2.0, seed=3)
+    sol = AutoSolver(small=0.0).solve(program, SolverSettings())
+    ref = search.solve_layer(program, SolverSettings())
+    assert sol.history[0]["path"] == "certified"
+    N = program.n_in
+
+    def objective(Wa):
+        Z = program.Xa @ Wa.T
+        r = np.where(program.active_set, Z - program.Y, 0.0)
+        return l1(Wa, N) + 2.0 * float(np.sum(r * r))
+
+    assert objective(sol.Wa) == pytest.approx(objective(ref.Wa), rel=1e-3)
+    assert program.inactive_violation(sol.Wa) <= 1e-8 * float(np.abs(program.Y).max())

@@ -1,7 +1,8 @@
 """The default layer solver (``--solver auto``): program (4)/(6) -- or eq. 11 at a fixed
 lambda -- for the whole layer, chosen by the layer's size.
 
-- A small layer (P * (N + 1) * M at most ``SMALL``): the whole-layer ADMM in float64 with its
+- A small layer (P * (N + 1) * M at most ``SMALL``), and any layer with a fixed lambda
+  (``--lambda``, eq. 11: no eps for a refit to aim at): the whole-layer ADMM in float64 with its
   active-set polish, which certifies the KKT conditions of (4) -- the answer the OSQP column
   reference (``--solver osqp``, eq. 14 with a lambda search) reaches, at a fraction of the time.
 - A large layer: the whole-layer ADMM in float32 (one factorisation of the (N+1) x (N+1) Gram
@@ -65,7 +66,9 @@ class AutoSolver:
         layer, the fast one for a large layer. A preset's ``[admm]`` section is for
         ``--solver admm`` and is not read here."""
         size = program.n_samples * (program.n_in + 1) * program.n_out
-        if size <= self.small:
+        if size <= self.small or program.lam is not None:
+            # a fixed lambda (eq. 11) has no eps for the support refit to aim at: its answer
+            # is the certified one
             return "float64", small_layer_settings()
         return "float32", large_layer_settings()
 
