@@ -113,3 +113,19 @@ def test_a_fixed_lambda_takes_the_certified_path_whatever_the_size():
 
     assert objective(sol.Wa) == pytest.approx(objective(ref.Wa), rel=1e-3)
     assert program.inactive_violation(sol.Wa) <= 1e-8 * float(np.abs(program.Y).max())
+
+
+def test_a_layer_that_misses_eps_gets_one_warning_line():
+    from nettrim_cli.graph import LayerInfo
+    from nettrim_cli.methods.base import LayerResult, MethodResult
+    from nettrim_cli.methods.netrim import NetTrim
+
+    program = make_layer(activation="relu", bias=True, cascade=True, gamma=1.0)
+    program.epsilon = 0.5 * program.epsilon
+    sol = AutoSolver(small=0.0).solve(program, SolverSettings())
+    layer = LayerResult(info=LayerInfo("fc2", "linear", "relu"), W=sol.Wa[:, :-1],
+                        b=sol.Wa[:, -1], W0=program.W0, discrepancy=0.0, y_norm=1.0,
+                        epsilon=program.epsilon, solution=sol)
+    lines = NetTrim().warnings(MethodResult("netrim", "cascade", {}, [layer], {}))
+    missed = [ln for ln in lines if "eps not met" in ln]
+    assert len(missed) == 1 and missed[0].startswith("layer fc2: eps not met: constraint ")
