@@ -103,6 +103,17 @@ class RunProgress:
         if self.prog is not None:
             self.prog.update(self.ctask, completed=done, total=total, description=stage)
 
+    def on_step(self, line: str) -> None:
+        """One line after a stage of a run of many (e.g. a trial of the sparsity search)."""
+        if self.quiet:
+            return
+        if self.prog is not None:
+            self.prog.console.print(f"nettrim: {line}", highlight=False)
+        else:
+            with self._lock:
+                self.echo(line)
+                self.t_line = time.monotonic()
+
     def _heartbeat(self) -> None:
         """Off a terminal: a line at least every ``interval`` seconds during a layer."""
         step = min(1.0, self.interval / 4)

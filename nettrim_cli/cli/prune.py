@@ -72,7 +72,9 @@ from nettrim_cli.methods.base import RunHooks
 @click.option("--match", "match_path", metavar="REPORT.json",
               help="Baselines: keep exactly as many weights per layer as this report's layers.")
 @click.option("--sparsity", type=float,
-              help="Baselines: prune this fraction of every layer's weights, in [0, 1).")
+              help="Net-Trim: find the eps that prunes this fraction of all the pruned layers' "
+                   "weights (within 0.5 points). Baselines: prune this fraction of every "
+                   "layer's weights, in [0, 1).")
 @click.option("-q", "--quiet", is_flag=True,
               help="No progress display, no summary table (errors and warnings only).")
 @with_ckpt_options
@@ -127,7 +129,8 @@ def _run(method, model: str, acts: str, output: str, report_path: str | None,
         with RunProgress(console, quiet) as shown:
             try:
                 result = method.run(ckpt, dump, RunHooks(on_layer=shown.on_layer,
-                                                         on_columns=shown.on_columns))
+                                                         on_columns=shown.on_columns,
+                                                         on_step=shown.on_step))
             except (BadInput, KeyboardInterrupt) as e:
                 method.abandoned(e)
                 raise
