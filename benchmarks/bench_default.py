@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -63,6 +64,7 @@ def network(tag: str, n_calib: int = N_CALIB) -> tuple[Path, Path, float]:
 def prune(ckpt: Path, acts: Path, out: Path, args: list[str]) -> tuple[float, dict]:
     """One `nettrim prune` as a user runs it; returns (wall seconds, the report)."""
     report = out.with_suffix(".json")
+    shutil.rmtree(f"{out}.nettrim-work", ignore_errors=True)  # an interrupted bench's
     cmd = [sys.executable, "-m", "nettrim_cli", "prune", str(ckpt), "--acts", str(acts),
            "-o", str(out), "--report", str(report), "--force", "-q", *args]
     t = time.perf_counter()
