@@ -129,3 +129,25 @@ def test_a_layer_that_misses_eps_gets_one_warning_line():
     lines = NetTrim().warnings(MethodResult("netrim", "cascade", {}, [layer], {}))
     missed = [ln for ln in lines if "eps not met" in ln]
     assert len(missed) == 1 and missed[0].startswith("layer fc2: eps not met: constraint ")
+
+
+def test_a_settled_support_the_refit_cannot_repair_continues_admm(monkeypatch):
+    """The support-driven stop's answer goes back to ADMM (to its residual stop) when no
+    feasible answer comes of it (here: the first attempt's answer is withheld), instead of
+    being mixed with the original weights."""
+    from nettrim_cli.solvers.admm.layer import _LayerSolve
+
+    real, calls = _LayerSolve.offer_admm, []
+
+    def first_fails(self, *args):
+        calls.append(1)
+        if len(calls) > 1:
+            real(self, *args)
+
+    monkeypatch.setattr(_LayerSolve, "offer_admm", first_fails)
+    program = make_layer(P=400, N=40, M=10, activation="relu", bias=True)
+    sol = AutoSolver(small=0.0).solve(program, SolverSettings())
+    admm_runs = [h for h in sol.history if h["stage"] == "admm"]
+    assert len(admm_runs) == 2 and sol.retries == 1
+    assert sol.eps_reached and program.constraint_value(sol.Wa) <= program.epsilon
+    assert "mixed_with_original" not in sol.status
