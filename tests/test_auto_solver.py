@@ -145,8 +145,14 @@ def test_a_settled_support_the_refit_cannot_repair_continues_admm(monkeypatch):
             real(self, *args)
 
     monkeypatch.setattr(_LayerSolve, "offer_admm", first_fails)
+    import dataclasses
+
+    from nettrim_cli.solvers.admm import solve_layer
+    from nettrim_cli.solvers.auto import large_layer_settings
+
     program = make_layer(P=400, N=40, M=10, activation="relu", bias=True)
-    sol = AutoSolver(small=0.0).solve(program, SolverSettings())
+    opts = dataclasses.replace(large_layer_settings(), support_stop=1.0, rho_growth=1.2)
+    sol = solve_layer(program, SolverSettings(), dtype="float32", admm_settings=opts)
     admm_runs = [h for h in sol.history if h["stage"] == "admm"]
     assert len(admm_runs) == 2 and sol.retries == 1
     assert sol.eps_reached and program.constraint_value(sol.Wa) <= program.epsilon
