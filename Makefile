@@ -42,6 +42,7 @@ fashion-mnist:
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
 
 bench: install fashion-mnist
+	$(BIN)/python benchmarks/bench_default.py
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench_export.py
 

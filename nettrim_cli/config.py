@@ -31,7 +31,9 @@ TOP_KEYS: dict[str, tuple[type, ...]] = {
     "memory_budget_mb": (float, int),
 }
 SECTIONS = {"osqp": OSQPSettings, "search": SearchSettings, "admm": ADMMSettings}
-SOLVERS = ("osqp", "admm")
+SOLVERS = ("auto", "osqp", "admm")
+# options only the OSQP column solver reads: given without --solver, they choose it
+OSQP_FLAGS = ("scope", "osqp_algebra")
 
 
 def _typecheck(key: str, value: Any, types: tuple[type, ...], path: str) -> None:
@@ -224,7 +226,9 @@ def build_settings(config: dict[str, Any], flags: dict[str, Any],
     budget = float(merged.get("memory_budget_mb", 2048.0))
     if not (math.isfinite(budget) and budget >= 0):
         raise BadInput("memory_budget_mb must be >= 0", source)
-    solver = merged.get("solver", "osqp")
+    solver = merged.get("solver")
+    if solver is None:
+        solver = "osqp" if any(flags.get(k) is not None for k in OSQP_FLAGS) else "auto"
     if solver not in SOLVERS:
         raise BadInput(f"unknown solver {solver!r} (available: {', '.join(SOLVERS)})", source)
     settings = PruneSettings(

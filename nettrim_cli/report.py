@@ -224,26 +224,53 @@ def _fmt(v: Any, pct: bool = False, secs: bool = False) -> str:
     return str(v)
 
 
+# the table's columns (heading, row key, format) at full width, and the ones kept on a
+# terminal narrower than FULL_WIDTH (80 columns fit; the JSON and CSV keep every field)
+FULL_WIDTH = 110
+_COLUMNS = {
+    "layer": ("name", None), "act": ("activation", None), "shape": ("shape", None),
+    "nonzeros": ("nonzeros", None), "kept": ("nonzeros_after", None),
+    "sparsity": ("sparsity", "pct"), "eps": ("epsilon", None), "lambda": ("lambda", None),
+    "disc.": ("discrepancy", None), "rel.": ("relative_discrepancy", "pct"),
+    "failed": ("failed_columns", None), "s": ("seconds", "secs"),
+}
+_FULL = ("layer", "act", "shape", "nonzeros", "sparsity", "eps", "lambda", "disc.", "rel.",
+         "failed", "s")
+_NARROW = ("layer", "act", "shape", "kept", "sparsity", "eps", "rel.", "failed", "s")
+
+
+def _cell(r: dict, col: str) -> str:
+    key, how = _COLUMNS[col]
+    if col == "act":
+        return r["activation"] or "kept"
+    if col == "nonzeros":
+        return (f"{r['nonzeros_before']}>{r['nonzeros_after']}"
+                if r["nonzeros_after"] is not None else "-")
+    if col == "shape":
+        return r["shape"] or "-"
+    if col == "layer":
+        return str(r["name"])
+    return _fmt(r[key], pct=how == "pct", secs=how == "secs")
+
+
 def render_table(report: dict, console) -> None:
-    """Draw the report as rich tables on ``console``."""
+    """Draw the report as rich tables on ``console``: every column from FULL_WIDTH terminal
+    columns up, the narrow set (no lambda, no absolute discrepancy, kept weights only) below,
+    so that an 80-column terminal shows every number whole."""
+    from rich import box
     from rich.table import Table
 
     method = report.get("method", "netrim")
     title = (f"nettrim {report['mode']} report" if method == "netrim"
              else f"{method} baseline report (nettrim)")
-    t = Table(title=title, title_justify="left")
-    for col in ("layer", "act", "shape", "nonzeros", "sparsity", "eps", "lambda", "disc.",
-                "rel.", "failed", "s"):
+    narrow = console.width < FULL_WIDTH
+    cols = _NARROW if narrow else _FULL
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD if narrow else box.HEAVY_HEAD)
+    for col in cols:
         t.add_column(col, justify="left" if col in ("layer", "act") else "right",
-                     no_wrap=True)
+                     no_wrap=col != "layer", overflow="fold")
     for r in layer_rows(report):
-        prog = r["activation"] or "kept"
-        nz = (f"{r['nonzeros_before']}>{r['nonzeros_after']}"
-              if r["nonzeros_after"] is not None else "-")
-        t.add_row(str(r["name"]), prog, r["shape"] or "-", nz, _fmt(r["sparsity"], True),
-                  _fmt(r["epsilon"]), _fmt(r["lambda"]), _fmt(r["discrepancy"]),
-                  _fmt(r["relative_discrepancy"], True), _fmt(r["failed_columns"]),
-                  _fmt(r["seconds"], secs=True))
+        t.add_row(*(_cell(r, col) for col in cols))
     console.print(t)
     n = report["network"]
     lines = [

@@ -258,7 +258,7 @@ def _tiny_program() -> LayerProgram:
 
 def read_config(path: Path, solve: bool = False):
     settings_, solver = build_settings(load_config(str(path)), {}, source=str(path))
-    assert settings_.mode in ("parallel", "cascade") and solver in ("osqp", "admm")
+    assert settings_.mode in ("parallel", "cascade") and solver in ("auto", "osqp", "admm")
     assert (settings_.epsilon is None) != (settings_.lam is None)
     if solve:  # the settings must be usable by the solver, retry path included
         s: SolverSettings = settings_.solver

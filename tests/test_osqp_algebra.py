@@ -41,7 +41,8 @@ def test_unknown_algebra_in_the_config_is_refused(env):
 
 def test_builtin_gives_the_default_result(env):
     outs = []
-    for name, extra in (("default", []), ("builtin", ["--osqp-algebra", "builtin"])):
+    for name, extra in (("default", ["--solver", "osqp"]),
+                        ("builtin", ["--solver", "osqp", "--osqp-algebra", "builtin"])):
         out = env.out / f"{name}.pt"
         r = invoke("prune", env.a.model, "--acts", env.a.acts, "-o", out, "-q",
                    "--workers", "1", *extra)

@@ -52,7 +52,7 @@ def _sha(path) -> str:
 def _prune(env, name, mode, *extra):
     out = env.out / f"{name}.pt"
     r = invoke("prune", env.a.model, "--acts", env.a.acts, "--mode", mode, "--epsilon", "0.1",
-               "-o", out, "-q", *extra)
+               "-o", out, "-q", "--solver", "osqp", *extra)
     assert r.exit_code == 0, (r.stderr, r.exception)
     return out
 
@@ -257,7 +257,7 @@ def deep(tmp_path_factory):
 
 def _deep_prune(deep, out, *extra):
     return invoke("prune", deep / "model.pt", "--acts", deep / "acts.h5", "--mode", "parallel",
-                  "-o", out, "--report", f"{out}.json", "-q", *extra)
+                  "-o", out, "--report", f"{out}.json", "-q", "--solver", "osqp", *extra)
 
 
 def _numbers(report_path) -> list[dict]:

@@ -1,7 +1,10 @@
 """The same command with the same inputs writes the same checkpoint, byte for byte, as the code
 did before the redesign (issue 12): a few prunes of a fixed 6-16-12-3 MLP, each pinned by the
 sha256 of the checkpoint it writes. The digests were recorded with the code of commit cd1f802,
-before any module was moved; a change that alters a single written weight fails here."""
+before any module was moved; a change that alters a single written weight fails here.
+
+Issue 13 made the whole-layer ``auto`` solver the default: the Net-Trim cases pin the OSQP
+column path, so they name ``--solver osqp`` (the invocations were the defaults before)."""
 
 from __future__ import annotations
 
@@ -27,12 +30,14 @@ PINNED = {
 }
 
 CASES = {
-    "parallel-osqp": ["--mode", "parallel", "--epsilon", "0.05"],
-    "cascade-osqp": ["--mode", "cascade", "--epsilon", "0.05", "--gamma", "1.1"],
+    "parallel-osqp": ["--mode", "parallel", "--epsilon", "0.05", "--solver", "osqp"],
+    "cascade-osqp": ["--mode", "cascade", "--epsilon", "0.05", "--gamma", "1.1",
+                     "--solver", "osqp"],
     "cascade-admm": ["--mode", "cascade", "--epsilon", "0.1", "--solver", "admm"],
-    "parallel-lambda": ["--mode", "parallel", "--lambda", "0.02"],
-    "parallel-column-scope": ["--mode", "parallel", "--epsilon", "0.1", "--scope", "column"],
-    "sd-cascade-osqp": ["--mode", "cascade", "--epsilon", "0.08"],
+    "parallel-lambda": ["--mode", "parallel", "--lambda", "0.02", "--solver", "osqp"],
+    "parallel-column-scope": ["--mode", "parallel", "--epsilon", "0.1", "--scope", "column",
+                              "--solver", "osqp"],
+    "sd-cascade-osqp": ["--mode", "cascade", "--epsilon", "0.08", "--solver", "osqp"],
     "sparsegpt-0.5": ["--method", "sparsegpt", "--sparsity", "0.5"],
     "wanda-match": ["--method", "wanda", "--match", "MATCH"],
     "magnitude-0.6": ["--method", "magnitude", "--sparsity", "0.6"],
@@ -51,7 +56,8 @@ def pin_assets(tmp_path_factory):
     r = invoke("dump", d / "model.pt", "--inputs", d / "calib.npy", "-o", d / "acts.h5")
     assert r.exit_code == 0, r.stderr
     r = invoke("prune", d / "model.pt", "--acts", d / "acts.h5", "--mode", "parallel",
-               "--epsilon", "0.1", "-o", d / "match.pt", "--report", d / "match.json", "-q")
+               "--epsilon", "0.1", "--solver", "osqp", "-o", d / "match.pt", "--report",
+               d / "match.json", "-q")
     assert r.exit_code == 0, r.stderr
     return d
 

@@ -69,7 +69,7 @@ def case(tmp_path_factory):
 
 def base_args(mode: str, out: str) -> list[str]:
     return ["prune", "model.pt", "--acts", "acts.h5", "--config", "rebuild.toml", "--mode", mode,
-            "-o", out, "--report", out + ".json", "-q", "--workers", "1"]
+            "-o", out, "--report", out + ".json", "-q", "--workers", "1", "--solver", "osqp"]
 
 
 _REFS: dict[str, tuple[str, float]] = {}

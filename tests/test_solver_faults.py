@@ -88,7 +88,7 @@ def fault(monkeypatch):
 def prune(env, *extra, mode="parallel"):
     out, rep = env.out / "pruned.pt", env.out / "report.json"
     r = invoke("prune", env.a.model, "--acts", env.a.acts, "-o", out, "--report", rep, "-q",
-               "--workers", "1", "--mode", mode, *extra)
+               "--workers", "1", "--mode", mode, "--solver", "osqp", *extra)
     return r, out, rep
 
 

@@ -14,6 +14,7 @@ from nettrim_cli.cli.common import (
     stderr_console,
     with_ckpt_options,
 )
+from nettrim_cli.cli.progress import quiet_requested
 from nettrim_cli.errors import BadInput
 
 
@@ -54,14 +55,16 @@ def dump(model, inputs_path, labels_path, output, batch_size, force, arch, trust
                           model_path=model)
     console = stderr_console()
     t0 = time.perf_counter()
-    with progress_bars(console) as prog, atomic_path(output) as tmp:
+    quiet = quiet_requested()
+    with progress_bars(console, quiet) as prog, atomic_path(output) as tmp:
         task = prog.add_task("dump", total=x.shape[0])
         write_dump(tmp, ckpt.model, layers, x, y, ckpt.sha256, batch_size, source=model,
                    progress=lambda _s, done, total: prog.update(task, completed=done))
     pr = [la for la in layers if la.prunable]
-    console.print(f"nettrim: wrote {output}: {x.shape[0]} samples, {len(pr)} prunable layers "
-                  f"({', '.join(f'{la.name}:{la.activation}' for la in pr)}) in "
-                  f"{time.perf_counter() - t0:.1f} s")
+    if not quiet:
+        console.print(f"nettrim: wrote {output}: {x.shape[0]} samples, {len(pr)} prunable "
+                      f"layers ({', '.join(f'{la.name}:{la.activation}' for la in pr)}) in "
+                      f"{time.perf_counter() - t0:.1f} s")
     for la in pr:
         if la.note:
             click.echo(f"nettrim: warning: layer {la.name}: {la.note}", err=True)

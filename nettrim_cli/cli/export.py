@@ -6,6 +6,7 @@ import click
 
 from nettrim_cli.atomic import check_output_path
 from nettrim_cli.cli.common import handle_errors, stderr_console, with_ckpt_options
+from nettrim_cli.cli.progress import quiet_requested
 
 
 @click.command(name="export")
@@ -34,6 +35,8 @@ def export(pruned, output, fmt, force, arch, trust_checkpoint):
     size = f"{s.output_bytes:,} bytes"
     if s.input_bytes:
         size += f", {s.ratio:.1%} of {pruned} ({s.input_bytes:,} bytes)"
+    if quiet_requested():
+        return
     stderr_console().print(
         f"nettrim: wrote {output} ({s.format}): {s.sparse_weights} weights stored sparse "
         f"({s.sparsity:.1%} zeros), {s.dense_tensors} other tensors as they were; {size}",

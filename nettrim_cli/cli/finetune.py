@@ -15,6 +15,7 @@ from nettrim_cli.cli.common import (
     with_ckpt_options,
     write_checkpoint_and_json,
 )
+from nettrim_cli.cli.progress import quiet_requested
 from nettrim_cli.recipe import DEFAULT_EPOCHS, DEFAULT_LR, SCHEDULES
 
 
@@ -64,6 +65,7 @@ def finetune(pruned, data_path, epochs, output, lr, schedule, val_split, patienc
     x, y = load_labelled(data_path)
     check_fits(ckpt.model, x, y, data_path, pruned)
     console = stderr_console()
+    quiet = quiet_requested(quiet)
     with progress_bars(console, quiet) as prog:
         task = prog.add_task("epoch", total=max(1, epochs * len(x)))
 

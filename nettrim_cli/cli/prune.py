@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 
 import click
@@ -14,16 +13,15 @@ from nettrim_cli.cli.common import (
     check_two_outputs,
     handle_errors,
     load_ckpt,
-    progress_bars,
     stderr_console,
     with_ckpt_options,
     write_checkpoint_and_json,
 )
+from nettrim_cli.cli.progress import RunProgress, quiet_requested
 from nettrim_cli.cli.training_options import TRAINING_FLAGS, training_options
 from nettrim_cli.errors import BadInput
 from nettrim_cli.methods import METHODS
-
-log = logging.getLogger("nettrim")
+from nettrim_cli.methods.base import RunHooks
 
 
 @click.command()
@@ -42,9 +40,11 @@ log = logging.getLogger("nettrim")
 @click.option("--lambda", "lam", type=float, help="Solve eq. 14 with this fixed lambda.")
 @click.option("--scope", type=click.Choice(["layer", "column"]),
               help="One lambda per layer (exact program 4, default) or per column.")
-@click.option("--solver", type=click.Choice(["osqp", "admm"]),
-              help="Layer solver: osqp (column by column, the reference; default) or admm "
-                   "(whole layer at once, torch).")
+@click.option("--solver", type=click.Choice(["auto", "osqp", "admm"]),
+              help="Layer solver: auto (default: whole layer at once, certified on small "
+                   "layers, fast on large ones), osqp (column by column with a lambda search, "
+                   "the reference; chosen by --scope or --osqp-algebra) or admm (whole-layer "
+                   "ADMM as configured by a preset's [admm]).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Device for --solver admm.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float64",
@@ -82,7 +82,8 @@ log = logging.getLogger("nettrim")
                    "layer's weights, in [0, 1). lc, magnitude-iterative: of every layer's "
                    "weights (of all pruned layers together with --allocation joint), in (0, 1).")
 @training_options
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress display, no summary table (errors and warnings only).")
 @with_ckpt_options
 @handle_errors
 def prune(model, acts, output, report_path, force, quiet, arch, trust_checkpoint, method,
@@ -116,7 +117,8 @@ def prune(model, acts, output, report_path, force, quiet, arch, trust_checkpoint
     inputs = (model, *([acts] if acts else []), *files.values())
     check_two_outputs(output, report_path, "--report", force, inputs)
     chosen.load()
-    _run(chosen, model, acts, output, report_path, files, quiet, arch, trust_checkpoint)
+    _run(chosen, model, acts, output, report_path, files, quiet_requested(quiet), arch,
+         trust_checkpoint)
 
 
 def _run(method, model: str, acts: str, output: str, report_path: str | None,
@@ -144,11 +146,12 @@ def _run(method, model: str, acts: str, output: str, report_path: str | None,
             dump.check_against(ckpt.model, ckpt.layers, model_path=model)
             acts_sha = sha256_file(acts)
         method.start(ckpt, acts_sha, output)
-        with progress_bars(console, quiet) as prog:
+        with RunProgress(console, quiet,
+                         unit="layer" if method.needs_acts else "") as shown:
             try:
-                hooks = _hooks(prog, len(ckpt.prunable), quiet,
-                               "layer " if method.needs_acts else "")
-                result = method.run(ckpt, dump, hooks)
+                result = method.run(ckpt, dump, RunHooks(on_layer=shown.on_layer,
+                                                         on_columns=shown.on_columns,
+                                                         on_step=shown.on_step))
             except (BadInput, KeyboardInterrupt) as e:
                 method.abandoned(e)
                 raise
@@ -169,27 +172,6 @@ def _run(method, model: str, acts: str, output: str, report_path: str | None,
     notes = [f"layer {la.name}: {la.note}" for la in ckpt.prunable if la.note]
     for line in notes + method.warnings(result):
         click.echo(f"nettrim: warning: {line}", err=True)
-
-
-def _hooks(prog, n_units: int, quiet: bool, unit: str):
-    from nettrim_cli.methods.base import RunHooks
-
-    ltask = prog.add_task("layers", total=n_units)
-    ctask = prog.add_task("columns", total=1)
-
-    def on_layer(i, n, name):
-        prog.update(ltask, completed=i, total=n, description=f"{unit}{name}")
-        if not quiet:
-            log.info("%s%d/%d: %s", unit, i + 1, n, name)
-
-    def on_columns(stage, done, total):
-        prog.update(ctask, completed=done, total=total, description=stage)
-
-    def on_step(line):
-        if not quiet:
-            click.echo(f"nettrim: {line}", err=True)
-
-    return RunHooks(on_layer=on_layer, on_columns=on_columns, on_step=on_step)
 
 
 # every prune option a method may declare, by flag: the parameter it arrives as

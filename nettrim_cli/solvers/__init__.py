@@ -11,6 +11,7 @@ from nettrim_cli.solvers.base import LayerSolver
 
 # name -> "module:class"; imported only when chosen (the ADMM solver pulls in torch)
 SOLVERS: dict[str, str] = {
+    "auto": "nettrim_cli.solvers.auto:AutoSolver",
     "osqp": "nettrim_cli.solvers.osqp_solver:OSQPSolver",
     "admm": "nettrim_cli.solvers.admm:ADMMSolver",
 }

@@ -107,6 +107,8 @@ class NetTrim(Method):
                 raise BadInput("--device cuda: no CUDA device is available to torch here; use "
                                "--device cpu")
             return make_solver("admm", device=self.device, dtype=self.dtype)
+        if self.device != "cpu":
+            raise BadInput(f"--device {self.device}: only --solver admm runs on a GPU")
         return make_solver(self.solver_name)
 
     def input_files(self) -> dict[str, str]:
@@ -215,7 +217,11 @@ class NetTrim(Method):
 
         failed = result.failed
         mixed = sum(1 for _, f in failed if f["status"] == MIXED)
-        lines = []
+        # one line per layer whose eps does not hold when measured
+        lines = [f"layer {o.info.name}: eps not met: constraint {o.solution.constraint:.4g} > "
+                 f"eps {o.epsilon:.4g} (the pruned weights are the solver's best answer)"
+                 for o in result.layers if o.solution is not None and o.epsilon is not None
+                 and not o.solution.eps_reached]
         if len(failed) > mixed:
             lines.append(f"{len(failed) - mixed} column(s) kept their original weights (see "
                          "failed_columns in the report)")

@@ -161,11 +161,17 @@ class _ADMM:
                                           or (rp <= 1e-2 * ep and rd <= 1e-2 * ed)):
                 converged = True
                 break
-            if o.adaptive_rho and it % o.adapt_every == 0 and rd > 0 and rp > 0:
+            late = o.support_stop > 0 and it >= o.min_iter
+            if late and stable >= o.stable_checks and rp <= o.support_stop * ep:
+                converged = True  # the support has settled: the refit does the rest
+                break
+            if late and o.rho_growth > 1.0 and it % o.adapt_every == 0:
+                ux, rho = self._grow(rho, ux, uz)
+            elif o.adaptive_rho and it % o.adapt_every == 0 and rd > 0 and rp > 0:
                 ux, rho = self._rebalance((rp / ep) / (rd / ed), rho, ux, uz)
             if it % (o.check_every * 100) == 0:
                 self.trace.append({"iter": it, "r_prim": rp, "r_dual": rd, "rho": rho})
-                progress("admm", k, int(max_iter))
+            progress("admm iterations", k, int(max_iter))
         self.iterations += k
         self.trace.append({"iter": self.iterations, "r_prim": rp, "r_dual": rd, "eps_prim": ep,
                            "eps_dual": ed, "rho": rho})
@@ -207,6 +213,15 @@ class _ADMM:
         uz.mul_(rho / new)
         self.rho_updates += 1
         return ux, new
+
+    def _grow(self, rho: float, ux: torch.Tensor,
+              uz: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The rho schedule of the support-driven stop: rho times ``rho_growth``, the scaled
+        duals divided by it (the unscaled multipliers are unchanged). Returns (u_x, rho)."""
+        g = float(self.opts.rho_growth)
+        uz.div_(g)
+        self.rho_updates += 1
+        return ux / g, rho * g
 
     def promote(self) -> bool:
         """Continue in float64 (a float32 run stalls at its rounding floor); False if already."""

@@ -10,6 +10,7 @@ the constraint holds.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -161,9 +162,12 @@ class _LayerSolve:
         opts, solver = self.opts, self.solver
         if attempt:
             self.retries += 1
-            # a low-precision run continues in float64 at the same tolerances; a float64
-            # run continues with tighter ones
-            if not solver.promote():
+            # a support-driven stop whose answer could not be repaired continues to the
+            # residual stop; a low-precision run continues in float64 at the same
+            # tolerances; a float64 run continues with tighter ones
+            if opts.support_stop > 0 and not opts.polish:
+                solver.opts = dataclasses.replace(opts, support_stop=0.0, rho_growth=1.0)
+            elif not solver.promote():
                 self.tol = (self.tol[0] / opts.retry_factor, self.tol[1] / opts.retry_factor)
         self.admm_conv = solver.run(opts.max_iter, *self.tol, self.progress)
         WT, tight = solver.result()
@@ -319,9 +323,13 @@ def solve_layer(program: LayerProgram, settings: SolverSettings,
     run = _LayerSolve(program, settings, opts, progress)
     if run.live:
         run.start(device, dtype)
-        attempts = 1 + int(opts.retry and opts.polish)
+        # a retry when the polish cannot certify, or when ADMM stopped on its support and
+        # no feasible answer came of it
+        attempts = 1 + int(opts.retry and (opts.polish or opts.support_stop > 0))
         for attempt in range(attempts):
             if run.attempt(attempt, last=attempt + 1 == attempts):
+                break
+            if not opts.polish and run.best is not None:
                 break
         run.choose()
     return run.solution(t0)

@@ -71,6 +71,14 @@ class ADMMSettings:
     polish_blas_threads: int | None = 1
     retry: bool = True
     retry_factor: float = 100.0
+    # The support-driven stop (ALPS-style, Meng et al. 2024): from iteration ``min_iter`` on,
+    # rho grows by ``rho_growth`` every ``adapt_every`` iterations (instead of residual
+    # balancing), and ADMM stops as soon as the support has settled (``stable_checks``) with
+    # the primal residual within ``support_stop`` times its tolerance; the support refit then
+    # pulls the answer onto eps. 0 / 1.0: off (stop on the residuals only).
+    support_stop: float = 0.0
+    rho_growth: float = 1.0
+    min_iter: int = 50
 
 
 @dataclass

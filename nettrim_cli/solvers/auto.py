@@ -1,0 +1,93 @@
+"""The default layer solver (``--solver auto``): program (4)/(6) -- or eq. 11 at a fixed
+lambda -- for the whole layer, chosen by the layer's size.
+
+- A small layer (P * (N + 1) * M at most ``SMALL``), and any layer with a fixed lambda
+  (``--lambda``, eq. 11: no eps for a refit to aim at): the whole-layer ADMM in float64 with its
+  active-set polish, which certifies the KKT conditions of (4) -- the answer the OSQP column
+  reference (``--solver osqp``, eq. 14 with a lambda search) reaches, at a fraction of the time.
+- A large layer: the whole-layer ADMM in float32 (one factorisation of the (N+1) x (N+1) Gram
+  matrix per layer), stopped once the support has settled (the rho schedule and stop of
+  ALPS, Meng et al. 2024: rho grows while the support settles, and a support that no longer
+  changes ends ADMM), then every column refitted on its support over all samples (conjugate
+  gradients on the normal equations) and mixed with ADMM's answer just far enough to meet
+  eps, measured on every sample. Without a certificate the columns are ``solved_inaccurate``.
+
+When neither meets a layer's eps the layer is mixed with its original weights (``MIXED``, a
+warning line) or, when even those miss eps, reported ``epsilon_not_reached``: never silently.
+
+Subsampling the rows (Theorem 3: P = (11 s + 7) mu log N samples fix an s-sparse column) was
+measured and is not used: on the 784 -> 500 layer of the bench MLP the columns keep about 200
+weights, for which Theorem 3 asks for ~17,000 of the 20,000 samples, and ADMM on 4,000 of them
+missed eps on all samples by 70% with a support the refit could not repair.
+"""
+
+from __future__ import annotations
+
+from nettrim_cli.execution.threads import fixed_threads, layer_threads
+from nettrim_cli.program import LayerProgram
+from nettrim_cli.solvers.admm import ADMMSettings, ADMMSolution, solve_layer
+from nettrim_cli.solvers.base import Capabilities, Progress, SolverSettings, no_progress
+
+# P * (N + 1) * M at or below this: one thread (more only add overhead, and on a busy machine
+# their spinning costs far more than the arithmetic: the 200 x 200 demo layer ran 40 ms an
+# ADMM iteration with the default threads on 2 contended cores)
+ONE_THREAD = 5.0e7
+# P * (N + 1) * M at or below this: the certified float64 path. Its polish took 98 s on the
+# 200 x 200 demo layer with 200 samples (8e6) where the fast path took 4 s, so only the
+# smallest layers take it (a 16 -> 12 layer with 48 samples is 1e4)
+SMALL = 2.0e6
+
+
+def large_layer_settings() -> ADMMSettings:
+    """ADMM for a large layer: float32-friendly tolerances (relative 1e-3, OSQP's default),
+    no polish (each round costs seconds there and rarely certifies), stopped on its residuals
+    (the fast preset's rule). The support-driven stop with a growing rho (``support_stop=1``,
+    ``rho_growth=1.2``) was measured and is off: on the 784-500-200-10 bench MLP with 2,000
+    samples (parallel, eps 0.05) it made the prune 1.39x slower than the fast preset at the
+    same sparsity and accuracy, its first layer's settled support missing eps after the refit
+    and ADMM continuing from there (with it on, a settled answer the refit cannot bring
+    onto eps goes back to ADMM until its residual stop before any mix with the original
+    weights). A check with at most 0.2% of the weights flipping counts as a settled support
+    (on the 784 -> 500 bench layer 80-800 of the 392,000 weights flipped every 5 iterations
+    long after the density had settled: float32 flicker at the threshold)."""
+    return ADMMSettings(eps_abs=1e-6, eps_rel=1e-3, max_iter=2000, polish=False, retry=True,
+                        support_stop=0.0, rho_growth=1.0, min_iter=100, stable_checks=6,
+                        support_tol=2e-3, adapt_every=25)
+
+
+def small_layer_settings() -> ADMMSettings:
+    """ADMM for a small layer: the solver's defaults (tight tolerances, polish, retry)."""
+    return ADMMSettings()
+
+
+class AutoSolver:
+    """The default solver behind the solver protocol (see the module docstring)."""
+
+    name = "auto"
+    capabilities = Capabilities(journal=False, devices=("cpu",), granularity="layer")
+
+    def __init__(self, small: float = SMALL) -> None:
+        self.small = small
+
+    def plan(self, program: LayerProgram) -> tuple[str, ADMMSettings]:
+        """(torch dtype, ADMM settings) for ``program``: the certified path for a small
+        layer, the fast one for a large layer. A preset's ``[admm]`` section is for
+        ``--solver admm`` and is not read here."""
+        size = program.n_samples * (program.n_in + 1) * program.n_out
+        if size <= self.small or program.lam is not None:
+            # a fixed lambda (eq. 11) has no eps for the support refit to aim at: its answer
+            # is the certified one
+            return "float64", small_layer_settings()
+        return "float32", large_layer_settings()
+
+    def solve(self, program: LayerProgram, settings: SolverSettings,
+              progress: Progress = no_progress, journal=None) -> ADMMSolution:  # noqa: ARG002
+        dtype, opts = self.plan(program)
+        size = program.n_samples * (program.n_in + 1) * program.n_out
+        threads = 1 if size <= ONE_THREAD else layer_threads(settings)
+        with fixed_threads(threads):
+            sol = solve_layer(program, settings, progress, device="cpu", dtype=dtype,
+                              admm_settings=opts)
+        sol.history.insert(0, {"stage": "auto", "path": "certified" if opts.polish
+                               else "fast", "dtype": dtype})
+        return sol
