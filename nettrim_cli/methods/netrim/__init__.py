@@ -61,17 +61,19 @@ class NetTrim(Method):
     name = "netrim"
     options = ("--config", "--mode", "--epsilon", "--gamma", "--lambda", "--scope", "--solver",
                "--device", "--dtype", "--workers", "--workdir", "--resume", "--strict",
-               "--executor", "--address", "--osqp-algebra")
+               "--executor", "--address", "--osqp-algebra", "--patches")
     hint = ("--match and --sparsity are for the baselines (--method magnitude, wanda or "
             "sparsegpt); Net-Trim is steered by --epsilon or --lambda")
 
     def __init__(self, config_path: str | None = None, mode=None, epsilon=None, gamma=None,
                  lam=None, scope=None, solver=None, device: str = "cpu",
                  dtype: str = "float64", workers=None, workdir=None, resume: bool = False,
-                 strict: bool = False, executor=None, address=None, osqp_algebra=None) -> None:
+                 strict: bool = False, executor=None, address=None, osqp_algebra=None,
+                 patches=None) -> None:
         self.flags = {"mode": mode, "epsilon": epsilon, "gamma": gamma, "lambda": lam,
                       "scope": scope, "solver": solver, "workers": workers,
-                      "executor": executor, "address": address, "osqp_algebra": osqp_algebra}
+                      "executor": executor, "address": address, "osqp_algebra": osqp_algebra,
+                      "patches": patches}
         from nettrim_cli.config import resolve_preset
 
         # a preset name is recorded (report inputs, output checks) as the file it names
@@ -126,13 +128,14 @@ class NetTrim(Method):
         result = prune(ckpt, dump, self.settings, self.solver, hooks.on_layer,
                        hooks.on_columns or no_progress, workdir=self.work)
         for o in result.layers:
-            o.record = {"epsilon": o.epsilon, "lambda": o.solution.lam,
+            o.record = {**o.record, "epsilon": o.epsilon, "lambda": o.solution.lam,
                         "constraint": o.solution.constraint}
         s = self.settings
         result.settings = {
             "mode": s.mode, "epsilon": s.epsilon,
             "gamma": s.gamma if s.mode == CASCADE else None, "lambda": s.lam,
             "solver": self.solver_name, "zero_threshold": s.solver.zero_threshold,
+            "patches": s.patches, "patch_seed": s.seed,
             "osqp": asdict(s.solver.osqp), "search": asdict(s.solver.search)}
         return result
 
