@@ -52,7 +52,8 @@ class LayerInfo:
     in_shape: tuple[int, ...] = ()  # one sample's input and output shapes
     out_shape: tuple[int, ...] = ()
     groups: int = 1
-    params: int = 0  # weights (and biases) of a kept layer
+    params: int = 0  # weights and biases of the layer
+    weight_shape: tuple[int, ...] = ()  # the layer's own weight tensor shape
     flops: int = 0  # multiply-adds per sample (dense)
 
     def as_attrs(self) -> dict:
@@ -130,6 +131,7 @@ def trace_layers(model: nn.Module, sample: torch.Tensor, path: str = "",
                                     shortcut=shortcut, in_shape=in_shape, out_shape=out_shape,
                                     groups=getattr(mod, "groups", 1),
                                     params=sum(p.numel() for p in mod.parameters()),
+                                    weight_shape=tuple(mod.weight.shape),
                                     flops=kind.flops(mod, out_shape)))
         elif isinstance(mod, KEPT):
             folded = next((la.name for la in layers if la.bn == name), "")
@@ -138,6 +140,8 @@ def trace_layers(model: nn.Module, sample: torch.Tensor, path: str = "",
                 note=f"folded into {folded} for its program; kept as a module" if folded
                 else "kept dense: not directly after a pruned unit",
                 params=sum(p.numel() for p in mod.parameters()),
+                weight_shape=tuple(getattr(mod, "weight", None).shape)
+                if isinstance(getattr(mod, "weight", None), torch.Tensor) else (),
                 out_shape=shapes.get(mod, ((), ()))[1]))
         elif isinstance(mod, (nn.ReLU, *PASSTHROUGH, *OTHER_ACTIVATIONS)):
             continue
