@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO ?= demo_out
 NETTRIM := $(BIN)/nettrim
 
-.PHONY: install test demo bench experiments resume-check lint clean fashion-mnist
+.PHONY: install test demo bench experiments conv-experiments resume-check lint clean fashion-mnist
 
 # torch is installed first and pinned to the CPU build that lies on this machine's disk:
 # a loose `torch` requirement would pull a multi-GB CUDA build.
@@ -49,6 +49,11 @@ bench: install fashion-mnist
 # writes exp_out/ and docs/results.md with the figures. NETS=NN2-10K,CNN-10K picks networks.
 experiments: install fashion-mnist
 	$(BIN)/python -m experiments.run
+
+# Whole conv networks (LeNet-5, a small ResNet), every layer pruned: docs/results.md's section
+# "Whole conv networks".
+conv-experiments: install fashion-mnist
+	$(BIN)/python -m experiments.convnets
 
 # A longer kill-and-resume campaign than `make test` runs; appends to docs/resume-kills.jsonl.
 resume-check: install

@@ -226,5 +226,7 @@ def main(exp: Path, docs: Path, nets: list[str], seeds: list[int]) -> Path:
     reading = docs / "results-reading.md"
     text = text.replace("READING", reading.read_text() if reading.exists() else
                         "(no reading written yet)")
-    path.write_text(text)
+    from experiments.conv_results import keep_section
+
+    path.write_text(keep_section(path.read_text() if path.exists() else "", text))
     return path
