@@ -120,29 +120,12 @@ def trace_layers(model: nn.Module, sample: torch.Tensor, path: str = "",
                 raise BadInput(f"layer {name!r} is called {counts[mod]} times in one forward "
                                "pass; shared layers are not supported", mpath)
             nxt = calls[i + 1] if i + 1 < len(calls) else None
-            act, note, bn, shortcut = _activation(
-                name, nxt if nxt is not None and nxt[1] == out_id else None, graph, mpath)
-            kind = kind_of(mod)
-            n_in, n_out = kind.sizes(mod)
-            in_shape, out_shape = shapes[mod]
-            layers.append(LayerInfo(name=name, kind=kind.name, activation=act,
-                                    in_features=n_in, out_features=n_out,
-                                    bias=mod.bias is not None or bool(bn), note=note, bn=bn,
-                                    shortcut=shortcut, in_shape=in_shape, out_shape=out_shape,
-                                    groups=getattr(mod, "groups", 1),
-                                    params=sum(p.numel() for p in mod.parameters()),
-                                    weight_shape=tuple(mod.weight.shape),
-                                    flops=kind.flops(mod, out_shape)))
+            found = _activation(name, nxt if nxt is not None and nxt[1] == out_id else None,
+                                graph, mpath)
+            layers.append(_unit_info(name, mod, found, shapes[mod]))
         elif isinstance(mod, KEPT):
             folded = next((la.name for la in layers if la.bn == name), "")
-            layers.append(LayerInfo(
-                name=name, kind=type(mod).__name__.lower(), activation=None, prunable=False,
-                note=f"folded into {folded} for its program; kept as a module" if folded
-                else "kept dense: not directly after a pruned unit",
-                params=sum(p.numel() for p in mod.parameters()),
-                weight_shape=tuple(getattr(mod, "weight", None).shape)
-                if isinstance(getattr(mod, "weight", None), torch.Tensor) else (),
-                out_shape=shapes.get(mod, ((), ()))[1]))
+            layers.append(_kept_info(name, mod, folded, shapes.get(mod, ((), ()))[1]))
         elif isinstance(mod, (nn.ReLU, *PASSTHROUGH, *OTHER_ACTIVATIONS)):
             continue
         elif any(True for _ in mod.parameters(recurse=False)):
@@ -156,6 +139,34 @@ def trace_layers(model: nn.Module, sample: torch.Tensor, path: str = "",
     return layers
 
 
+
+
+def _unit_info(name: str, mod: nn.Module, found: tuple[str, str, str, str],
+               shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> LayerInfo:
+    """A prunable unit: its kind's matrix sizes, activation, folded BN, shortcut, shapes."""
+    act, note, bn, shortcut = found
+    kind = kind_of(mod)
+    n_in, n_out = kind.sizes(mod)
+    in_shape, out_shape = shapes
+    return LayerInfo(name=name, kind=kind.name, activation=act, in_features=n_in,
+                     out_features=n_out, bias=mod.bias is not None or bool(bn), note=note,
+                     bn=bn, shortcut=shortcut, in_shape=in_shape, out_shape=out_shape,
+                     groups=getattr(mod, "groups", 1),
+                     params=sum(p.numel() for p in mod.parameters()),
+                     weight_shape=tuple(mod.weight.shape), flops=kind.flops(mod, out_shape))
+
+
+def _kept_info(name: str, mod: nn.Module, folded: str, out_shape: tuple[int, ...]
+               ) -> LayerInfo:
+    """A layer with weights that is not pruned (a norm), folded into ``folded`` or not."""
+    weight = getattr(mod, "weight", None)
+    return LayerInfo(
+        name=name, kind=type(mod).__name__.lower(), activation=None, prunable=False,
+        note=f"folded into {folded} for its program; kept as a module" if folded
+        else "kept dense: not directly after a pruned unit",
+        params=sum(p.numel() for p in mod.parameters()),
+        weight_shape=tuple(weight.shape) if isinstance(weight, torch.Tensor) else (),
+        out_shape=out_shape)
 
 
 def _activation(name: str, next_call, graph: FxActivations, mpath: str

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -152,6 +153,10 @@ def test_sampled_conv_program_reports_patches_and_all_patch_discrepancy(tmp_path
     pruned.load_state_dict(torch.load(tmp_path / "p.pt"))
     assert set(pruned.state_dict()) == set(model.state_dict())
     x = torch.as_tensor(np.load(tmp_path / "x.npy"))
+    with h5py.File(tmp_path / "acts.h5", "r") as f:  # conv inputs in their own shape, chunked
+        g = next(f["layers"][k] for k in f["layers"] if f["layers"][k].attrs["name"] == "conv")
+        assert g["input"].shape == g["shortcut"].shape == (16, 4, 10, 10)
+        assert g["input"].chunks[1:] == (4, 10, 10) and g.attrs["bn"] == "bn"
     by = {la["name"]: la for la in report["layers"]}
     assert by["conv"]["rows"] == 300 and by["conv"]["rows_total"] == 16 * 100
     with torch.no_grad():  # the residual unit's output on every patch, recomputed here
