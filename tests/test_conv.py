@@ -169,3 +169,17 @@ def test_sampled_conv_program_reports_patches_and_all_patch_discrepancy(tmp_path
     convs = [by[n] for n in ("stem", "conv", "dw")]
     assert all(la["kind"] == "conv" for la in convs)
     assert sum(la["nonzeros_after"] for la in convs) < sum(la["params"] for la in convs)
+
+
+def test_cascade_prunes_conv_bn_and_residual_units_and_writes_what_it_reports(tmp_path):
+    """Algorithm 2 on a network with folded BNs, a residual unit and a depthwise conv: the
+    written checkpoint holds the reported zeros, and each unit's eps is eq. 7's."""
+    _, report = _prune(tmp_path, res_tiny, 300, mode="cascade")
+    pruned = res_tiny()
+    pruned.load_state_dict(torch.load(tmp_path / "p.pt"))
+    for la in report["layers"]:
+        if la.get("nonzeros_after") is None:
+            continue
+        w = dict(pruned.named_modules())[la["name"]].weight
+        assert int(torch.count_nonzero(w)) == la["nonzeros_after"]
+        assert la["constraint"] <= la["epsilon"] * (1 + 1e-3)
