@@ -56,7 +56,8 @@ def net_lines(name: str, d: Path) -> list[str]:
             f"{_num(n['flops_pruned'])} with the nonzero weights.",
             f"- Wall time (s, 2 shared cores, other jobs running): train {s.get('train_seconds')}"
             f", dump {s['dump_seconds']}, Net-Trim prune {s['prune_seconds']} (the whole "
-            f"command), magnitude {s.get('magnitude_seconds')}, Wanda {s.get('wanda_seconds')}, "
+            f"command; {s.get('prune_cpu_seconds')} s of CPU time), magnitude "
+            f"{s.get('magnitude_seconds')}, Wanda {s.get('wanda_seconds')}, "
             f"SparseGPT {s.get('sparsegpt_seconds')}, FT of the Net-Trim model "
             f"{s.get('netrim_ft_seconds')}.", "",
             "| layer | kind | program | shape | sparsity | patches used / all | rel. disc. "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -99,13 +100,18 @@ NETS = {
 }
 
 
+CPU = {}  # the last command's CPU seconds (user + system, its processes together)
+
+
 def nettrim(*args: str) -> float:
-    """Run `nettrim ARGS` from the repository root; returns its wall time."""
+    """Run `nettrim ARGS` from the repository root; returns its wall time (CPU time in CPU)."""
     print("+ nettrim", " ".join(args), flush=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    t0 = time.perf_counter()
+    t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([sys.executable, "-m", "nettrim_cli", *args], check=True, cwd=ROOT, env=env)
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU["last"] = round(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime, 1)
     return time.perf_counter() - t0
 
 
@@ -158,6 +164,7 @@ def one_net(name: str, data: dict) -> dict:
         "prune", str(model), *arch, "--acts", str(acts), "--mode", "parallel", "--config",
         "fast", "--dtype", "float32", "--epsilon", str(eps), "-o", str(pruned), "--report",
         str(report), "--force", "-q"), 1)
+    s["prune_cpu_seconds"] = CPU["last"]
     s["accuracy"] = {"original": accuracy(load(model, factory, whole), xte, yte)}
     s["ft_accuracy"] = {}
     for method in ("netrim", *BASELINES):
