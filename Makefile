@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 DEMO ?= demo_out
 NETTRIM := $(BIN)/nettrim
 
-.PHONY: install test demo bench experiments conv-experiments resume-check lint clean fashion-mnist
+.PHONY: install test demo bench experiments conv-experiments finetune-recipe resume-check lint \
+	clean fashion-mnist
 
 # torch is installed first and pinned to the CPU build that lies on this machine's disk:
 # a loose `torch` requirement would pull a multi-GB CUDA build.
@@ -54,6 +55,11 @@ experiments: install fashion-mnist
 # "Whole conv networks".
 conv-experiments: install fashion-mnist
 	$(BIN)/python -m experiments.convnets
+
+# How the default of `nettrim finetune` was chosen: NN2-10K pruned to 90% (Net-Trim and
+# SparseGPT-style), fine-tuned with a grid of recipes; writes docs/finetune-recipe.md (~30 min).
+finetune-recipe: install fashion-mnist
+	$(BIN)/python -m experiments.finetune_recipe
 
 # A longer kill-and-resume campaign than `make test` runs; appends to docs/resume-kills.jsonl.
 resume-check: install

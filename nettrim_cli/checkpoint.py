@@ -1,12 +1,17 @@
 """Load and save PyTorch checkpoints safely, and find the layers Net-Trim can prune.
 
-Three forms are accepted:
+Accepted forms:
   (a) a whole ``nn.Module`` saved with ``torch.save``, built from standard torch.nn layers:
       loaded with ``weights_only=True`` and an allowlist of those classes;
-  (b) a state_dict (plain, or under a ``state_dict`` or ``model`` key) with ``--arch
-      package.module:factory`` that builds the module;
+  (a') the same module under a common key of a dict (``{"model": module, "epoch": 3}``);
+  (b) a state_dict with ``--arch package.module:factory`` that builds the module: plain, under
+      a common key of a dict holding other entries (epoch, optimizer state, ...), or the only
+      dict of tensors in one; keys may carry one prefix (``module.``); a ``.safetensors`` file
+      (ckpt_forms.py);
   (c) anything else that needs arbitrary unpickling, only with ``trust=True``
-      (``--trust-checkpoint``), which runs code from the file.
+      (``--trust-checkpoint``), which runs code from the file;
+  (d) a nettrim export of any of these (export/reader.py), densified.
+The output of a command that changes the weights has the input's form (save_checkpoint).
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ from __future__ import annotations
 import _compat_pickle
 import copy
 import hashlib
-import importlib
 import io
 import os
 import pickle
@@ -28,6 +32,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from nettrim_cli.arch import build_arch
+from nettrim_cli.ckpt_forms import (
+    STATE_DICT_KEYS,
+    SafetensorsFile,
+    clear_optimizer_state,
+    find_module,
+    find_state_dict,
+    fit_prefix,
+    optimizer_note,
+    safetensors_bytes,
+)
 from nettrim_cli.errors import BadInput
 
 # Layers a whole-module checkpoint may contain. Everything here is plain torch.nn: unpickling
@@ -39,7 +54,13 @@ ALLOWED_MODULES: tuple[type, ...] = (
     nn.BatchNorm2d, nn.LayerNorm, nn.Tanh, nn.Sigmoid, nn.GELU, nn.LeakyReLU, nn.ELU,
     nn.Softmax, nn.LogSoftmax,
 )
-STATE_DICT_KEYS = ("state_dict", "model")
+__all__ = ["ALLOWED_MODULES", "STATE_DICT_KEYS", "Checkpoint", "build_arch", "load_checkpoint",
+           "module_damage", "pruned_copy", "read_state_dict", "save_checkpoint"]
+MODULE_INTERNALS = frozenset(nn.Module().__dict__)  # what every nn.Module instance holds
+# the internals' types: the hook and tensor tables are dicts, the flags what they are
+_INTERNAL_TYPES: dict[str, type] = {
+    k: dict if isinstance(v, dict) else set if isinstance(v, set) else bool
+    for k, v in nn.Module().__dict__.items() if isinstance(v, (dict, set, bool))}
 
 
 @dataclass
@@ -49,10 +70,12 @@ class Checkpoint:
     model: nn.Module
     form: str  # "module" or "state_dict"
     path: str
-    container: object = None  # the loaded object for state_dict form (dict, maybe wrapped)
-    sd_key: str | None = None  # "state_dict" / "model" when wrapped
+    container: object = None  # the loaded dict holding the state_dict (or the module)
+    sd_key: str | None = None  # the container's key holding the state_dict or module
     prefix: str = ""  # e.g. "module." when the keys carry a DataParallel prefix
     trusted: bool = False
+    file_format: str = "torch"  # "torch" (torch.save) or "safetensors"
+    metadata: dict = field(default_factory=dict)  # a safetensors file's header metadata
     sha256: str = ""
     layers: list = field(default_factory=list)  # graph.LayerInfo, in forward order
 
@@ -199,76 +222,113 @@ def _torch_load_safe(data: bytes, path: str, trust: bool):
         raise _unreadable(data, path, e) from e
 
 
-def build_arch(arch: str) -> nn.Module:
-    """Build a module from ``package.module:factory``."""
-    if ":" not in arch:
-        raise BadInput("--arch must look like package.module:factory", arch)
-    mod_name, _, attr = arch.partition(":")
-    try:
-        mod = importlib.import_module(mod_name)
-    except Exception as e:  # noqa: BLE001 - anything the import raises
-        raise BadInput(f"cannot import module {mod_name!r} ({e})", arch) from e
-    factory = getattr(mod, attr, None)
-    if factory is None:
-        raise BadInput(f"module {mod_name!r} has no attribute {attr!r}", arch)
-    if callable(factory) and not isinstance(factory, nn.Module):
-        try:
-            model = factory()
-        except Exception as e:  # noqa: BLE001 - the user's factory failed
-            msg = str(e).splitlines()[0][:200] if str(e) else ""
-            raise BadInput(f"{attr}() failed ({type(e).__name__}: {msg})", arch) from e
-    else:
-        model = factory
-    if not isinstance(model, nn.Module):
-        raise BadInput(f"{attr!r} did not build an nn.Module", arch)
-    return model
-
-
 def _as_state_dict(obj) -> tuple[dict, str | None] | None:
-    if isinstance(obj, dict):
-        for key in STATE_DICT_KEYS:
-            inner = obj.get(key)
-            if isinstance(inner, dict) and inner and all(
-                    isinstance(v, torch.Tensor) for v in inner.values()):
-                return inner, key
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj, None
+    """The state_dict in ``obj`` and its key (ckpt_forms.find_state_dict), or None."""
+    try:
+        return find_state_dict(obj, "")
+    except BadInput:
+        return None
+
+
+def read_state_dict(path: str, trust: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file in any accepted form, by the model's own names, without
+    building the model (no ``--arch``): a module's state_dict, the state_dict found in a dict
+    (ckpt_forms.find_state_dict), a safetensors file's tensors, an export densified; a
+    ``module.`` or ``_orig_mod.`` prefix on every key is dropped."""
+    from nettrim_cli.export.reader import load_object  # checkpoint is imported by export
+
+    obj, _ = load_object(_read_bytes(path), path, trust)
+    key = find_module(obj)
+    if isinstance(obj, nn.Module) or key is not None:
+        return (obj if key is None else obj[key]).state_dict()
+    sd = obj.tensors if isinstance(obj, SafetensorsFile) else find_state_dict(obj, path)[0]
+    for prefix in ("module.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def module_damage(model: nn.Module) -> str | None:
+    """What is wrong with a module that a damaged pickle built, or None when nothing is.
+
+    Unpickling restores a module's ``__dict__`` as stored; one that lost nn.Module's own
+    internals (its hook tables, say), or holds something else there, passes loading and fails
+    later, when something registers a hook. Shared by checkpoints and exports
+    (export/archive.py); walks ``__dict__`` itself, as the module's methods need those
+    internals."""
+    stack, seen = [("", model)], set()
+    while stack:
+        name, mod = stack.pop()
+        if id(mod) in seen:
+            continue
+        seen.add(id(mod))
+        where = f"module {name!r}" if name else "the top module"
+        state = getattr(mod, "__dict__", {})
+        missing = sorted(MODULE_INTERNALS - state.keys())
+        odd = sorted(k for k, want in _INTERNAL_TYPES.items()
+                     if k in state and not isinstance(state[k], want))
+        if missing or odd:
+            what = f"lacks {', '.join(missing[:3])}" if missing else \
+                f"holds a {type(state[odd[0]]).__name__} object as {odd[0]}"
+            return f"{where} ({type(mod).__name__}) {what}, part of nn.Module's internals"
+        for child_name, child in state["_modules"].items():
+            if child is None:
+                continue
+            if not isinstance(child, nn.Module):
+                return f"{where} holds a {type(child).__name__} as submodule {child_name!r}"
+            stack.append((f"{name}.{child_name}" if name else str(child_name), child))
     return None
 
 
+def _fit_state_dict(obj, path: str, arch: str | None, trusted: bool) -> Checkpoint:
+    """Build ``arch`` and load the state_dict found in ``obj`` into it."""
+    if isinstance(obj, SafetensorsFile):
+        sd, key, container = obj.tensors, None, obj.tensors
+    else:
+        sd, key = find_state_dict(obj, path)
+        container = obj
+    if arch is None:
+        where = f" (under {key!r})" if key is not None else ""
+        raise BadInput(f"checkpoint is a state_dict{where}; pass --arch package.module:factory "
+                       "to build the model it belongs to", path)
+    model = build_arch(arch)
+    prefix = fit_prefix(list(sd), set(model.state_dict()))
+    if prefix is None:
+        prefix = "module." if all(k.startswith("module.") for k in sd) else ""
+    clean = {k[len(prefix):]: v for k, v in sd.items()}
+    try:
+        model.load_state_dict(clean, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1:2] or [str(e)]
+        raise BadInput(f"state_dict does not fit --arch {arch}: {first[0].strip()}",
+                       path) from e
+    if isinstance(obj, SafetensorsFile):
+        return Checkpoint(model=model, form="state_dict", path=path, container=container,
+                          prefix=prefix, file_format="safetensors", metadata=obj.metadata)
+    return Checkpoint(model=model, form="state_dict", path=path, container=container,
+                      sd_key=key, prefix=prefix, trusted=trusted)
+
+
 def load_checkpoint(path: str, arch: str | None = None, trust: bool = False) -> Checkpoint:
-    """Load a checkpoint in any of the three accepted forms (see the module docstring)."""
+    """Load a checkpoint in any accepted form (see the module docstring)."""
     data = _read_bytes(path)
     from nettrim_cli.export.reader import load_object  # an export loads densified (issue 17)
 
     obj, trusted = load_object(data, path, trust)
     digest = hashlib.sha256(data).hexdigest()
+    key = find_module(obj)
     if isinstance(obj, nn.Module):
         ckpt = Checkpoint(model=obj, form="module", path=path, trusted=trusted)
+    elif key is not None:  # {"model": module, "epoch": ...}: written back the same way
+        ckpt = Checkpoint(model=obj[key], form="module", path=path, container=obj, sd_key=key,
+                          trusted=trusted)
     else:
-        found = _as_state_dict(obj)
-        if found is None:
-            raise BadInput("checkpoint is neither an nn.Module nor a state_dict of tensors "
-                           f"(found {type(obj).__name__})", path)
-        sd, key = found
-        if arch is None:
-            raise BadInput("checkpoint is a state_dict; pass --arch package.module:factory to "
-                           "build the model it belongs to", path)
-        model = build_arch(arch)
-        prefix = ""
-        if all(k.startswith("module.") for k in sd):
-            prefix = "module."
-        clean = {k[len(prefix):]: v for k, v in sd.items()}
-        try:
-            model.load_state_dict(clean, strict=True)
-        except RuntimeError as e:
-            first = str(e).splitlines()[1:2] or [str(e)]
-            raise BadInput(f"state_dict does not fit --arch {arch}: {first[0].strip()}",
-                           path) from e
-        ckpt = Checkpoint(model=model, form="state_dict", path=path, container=obj, sd_key=key,
-                          prefix=prefix, trusted=trusted)
+        ckpt = _fit_state_dict(obj, path, arch, trusted)
     ckpt.sha256 = digest
-    try:  # a damaged pickle can build a module that lacks its own internals
+    damage = module_damage(ckpt.model)
+    if damage is not None:
+        raise BadInput(f"damaged checkpoint: {damage}", path)
+    try:  # a damaged pickle can still build a module whose tensors or sizes disagree
         ckpt.model.eval()
         tensors = list(ckpt.model.named_parameters()) + list(ckpt.model.named_buffers())
         _check_linears(ckpt.model)
@@ -325,20 +385,40 @@ def _save_bytes(obj, dest) -> None:
         fh.write(buf.getbuffer())
 
 
-def save_checkpoint(ckpt: Checkpoint, model: nn.Module, dest: str) -> None:
-    """Write ``model`` to ``dest`` (a path; callers handle atomicity) in the input's form.
-    The bytes depend only on the weights (see _save_bytes)."""
+def save_checkpoint(ckpt: Checkpoint, model: nn.Module, dest) -> list[str]:
+    """Write ``model`` to ``dest`` (a path or a binary file; callers handle atomicity) in the
+    input's form, and return the lines to tell the user about it.
+
+    A module stays a module; a state_dict keeps its keys, prefix and container, every other
+    entry as it was except an optimizer's per-weight state, which is cleared (ckpt_forms.py:
+    it belongs to the old weights); a safetensors file stays one with its metadata. The bytes
+    depend only on the weights (see _save_bytes).
+    """
     if ckpt.form == "module":
-        _save_bytes(model, dest)
-        return
+        if ckpt.sd_key is None:
+            _save_bytes(model, dest)
+            return []
+        out, cleared = clear_optimizer_state(ckpt.container, ckpt.sd_key)
+        out[ckpt.sd_key] = model
+        _save_bytes(out, dest)
+        return [optimizer_note(ckpt.path, cleared)] if cleared else []
     sd = {ckpt.prefix + k: v.detach().clone() for k, v in model.state_dict().items()}
+    if ckpt.file_format == "safetensors":
+        data = safetensors_bytes(sd, ckpt.metadata)
+        if isinstance(dest, (str, os.PathLike)):
+            with open(dest, "wb") as fh:
+                fh.write(data)
+        else:
+            dest.write(data)
+        return []
     container = ckpt.container
     if ckpt.sd_key is not None:
-        out = dict(container)
+        out, cleared = clear_optimizer_state(container, ckpt.sd_key)
         inner = dict(container[ckpt.sd_key])
         inner.update(sd)
         out[ckpt.sd_key] = inner
     else:
-        out = dict(container)
+        out, cleared = dict(container), []
         out.update(sd)
     _save_bytes(out, dest)
+    return [optimizer_note(ckpt.path, cleared)] if cleared else []

@@ -68,7 +68,8 @@ def load_labelled(path: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y.astype(np.int64)
 
 
-def _dtype(model: nn.Module) -> torch.dtype:
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating parameter (float32 when it has none)."""
     for p in model.parameters():
         if p.is_floating_point():
             return p.dtype
@@ -79,7 +80,7 @@ def check_fits(model: nn.Module, x: np.ndarray, y: np.ndarray, data_path: str,
                model_path: str) -> int:
     """Refuse data the model cannot classify: inputs of the wrong shape, an output that is not
     (batch, classes), or labels outside [0, classes). Returns the number of classes."""
-    sample = torch.as_tensor(x[: min(4, len(x))]).to(_dtype(model))
+    sample = torch.as_tensor(x[: min(4, len(x))]).to(model_dtype(model))
     try:
         with torch.no_grad():
             out = model.eval()(sample)
@@ -112,16 +113,18 @@ def parse_noise(text: str | None) -> list[float]:
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, noise: list[float] | None = None,
-             seed: int = 0, batch_size: int = 1024) -> list[dict]:
+             seed: int = 0, batch_size: int = 1024, dtype: torch.dtype | None = None
+             ) -> list[dict]:
     """Accuracy and mean cross-entropy (natural log) at each noise level.
 
     At level sigma the model sees x + sigma * z with z i.i.d. standard normal from
     ``numpy.random.default_rng(seed)``, drawn batch by batch in sample order; every level uses
     the same z (common random numbers, so the curve over sigma is smooth), and sigma = 0 is
-    the clean data exactly.
+    the clean data exactly. The inputs are cast to ``dtype`` (default: the model's first
+    floating parameter's; a sparse model keeps its weights outside its parameters).
     """
     model.eval()
-    dtype = _dtype(model)
+    dtype = dtype or model_dtype(model)
     results = []
     for sigma in noise or [0.0]:
         rng = np.random.default_rng(seed)

@@ -327,23 +327,11 @@ def _pyplot():
 
 
 def pattern_weights(path: str, report: dict, trust: bool = False) -> dict[str, np.ndarray]:
-    """The weight matrices of the report's pruned layers, read from a pruned checkpoint (a
-    module or a state_dict; no --arch needed: only the tensors are read)."""
-    from torch import nn
+    """The weight matrices of the report's pruned layers, read from a pruned checkpoint in any
+    form (checkpoint.read_state_dict; no --arch needed: only the tensors are read)."""
+    from nettrim_cli.checkpoint import read_state_dict
 
-    from nettrim_cli.checkpoint import _as_state_dict, _read_bytes, _torch_load_safe
-
-    obj, _ = _torch_load_safe(_read_bytes(path), path, trust)
-    if isinstance(obj, nn.Module):
-        sd = obj.state_dict()
-    else:
-        found = _as_state_dict(obj)
-        if found is None:
-            raise BadInput("checkpoint is neither an nn.Module nor a state_dict of tensors",
-                           path)
-        sd = found[0]
-        if sd and all(k.startswith("module.") for k in sd):
-            sd = {k[len("module."):]: v for k, v in sd.items()}
+    sd = read_state_dict(path, trust)  # every checkpoint form, safetensors and exports too
     out = {}
     for layer in report["layers"]:
         if not layer.get("shape") or layer.get("nonzeros_after") is None:

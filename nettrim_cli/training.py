@@ -123,6 +123,10 @@ class Callback:
     def on_epoch(self, epoch: int, result: TrainResult) -> None:
         """After each epoch and its scheduler step, with the figures so far."""
 
+    def should_stop(self) -> bool:
+        """Asked after each epoch's ``on_epoch``: True ends the training there."""
+        return False
+
 
 class OnBatch(Callback):
     """A plain function ``fn(epoch, done, n, loss)`` as an ``on_batch`` callback."""
@@ -269,6 +273,8 @@ def train(model: nn.Module, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.
         result.seconds = time.perf_counter() - t0
         for cb in callbacks:
             cb.on_epoch(epoch, result)
+        if any(cb.should_stop() for cb in callbacks):
+            break
     result.seconds = time.perf_counter() - t0
     step.opt.zero_grad(set_to_none=True)
     model.eval()

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TESTS_DIR, Env, assert_refused, invoke
+from safetensors.torch import save as st_save
 from torch import nn
 
 # ----------------------------------------------------------------------------------------------
@@ -828,6 +829,227 @@ def layer_no_linear(e):
     return Expect(dump_argv(e, model=p), [p, "no Linear or Conv layer"])
 
 
+# --- checkpoint forms (issue 14) ----------------------------------------------------------
+
+
+def _tiny_sd() -> dict:
+    torch.manual_seed(0)
+    return archs.tiny().state_dict()
+
+
+def _st(e: Env, name: str, tensors: dict, **kw) -> Path:
+    return e.write(name, st_save({k: v.contiguous() for k, v in tensors.items()}, **kw))
+
+
+def _damaged_module(e: Env, edit: Callable[[nn.Module], None]) -> Path:
+    """A module pickle whose Linear lost (or has a wrong) part of nn.Module's internals: it
+    loads, and used to fail only when tracing registered a hook (exit 1)."""
+    torch.manual_seed(0)
+    m = archs.tiny()
+    edit(m[3])
+    return e.save("model.pt", m)
+
+
+@case("checkpoint form")
+def form_dict_without_state_dict(e):
+    p = e.save("model.pt", {"epoch": 3, "optimizer_state_dict": {"state": {},
+                                                                 "param_groups": []}})
+    return Expect(dump_argv(e, model=p, extra=["--arch", ARCH + "tiny"]),
+                  [p, "'epoch' (int)", "'optimizer_state_dict' (dict)", "model_state_dict"])
+
+
+@case("checkpoint form")
+def form_two_state_dicts_no_common_key(e):
+    p = e.save("model.pt", {"gen": _tiny_sd(), "disc": _tiny_sd()})
+    return Expect(dump_argv(e, model=p, extra=["--arch", ARCH + "tiny"]),
+                  [p, "2 state_dicts", "'gen'", "'disc'"])
+
+
+@case("checkpoint form")
+def form_two_modules_no_common_key(e):
+    torch.manual_seed(0)
+    p = e.save("model.pt", {"student": archs.tiny(), "teacher": archs.tiny(), "epoch": 1})
+    return Expect(dump_argv(e, model=p), [p, "2 nn.Modules", "'student'", "'teacher'"])
+
+
+@case("checkpoint form")
+def form_tutorial_without_arch(e):
+    p = e.save("model.pt", {"epoch": 3, "model_state_dict": _tiny_sd()})
+    return Expect(prune_argv(e, model=p), [p, "'model_state_dict'", "--arch"])
+
+
+@case("checkpoint form")
+def form_tutorial_other_arch(e):
+    p = e.save("model.pt", {"epoch": 3, "model_state_dict": _tiny_sd()})
+    return Expect(dump_argv(e, model=p, extra=["--arch", ARCH + "wider"]), [p, "wider"])
+
+
+@case("checkpoint form")
+def form_tutorial_nan_finetune(e):
+    sd = _tiny_sd()
+    sd["1.weight"][0, 0] = float("nan")
+    p = e.save("model.pt", {"epoch": 3, "model_state_dict": sd})
+    return Expect(["finetune", p, "--arch", ARCH + "tiny", "--data", e.a.acts, "--epochs", "1",
+                   "-o", e.out / "tuned.pt"], [p, "NaN or Inf", "1.weight"])
+
+
+@case("checkpoint form")
+def form_export_container_key_not_a_string(e):
+    sd = _tiny_sd()
+    sd["1.weight"][0] = 0.0
+    p = e.save("model.pt", {1: sd, "epoch": 3})
+    return Expect(["export", p, "--arch", ARCH + "tiny", "-o", e.out / "x.pt"],
+                  [p, "not a string"])
+
+
+@case("checkpoint form")
+def safetensors_without_arch(e):
+    p = _st(e, "model.safetensors", _tiny_sd())
+    return Expect(dump_argv(e, model=p), [p, "--arch"])
+
+
+@case("checkpoint form")
+def safetensors_truncated(e):
+    full = _st(e, "full.safetensors", _tiny_sd())
+    p = half(e, full, "model.safetensors")
+    return Expect(prune_argv(e, model=p, extra=["--arch", ARCH + "tiny"]),
+                  [p, "not a readable safetensors file"])
+
+
+@case("checkpoint form")
+def safetensors_header_not_json(e):
+    data = bytearray(_st(e, "full.safetensors", _tiny_sd()).read_bytes())
+    data[9:14] = b"#####"
+    p = e.write("model.safetensors", bytes(data))
+    return Expect(dump_argv(e, model=p, extra=["--arch", ARCH + "tiny"]),
+                  [p, "not a readable safetensors file"])
+
+
+@case("checkpoint form")
+def safetensors_no_tensors(e):
+    p = e.write("model.safetensors", st_save({}))
+    return Expect(dump_argv(e, model=p, extra=["--arch", ARCH + "tiny"]), [p, "no tensors"])
+
+
+@case("checkpoint form")
+def safetensors_other_model(e):
+    p = _st(e, "model.safetensors", archs.wider().state_dict())
+    return Expect(dump_argv(e, model=p, extra=["--arch", ARCH + "tiny"]), [p, "does not fit"])
+
+
+@case("checkpoint form")
+def safetensors_inf_prune(e):
+    sd = _tiny_sd()
+    sd["3.bias"][1] = float("inf")
+    p = _st(e, "model.safetensors", sd)
+    return Expect(prune_argv(e, model=p, extra=["--arch", ARCH + "tiny"]),
+                  [p, "NaN or Inf", "3.bias"])
+
+
+@case("checkpoint form")
+def damaged_module_lacks_hooks_dump(e):
+    p = _damaged_module(e, lambda m: m.__dict__.pop("_forward_hooks"))
+    return Expect(dump_argv(e, model=p), [p, "damaged checkpoint", "'3'", "_forward_hooks"])
+
+
+@case("checkpoint form")
+def damaged_module_lacks_hooks_prune(e):
+    p = _damaged_module(e, lambda m: m.__dict__.pop("_forward_hooks"))
+    return Expect(prune_argv(e, model=p), [p, "damaged checkpoint", "_forward_hooks"])
+
+
+@case("checkpoint form")
+def damaged_module_hooks_wrong_type(e):
+    p = _damaged_module(e, lambda m: m.__dict__.__setitem__("_forward_pre_hooks", 7))
+    return Expect(dump_argv(e, model=p), [p, "damaged checkpoint", "_forward_pre_hooks"])
+
+
+@case("checkpoint form")
+def arch_given_as_a_file(e):
+    return Expect(dump_argv(e, model=e.a.sd, extra=["--arch", "models/mlp.py:make"]),
+                  ["models/mlp.py:make", "not a file", "--arch models.mlp:make"])
+
+
+@case("checkpoint form")
+def arch_module_not_in_current_directory(e):
+    return Expect(dump_argv(e, model=e.a.sd, extra=["--arch", "nt_no_such_models:make"]),
+                  ["nt_no_such_models:make", "'nt_no_such_models'", "current directory",
+                   os.getcwd()])
+
+
+# --- exports (issue 17) -------------------------------------------------------------------
+
+
+def _pruned_tiny(e: Env, name: str = "pruned.pt") -> Path:
+    torch.manual_seed(0)
+    m = archs.tiny()
+    with torch.no_grad():
+        for lin in (m[1], m[3]):
+            lin.weight[lin.weight.abs() < 0.25] = 0.0
+    return e.save(name, m)
+
+
+def _tampered_export(e: Env, edit: Callable[[dict], None]) -> Path:
+    """A torch-format export of a pruned tiny model, loaded, edited and saved again."""
+    src = _pruned_tiny(e)
+    exp = e.path("pruned.sparse.pt")
+    r = invoke("export", src, "-o", exp)
+    assert r.exit_code == 0, r.stderr
+    doc = torch.load(exp, weights_only=True)
+    edit(doc["state_dict"]["3.weight"])  # 3 x 6 entries: 3 mask bytes, 6 spare bits
+    return e.save("tampered.pt", doc)
+
+
+@case("bad export input")
+def export_unpruned_checkpoint(e):
+    return Expect(["export", e.a.model, "-o", e.out / "x.pt"], [e.a.model, "not pruned"])
+
+
+@case("bad export input")
+def export_unknown_format(e):
+    p = _pruned_tiny(e)
+    return Expect(["export", p, "-o", e.out / "x.pt", "--format", "zip"], ["zip"])
+
+
+@case("bad export input")
+def export_output_exists(e):
+    p = _pruned_tiny(e)
+    out = e.out / "x.pt"
+    out.write_bytes(b"precious")
+    return Expect(["export", p, "-o", out], [out, "--force"], keep={"x.pt": b"precious"})
+
+
+@case("bad export input")
+def export_over_its_input(e):
+    p = _pruned_tiny(e)
+    return Expect(["export", p, "-o", p, "--force"], [p, "input"], unchanged=[p])
+
+
+@case("bad export input")
+def export_tampered_mask_past_the_end(e):
+    """The bitmask's 'index out of range': a keep bit past the weight's last entry."""
+    def edit(w):
+        w["mask"][-1] |= 0x80
+        w["values"] = torch.cat([w["values"], torch.ones(1)])
+    p = _tampered_export(e, edit)
+    return Expect(["eval", p, "--data", e.a.acts, "-o", e.out / "e.json"],
+                  [p, "damaged export", "past the last entry"])
+
+
+@case("bad export input")
+def export_tampered_values_length(e):
+    p = _tampered_export(e, lambda w: w.__setitem__("values", w["values"][:-1]))
+    return Expect(["eval", p, "--data", e.a.acts, "-o", e.out / "e.json"],
+                  [p, "damaged export", "values are stored"])
+
+
+@case("bad export input")
+def export_tampered_shape(e):
+    p = _tampered_export(e, lambda w: w.__setitem__("shape", [6, 5]))
+    return Expect(["dump", p, "--inputs", e.a.calib, "-o", e.out / "acts.h5"],
+                  [p, "damaged export"])
+
+
 # --- configs ------------------------------------------------------------------------------
 
 
@@ -1006,7 +1228,8 @@ PERMISSIONS_ENFORCED = _permissions_enforced()
 # and all, with no pytest in between.
 SUBPROCESS_CASES = [BY_ID[i] for i in ("dump_missing_model", "pickle_exploit_plain_protocol5",
                                        "acts_truncated", "config_invalid_toml",
-                                       "layer_lstm_state_dict")]
+                                       "layer_lstm_state_dict",
+                                       "damaged_module_lacks_hooks_prune")]
 
 
 def _snapshot(paths: list[Path]) -> dict[Path, bytes]:

@@ -17,6 +17,7 @@ from conftest import assert_refused, invoke
 
 from nettrim_cli.checkpoint import load_checkpoint
 from nettrim_cli.finetune import finetune, weight_masks
+from nettrim_cli.recipe import Recipe
 
 N = 64
 
@@ -166,8 +167,8 @@ def test_finetune_function_masks_optimizer_state(data):
     m = torch.load(data[4], weights_only=False)
     masks = weight_masks(m)
     assert set(masks) == {"1", "3"}
-    figs = finetune(m, x, y, epochs=2, lr=0.1, batch_size=8, optimizer="sgd",
-                    weight_decay=0.5)
+    figs = finetune(m, x, y, Recipe(epochs=2, lr=0.1, batch_size=8, optimizer="sgd",
+                                    weight_decay=0.5))
     assert figs["zeros_kept"]
     assert torch.equal(m[1].weight == 0, m0[1].weight == 0)
 

@@ -74,7 +74,12 @@ def forms(model: nn.Module) -> dict[str, object]:
             "state_dict": sd,
             "wrapped_state_dict": {"epoch": 3, "state_dict": sd, "best": 0.9},
             "wrapped_model": {"model": sd, "optimizer": {"lr": 0.1, "m": torch.arange(3.0)}},
-            "dataparallel_prefix": {f"module.{k}": v for k, v in sd.items()}}
+            "dataparallel_prefix": {f"module.{k}": v for k, v in sd.items()},
+            "tutorial": {"epoch": 3, "model_state_dict": sd, "optimizer_state_dict": {
+                "state": {0: {"step": torch.tensor(1.0), "exp_avg": torch.ones(6, 4)}},
+                "param_groups": [{"lr": 0.001, "params": [0, 1, 2, 3]}]}},
+            "only_tensor_dict": {"weights_ema": sd, "config": {"width": 6}},
+            "module_under_key": {"epoch": 3, "model": model}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,12 +119,13 @@ def test_bitmask_is_smaller_than_dense_at_ninety_percent():
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("form", ["module", "state_dict", "wrapped_state_dict", "wrapped_model",
-                                  "dataparallel_prefix"])
+                                  "dataparallel_prefix", "tutorial", "only_tensor_dict",
+                                  "module_under_key"])
 def test_export_then_densify_gives_the_checkpoint_bit_for_bit(form, fmt, tmp_path):
     obj = forms(pruned_tiny())[form]
     src, out = tmp_path / "pruned.pt", tmp_path / f"pruned.{fmt}"
     torch.save(obj, src)
-    arch = None if form == "module" else ARCH
+    arch = None if form.startswith("module") else ARCH
     export_file(str(src), str(out), fmt, arch=arch)
 
     prefix = "module." if form == "dataparallel_prefix" else ""
@@ -135,7 +141,13 @@ def test_export_then_densify_gives_the_checkpoint_bit_for_bit(form, fmt, tmp_pat
             [p.requires_grad for p in obj.parameters()]
         return
     assert list(densified) == list(obj)  # the container's keys, in order
-    sd_key = {"wrapped_state_dict": "state_dict", "wrapped_model": "model"}.get(form)
+    sd_key = {"wrapped_state_dict": "state_dict", "wrapped_model": "model",
+              "tutorial": "model_state_dict", "only_tensor_dict": "weights_ema",
+              "module_under_key": "model"}.get(form)
+    if form == "module_under_key":  # the module, refilled, under its key
+        assert repr(densified["model"]) == repr(obj["model"]) and densified["epoch"] == 3
+        assert same_state(densified["model"].state_dict(), obj["model"].state_dict())
+        return
     assert same_state(densified[sd_key] if sd_key else densified, obj[sd_key] if sd_key else obj)
     for k in obj:
         if k != sd_key and sd_key:

@@ -15,7 +15,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from test_export import ARCH, forms, pruned_tiny
 
-from nettrim_cli.export.formats import SafetensorsFormat
+from nettrim_cli.ckpt_forms import sniff_safetensors
 
 
 @pytest.fixture
@@ -102,13 +102,15 @@ def _not_a_checkpoint(d):
 def _foreign_dict(d):
     p = d / "foreign.pt"
     torch.save({"weights": [1, 2, 3]}, p)
-    return p, "neither an nn.Module nor a state_dict"
+    return p, "no state_dict in the checkpoint: found 'weights' (list)"
 
 
 def _foreign_safetensors(d):
+    """A plain safetensors checkpoint is read as a state_dict (issue 14): one of another model
+    does not fit --arch."""
     p = d / "foreign.safetensors"
-    p.write_bytes(st_save({k: v.contiguous() for k, v in pruned_tiny().state_dict().items()}))
-    return p, "without a nettrim export description"
+    p.write_bytes(st_save({"embed.weight": torch.ones(10, 4)}))
+    return p, "does not fit --arch"
 
 
 @pytest.mark.parametrize("make", [_unpruned, _not_a_checkpoint, _foreign_dict,
@@ -253,7 +255,8 @@ def test_tampered_safetensors_export_is_refused(edit, files):
     ST_EDITS[edit](tensors, meta)
     path = files["dir"] / "tampered.safetensors"
     path.write_bytes(st_save(tensors, metadata=meta))
-    assert SafetensorsFormat.sniff(path.read_bytes())
+    # without its description the file is a plain safetensors state_dict, refused as one
+    assert sniff_safetensors(path.read_bytes())
     assert_refused(invoke("eval", path, "--data", files["data"], "-o", files["out"] / "e.json"),
                    files["out"], path)
 

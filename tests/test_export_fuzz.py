@@ -30,7 +30,7 @@ from test_fuzz import (  # noqa: F401 - _record_counts: the harness's counts, au
 from nettrim_cli.export import export_file
 
 READER = "export"
-SEEDS = [("module", "torch"), ("wrapped_state_dict", "torch"), ("module", "safetensors"),
+SEEDS = [("module", "torch"), ("tutorial", "torch"), ("module", "safetensors"),
          ("wrapped_state_dict", "safetensors")]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.uint8, torch.int64, torch.bool]
 ODD = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),

@@ -36,8 +36,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import invoke
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from safetensors.torch import save as st_save
 from torch import nn
 
 from nettrim_cli.checkpoint import load_checkpoint
@@ -176,10 +177,14 @@ def seeds(assets, tmp_path_factory):
     forms = {"module": model, "state_dict": sd, "wrapped_state_dict": {"state_dict": sd,
                                                                        "epoch": 3},
              "wrapped_model": {"model": sd, "optimizer": {"lr": 0.1}},
-             "dataparallel_prefix": {f"module.{k}": v for k, v in sd.items()}}
+             "dataparallel_prefix": {f"module.{k}": v for k, v in sd.items()},
+             "tutorial": {"epoch": 3, "model_state_dict": sd,
+                          "optimizer_state_dict": _adam_state(archs.tiny())}}
     for name, obj in forms.items():
         torch.save(obj, d / f"{name}.pt")
         s[f"ckpt_{name}"] = d / f"{name}.pt"
+    s["ckpt_safetensors"] = d / "sd.safetensors"
+    s["ckpt_safetensors"].write_bytes(st_save(sd, metadata={"epoch": "3"}))
     torch.save(sd, d / "legacy.pt", _use_new_zipfile_serialization=False)
     s["ckpt_legacy"] = d / "legacy.pt"
     s["config"] = d / "c.toml"
@@ -191,6 +196,15 @@ def seeds(assets, tmp_path_factory):
     assert r.exit_code == 0, r.stderr
     s["x"] = x
     return s
+
+
+def _adam_state(model: nn.Module) -> dict:
+    """An Adam optimizer's state_dict after one step (the tutorials' optimizer_state_dict)."""
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(2, archs.N_IN)).sum().backward()
+    opt.step()
+    model.zero_grad()
+    return opt.state_dict()
 
 
 def read_dump(path: Path):
@@ -295,7 +309,8 @@ def test_fuzz_array_bytes(seeds, tmp_path, kind):
 
 
 @pytest.mark.parametrize("form", ["module", "state_dict", "wrapped_state_dict",
-                                  "wrapped_model", "dataparallel_prefix", "legacy"])
+                                  "wrapped_model", "dataparallel_prefix", "legacy", "tutorial",
+                                  "safetensors"])
 def test_fuzz_checkpoint_bytes(seeds, tmp_path, form):
     _fuzz_bytes("checkpoint", seeds[f"ckpt_{form}"], tmp_path / "model.pt", read_checkpoint,
                 each=True)
@@ -554,12 +569,13 @@ def sd_ops(draw):
     ops = []
     for _ in range(draw(st.integers(1, 3))):
         kind = draw(st.sampled_from(["drop", "rename", "shape", "dtype", "nan", "extra",
-                                     "non_tensor", "empty", "huge_value"]))
+                                     "non_tensor", "empty", "huge_value", "internals"]))
         ops.append((kind, draw(st.sampled_from(SD_KEYS)),
                     draw(st.sampled_from(["i8", "f2", "f8", "c8", "?", "bf16"])),
                     draw(st.sampled_from([float("nan"), float("inf"), 3e38]))))
     form = draw(st.sampled_from(["module", "state_dict", "wrapped_state_dict", "wrapped_model",
-                                 "dataparallel_prefix", "legacy"]))
+                                 "dataparallel_prefix", "legacy", "tutorial", "only_tensor_dict",
+                                 "compile_prefix", "safetensors"]))
     return form, ops
 
 
@@ -591,10 +607,31 @@ def _edit_sd(sd: dict, ops) -> dict:
     return sd
 
 
+def _break_internals(model: nn.Module, ops) -> None:
+    """The "internals" op: a module pickle whose Linear lost part of nn.Module's internals
+    (or holds something else there), as a damaged file can."""
+    for kind, key, dt, _ in ops:
+        if kind == "internals":
+            state = model[int(key[0])].__dict__
+            name = {"i8": "_forward_hooks", "f2": "_forward_pre_hooks", "f8": "_modules",
+                    "c8": "_parameters", "?": "training", "bf16": "_buffers"}[dt]
+            if key.endswith("bias"):
+                state[name] = 7
+            else:
+                state.pop(name, None)
+
+
 def write_checkpoint(path: Path, form: str, ops) -> None:
     torch.manual_seed(0)
     model = archs.tiny()
     sd = _edit_sd(model.state_dict(), ops)
+    if form == "safetensors":
+        tensors = {k: v.contiguous() for k, v in sd.items() if isinstance(v, torch.Tensor)}
+        try:
+            path.write_bytes(st_save(tensors))
+        except Exception:  # noqa: BLE001 - a dtype safetensors cannot store: not this form's case
+            assume(False)
+        return
     if form == "module":
         for name, mod in model.named_children():
             for pname in ("weight", "bias"):
@@ -605,6 +642,7 @@ def write_checkpoint(path: Path, form: str, ops) -> None:
                         setattr(mod, pname, nn.Parameter(v, requires_grad=False))
                     else:
                         setattr(mod, pname, None)
+        _break_internals(model, ops)
         obj = model
     elif form == "state_dict" or form == "legacy":
         obj = sd
@@ -612,6 +650,13 @@ def write_checkpoint(path: Path, form: str, ops) -> None:
         obj = {"state_dict": sd, "epoch": 1}
     elif form == "wrapped_model":
         obj = {"model": sd}
+    elif form == "tutorial":
+        obj = {"epoch": 3, "model_state_dict": sd, "optimizer_state_dict": {"state": {},
+                                                                           "param_groups": []}}
+    elif form == "only_tensor_dict":
+        obj = {"weights_ema": sd, "step": 7}
+    elif form == "compile_prefix":
+        obj = {f"_orig_mod.{k}": v for k, v in sd.items()}
     else:
         obj = {f"module.{k}": v for k, v in sd.items()}
     torch.save(obj, path, _use_new_zipfile_serialization=form != "legacy")

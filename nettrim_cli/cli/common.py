@@ -63,7 +63,9 @@ def load_ckpt(model: str, arch: str | None, trust: bool):
 
 ckpt_options = [
     click.option("--arch", metavar="PKG.MODULE:FACTORY",
-                 help="Build the model for a state_dict checkpoint."),
+                 help="Build the model for a state_dict or .safetensors checkpoint: "
+                      "FACTORY() from PKG.MODULE, found in the current directory first, as "
+                      "`python -m` finds modules."),
     click.option("--trust-checkpoint", is_flag=True,
                  help="Allow arbitrary unpickling (runs code from the file)."),
 ]
@@ -109,18 +111,20 @@ def write_checkpoint_and_json(ckpt, model, output: str, json_path: str | None, d
     with contextlib.ExitStack() as stack:
         if output == "-":
             buf = io.BytesIO()
-            save_checkpoint(ckpt, model, buf)
+            notes = save_checkpoint(ckpt, model, buf)
             data = buf.getvalue()
             slot[out_key[-1]] = {"path": "-", "sha256": hashlib.sha256(data).hexdigest()}
         else:
             tmp = stack.enter_context(atomic_path(output))
-            save_checkpoint(ckpt, model, tmp)
+            notes = save_checkpoint(ckpt, model, tmp)
             slot[out_key[-1]] = {"path": output, "sha256": sha256_file(tmp)}
         text = report_json(doc)
         if json_path and json_path != "-":
             jtmp = stack.enter_context(atomic_path(json_path))
             with open(jtmp, "w") as fh:
                 fh.write(text)
+    for line in notes:  # e.g. an optimizer's state cleared (checkpoint.save_checkpoint)
+        click.echo(f"nettrim: note: {line}", err=True)
     if output == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()

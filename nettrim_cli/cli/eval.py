@@ -57,9 +57,12 @@ def _eval_text(doc: dict, fmt: str, width: int = 100) -> str:
               show_default=True)
 @click.option("-o", "--output", help="Write here (atomically) instead of stdout.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("--sparse", is_flag=True,
+              help="Run pruned Linear layers (>= 85% zeros) as sparse CSR products on CPU, "
+                   "the opt-in inference path of nettrim_cli.export.sparse_model.")
 @with_ckpt_options
 @handle_errors
-def eval_cmd(model, data_path, noise, seed, batch_size, fmt, output, force, arch,
+def eval_cmd(model, data_path, noise, seed, batch_size, fmt, output, force, sparse, arch,
              trust_checkpoint):
     """Accuracy and mean cross-entropy of a checkpoint on labelled data, optionally with
     added Gaussian noise (the paper's Figure 4).
@@ -73,6 +76,7 @@ def eval_cmd(model, data_path, noise, seed, batch_size, fmt, output, force, arch
         check_fits,
         evaluate,
         load_labelled,
+        model_dtype,
         parse_noise,
     )
     from nettrim_cli.report import _clean
@@ -83,11 +87,13 @@ def eval_cmd(model, data_path, noise, seed, batch_size, fmt, output, force, arch
     ckpt = load_ckpt(model, arch, trust_checkpoint)
     x, y = load_labelled(data_path)
     check_fits(ckpt.model, x, y, data_path, model)
-    results = evaluate(ckpt.model, x, y, levels, seed, batch_size)
+    run, inference = (_sparse(ckpt.model, model) if sparse else (ckpt.model, None))
+    results = evaluate(run, x, y, levels, seed, batch_size, dtype=model_dtype(ckpt.model))
     doc = _clean({"format": EVAL_FORMAT, "version": EVAL_VERSION,
                   "model": {"path": model, "sha256": ckpt.sha256},
                   "data": {"path": data_path, "sha256": sha256_file(data_path)},
-                  "samples": int(len(x)), "seed": seed, "results": results})
+                  "samples": int(len(x)), "seed": seed, "results": results,
+                  **({"inference": inference} if inference else {})})
     if fmt == "table" and not output:
         from rich.console import Console
 
@@ -102,3 +108,21 @@ def eval_cmd(model, data_path, noise, seed, batch_size, fmt, output, force, arch
     else:
         sys.stdout.write(text)
 
+
+
+def _sparse(model, path: str):
+    """The model with its pruned Linear layers as sparse products, what the JSON records about
+    it, and one line on stderr saying which layers run sparse (none is said too)."""
+    from nettrim_cli.export.inference import DEFAULT_MIN_SPARSITY, sparse_layers, sparse_model
+
+    sparse, dense = sparse_layers(model)
+    if sparse:
+        line = (f"--sparse: {len(sparse)} of {len(sparse) + len(dense)} Linear layers run as "
+                f"sparse products ({', '.join(sparse)})")
+        line += f"; dense: {', '.join(dense)}" if dense else ""
+    else:
+        line = (f"--sparse: no Linear layer of {path} has {DEFAULT_MIN_SPARSITY:.0%} zeros or "
+                "more (in float32/float64), so every layer runs dense")
+    click.echo(f"nettrim: note: {line}; conv layers stay dense", err=True)
+    return sparse_model(model), {"sparse": True, "sparse_layers": sparse, "dense_layers": dense,
+                                 "min_sparsity": DEFAULT_MIN_SPARSITY}

@@ -11,9 +11,10 @@ from nettrim_cli.cli.common import handle_errors, stderr_console, with_ckpt_opti
 @click.command(name="export")
 @click.argument("pruned", metavar="PRUNED")
 @click.option("-o", "--output", required=True, help="The export to write ('-': stdout).")
-@click.option("--format", "fmt", default="torch", show_default=True,
+@click.option("--format", "fmt", default=None,
               help="torch: a torch.save file that plain torch.load(weights_only=True) reads; "
-                   "safetensors: plain tensors plus a description in the header.")
+                   "safetensors: plain tensors plus a description in the header. Default: "
+                   "safetensors for a .safetensors checkpoint, torch for any other.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @with_ckpt_options
 @handle_errors
@@ -26,7 +27,8 @@ def export(pruned, output, fmt, force, arch, trust_checkpoint):
     """
     from nettrim_cli.export.writer import export_file, make_format
 
-    make_format(fmt)  # an unknown format is refused before anything is read
+    if fmt is not None:
+        make_format(fmt)  # an unknown format is refused before anything is read
     check_output_path(output, force, inputs=(pruned,))
     s = export_file(pruned, output, fmt, arch=arch, trust=trust_checkpoint)
     size = f"{s.output_bytes:,} bytes"

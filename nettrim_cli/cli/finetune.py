@@ -15,16 +15,27 @@ from nettrim_cli.cli.common import (
     with_ckpt_options,
     write_checkpoint_and_json,
 )
+from nettrim_cli.recipe import DEFAULT_EPOCHS, DEFAULT_LR, SCHEDULES
 
 
 @click.command()
 @click.argument("pruned", metavar="PRUNED")
 @click.option("--data", "data_path", required=True,
               help="Labelled training data (.h5 /inputs and /labels, or .npz inputs/labels).")
-@click.option("--epochs", required=True, type=click.IntRange(0))
+@click.option("--epochs", default=DEFAULT_EPOCHS, show_default=True, type=click.IntRange(0),
+              help="Passes over the data (the default recipe: see the README).")
 @click.option("-o", "--output", required=True, help="Fine-tuned checkpoint ('-': stdout).")
-@click.option("--lr", default=1e-3, show_default=True,
-              type=click.FloatRange(0, min_open=True))
+@click.option("--lr", default=DEFAULT_LR, show_default=True,
+              type=click.FloatRange(0, min_open=True), help="Initial learning rate.")
+@click.option("--schedule", type=click.Choice(list(SCHEDULES)), default="cosine",
+              show_default=True,
+              help="Learning rate: cosine decay to 0 over the epochs, or constant.")
+@click.option("--val-split", default=0.0, show_default=True, type=click.FloatRange(0, 1,
+              max_open=True),
+              help="Hold out this fraction (seeded) and keep the epoch best on it.")
+@click.option("--patience", type=click.IntRange(1),
+              help="With --val-split: stop after this many epochs without a better "
+                   "validation accuracy.")
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam",
@@ -35,16 +46,19 @@ from nettrim_cli.cli.common import (
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @with_ckpt_options
 @handle_errors
-def finetune(pruned, data_path, epochs, output, lr, batch_size, seed, optimizer,
-             weight_decay, summary_path, force, quiet, arch, trust_checkpoint):
+def finetune(pruned, data_path, epochs, output, lr, schedule, val_split, patience, batch_size,
+             seed, optimizer, weight_decay, summary_path, force, quiet, arch, trust_checkpoint):
     """Train a pruned checkpoint with its zero weights frozen at zero.
 
-    Example: nettrim finetune pruned.pt --data train.npz --epochs 5 -o tuned.pt
-    --summary tuned.json
+    Example: nettrim finetune pruned.pt --data train.npz -o tuned.pt --summary tuned.json
     """
     from nettrim_cli.evaluate import check_fits, load_labelled
     from nettrim_cli.finetune import finetune as run_finetune
+    from nettrim_cli.recipe import Recipe
 
+    recipe = Recipe(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, optimizer=optimizer,
+                    weight_decay=weight_decay, schedule=schedule, val_split=val_split,
+                    patience=patience)
     check_two_outputs(output, summary_path, "--summary", force, (pruned, data_path))
     ckpt = load_ckpt(pruned, arch, trust_checkpoint)
     x, y = load_labelled(data_path)
@@ -57,17 +71,17 @@ def finetune(pruned, data_path, epochs, output, lr, batch_size, seed, optimizer,
             prog.update(task, completed=epoch * n + done,
                         description=f"epoch {epoch + 1}/{epochs} loss {loss:.4f}")
 
-        figures = run_finetune(ckpt.model, x, y, epochs, lr, batch_size, seed, optimizer,
-                               weight_decay, on_batch)
+        figures = run_finetune(ckpt.model, x, y, recipe, on_batch)
     summary = {
         "format": "nettrim-finetune", "version": 1, "nettrim_version": __version__,
         "inputs": {"model": {"path": pruned, "sha256": ckpt.sha256},
                    "data": {"path": data_path, "sha256": sha256_file(data_path)}},
         "outputs": {},
         "epochs": epochs,
-        "settings": {"lr": lr, "batch_size": batch_size, "seed": seed,
+        "settings": {"lr": lr, "schedule": schedule, "batch_size": batch_size, "seed": seed,
                      "optimizer": optimizer, "momentum": 0.9 if optimizer == "sgd" else None,
-                     "weight_decay": weight_decay},
+                     "weight_decay": weight_decay, "val_split": val_split,
+                     "patience": patience},
         "samples": int(len(x)),
         **figures,
     }
@@ -77,7 +91,15 @@ def finetune(pruned, data_path, epochs, output, lr, batch_size, seed, optimizer,
     write_checkpoint_and_json(ckpt, ckpt.model, output, summary_path, summary,
                                ("outputs", "checkpoint"))
     if not quiet:
-        click.echo(f"nettrim: fine-tuned {epochs} epoch(s) in {figures['seconds']:.1f} s: "
+        cost = figures["cost"]
+        kept = figures.get("validation")
+        if kept is not None:
+            click.echo(f"nettrim: kept epoch {kept['best_epoch']} (validation accuracy "
+                       f"{100 * max(kept['accuracy_per_epoch']):.2f}% on {kept['samples']} "
+                       "held-out samples)" + (", stopped early" if kept["stopped_early"] else ""),
+                       err=True)
+        click.echo(f"nettrim: fine-tuned {cost['epochs']} epoch(s) x {cost['samples']} samples "
+                   f"in {figures['seconds']:.1f} s: "
                    f"training accuracy {100 * figures['train_accuracy_before']:.2f}% -> "
                    f"{100 * figures['train_accuracy']:.2f}%, nonzero weights "
                    f"{figures['nonzeros_before']} -> {figures['nonzeros_after']}", err=True)

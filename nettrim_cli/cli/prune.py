@@ -75,7 +75,9 @@ log = logging.getLogger("nettrim")
 @click.option("--match", "match_path", metavar="REPORT.json",
               help="Baselines: keep exactly as many weights per layer as this report's layers.")
 @click.option("--sparsity", type=float,
-              help="Baselines: prune this fraction of every layer's weights, in [0, 1).")
+              help="Net-Trim: find the eps that prunes this fraction of all the pruned layers' "
+                   "weights (within 0.5 points). Baselines: prune this fraction of every "
+                   "layer's weights, in [0, 1).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @with_ckpt_options
 @handle_errors
@@ -163,7 +165,11 @@ def _hooks(prog, n_units: int, quiet: bool):
     def on_columns(stage, done, total):
         prog.update(ctask, completed=done, total=total, description=stage)
 
-    return RunHooks(on_layer=on_layer, on_columns=on_columns)
+    def on_step(line):
+        if not quiet:
+            click.echo(f"nettrim: {line}", err=True)
+
+    return RunHooks(on_layer=on_layer, on_columns=on_columns, on_step=on_step)
 
 
 # every prune option a method may declare, by flag: the parameter it arrives as

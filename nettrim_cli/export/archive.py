@@ -4,9 +4,10 @@ An ``Export`` is the checkpoint's state_dict in its own order, with each pruned 
 Linear or conv weight holding zeros, when the bitmask encoding is smaller) as a SparseWeight
 and every other tensor as it was, plus what is needed to give back the checkpoint's form:
   - a whole ``nn.Module``: the module with its state on the meta device (a skeleton, a few
-    KB: structure without data), refilled with ``load_state_dict(assign=True)``;
-  - a state_dict under a key (``{"state_dict": ..., "epoch": 3}``): the other entries and the
-    container's key order;
+    KB: structure without data), refilled with ``load_state_dict(assign=True)``; a module
+    under a key of a container also keeps the other entries, as below;
+  - a state_dict under a key of a container (``{"model_state_dict": ..., "epoch": 3}``, any
+    key ckpt_forms.find_state_dict accepts): the other entries and the container's key order;
   - a plain state_dict: nothing more.
 Densifying gives the pruned checkpoint's tensors bit for bit (bitmask.py).
 """
@@ -27,11 +28,9 @@ FORMAT = "nettrim-export"
 VERSION = 1
 ENCODING = "bitmask"
 FORMS = ("module", "state_dict")
-SD_KEYS = (None, "state_dict", "model")  # as checkpoint.STATE_DICT_KEYS, plus a plain one
 # Modules whose weight is stored sparse when it holds zeros: every layer kind a pruning tool
 # zeroes (Net-Trim's Linear, and conv weights that other tools prune), not only layers.KINDS.
 SPARSE_MODULES: tuple[type, ...] = (nn.Linear, nn.modules.conv._ConvNd)
-MODULE_INTERNALS = frozenset(nn.Module().__dict__)  # what every nn.Module instance holds
 
 
 @dataclass
@@ -67,7 +66,11 @@ class Export:
                     raise BadInput(f"damaged export: weight {name!r}: {e}", path) from e
             sd[name] = value
         if self.form == "module":
-            return _refill(self.skeleton or b"", sd, path, trust)
+            model, trusted = _refill(self.skeleton or b"", sd, path, trust)
+            if self.sd_key is None:
+                return model, trusted
+            return {k: model if k == self.sd_key else self.extra[k]
+                    for k in self.container_keys}, trusted
         if self.sd_key is None:
             return sd, False
         return {k: sd if k == self.sd_key else self.extra[k] for k in self.container_keys}, False
@@ -80,7 +83,7 @@ def export_checkpoint(ckpt) -> Export:
     an unpruned model, or one not pruned by nettrim or another tool, has nothing to store
     sparse.
     """
-    if ckpt.form == "module":
+    if ckpt.form == "module":  # a module, maybe under a key of a container
         sd = ckpt.model.state_dict()
         prefix = ""
     else:
@@ -92,6 +95,11 @@ def export_checkpoint(ckpt) -> Export:
     if not any(bool((~kept(sd[n])).any()) for n in weights):
         raise BadInput("no Linear or conv weight holds a zero: the checkpoint is not pruned, so "
                        "there is nothing to store sparse", ckpt.path)
+    odd = next((k for k in (ckpt.container or {}) if not isinstance(k, str)), None) \
+        if ckpt.sd_key is not None else None
+    if odd is not None:
+        raise BadInput(f"the checkpoint's container has a key {odd!r} that is not a string, "
+                       "which the export format cannot store", ckpt.path)
     tensors: dict[str, torch.Tensor | SparseWeight] = {}
     for name, t in sd.items():
         if "::" in name:  # the safetensors format names a weight's parts "NAME::values" etc.
@@ -100,12 +108,11 @@ def export_checkpoint(ckpt) -> Export:
         encoded = pack(t) if name in weights else None
         tensors[name] = encoded if encoded and encoded.nbytes < t.numel() * t.element_size() \
             else t.detach()
-    if ckpt.form == "module":
-        return Export(form="module", tensors=tensors, skeleton=_skeleton(ckpt.model))
     keys = list(ckpt.container) if ckpt.sd_key else []
     extra = {k: v for k, v in ckpt.container.items() if k != ckpt.sd_key} if ckpt.sd_key else {}
-    return Export(form="state_dict", tensors=tensors, sd_key=ckpt.sd_key, container_keys=keys,
-                  extra=extra)
+    skeleton = _skeleton(ckpt.model) if ckpt.form == "module" else None
+    return Export(form=ckpt.form, tensors=tensors, sd_key=ckpt.sd_key, container_keys=keys,
+                  extra=extra, skeleton=skeleton)
 
 
 def _skeleton(model: nn.Module) -> bytes:
@@ -142,14 +149,12 @@ def _refill(skeleton: bytes, sd: dict, path: str, trust: bool) -> tuple[nn.Modul
     if not isinstance(model, nn.Module):
         raise BadInput(f"damaged export: the module skeleton is a {type(model).__name__}, not "
                        "an nn.Module", path)
+    from nettrim_cli.checkpoint import module_damage  # checkpoint imports this package
+
+    damage = module_damage(model)  # a damaged pickle: fails later, when a hook is registered
+    if damage is not None:
+        raise BadInput(f"damaged export: in the module skeleton, {damage}", path)
     try:
-        # a damaged pickle can build a module that lacks nn.Module's own internals (its hook
-        # tables, say), which only fails later, when something registers a hook
-        broken = next((type(m).__name__ for m in model.modules()
-                       if not MODULE_INTERNALS <= m.__dict__.keys()), None)
-        if broken is not None:
-            raise BadInput(f"damaged export: a {broken} in the module skeleton lacks "
-                           "nn.Module's internals", path)
         # assign=True takes the tensors as they are: a dtype the module did not have is refused
         wanted = {k: v.dtype for k, v in model.state_dict().items()}
         odd = next((k for k, v in sd.items() if k in wanted and v.dtype != wanted[k]), None)

@@ -27,12 +27,12 @@ from typing import ClassVar, Protocol
 
 import torch
 
+from nettrim_cli.ckpt_forms import safetensors_metadata, sniff_safetensors
 from nettrim_cli.errors import BadInput
 from nettrim_cli.export.archive import (
     ENCODING,
     FORMAT,
     FORMS,
-    SD_KEYS,
     VERSION,
     Export,
     load_part,
@@ -78,7 +78,7 @@ def check_meta(meta: object, path: str) -> dict:
     form, sd_key, keys = meta.get("form"), meta.get("sd_key"), meta.get("container_keys")
     if form not in FORMS:
         raise damaged(f"unknown checkpoint form {form!r}", path)
-    if sd_key not in SD_KEYS or (form == "module" and sd_key is not None):
+    if not (sd_key is None or isinstance(sd_key, str)):
         raise damaged(f"state_dict key {sd_key!r} does not fit form {form!r}", path)
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or \
             len(set(keys)) != len(keys) or (sd_key is None) != (not keys) or \
@@ -208,11 +208,10 @@ class SafetensorsFormat:
 
     @staticmethod
     def sniff(data: bytes) -> bool:
-        """Whether ``data`` starts like a safetensors file (8-byte header size, then '{')."""
-        if len(data) < 10:
-            return False
-        n = int.from_bytes(data[:8], "little")
-        return 2 <= n <= len(data) - 8 and data[8:9] == b"{"
+        """Whether ``data`` is a safetensors file holding a nettrim export description (a
+        plain safetensors checkpoint is read by ckpt_forms.read_safetensors)."""
+        meta = safetensors_metadata(data) if sniff_safetensors(data) else None
+        return meta is not None and META_KEY in meta
 
     def decode(self, data: bytes, path: str, trust: bool = False) -> Export:
         from safetensors.torch import load

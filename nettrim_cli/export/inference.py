@@ -170,9 +170,9 @@ def sparse_model(model: nn.Module, min_sparsity: float = DEFAULT_MIN_SPARSITY,
     """
     if not inplace:
         model = copy.deepcopy(model)
+
     def worth(mod: nn.Module) -> bool:
-        return type(mod) is nn.Linear and mod.weight.dtype in KERNEL_DTYPES and \
-            weight_sparsity(mod.weight) >= min_sparsity
+        return _worth(mod, min_sparsity)
 
     if type(model) is nn.Linear:
         return SparseLinear.from_linear(model).eval() if worth(model) else model.eval()
@@ -183,6 +183,20 @@ def sparse_model(model: nn.Module, min_sparsity: float = DEFAULT_MIN_SPARSITY,
         if isinstance(mod, nn.Sequential):
             _fuse(mod)
     return model.eval()
+
+
+def _worth(mod: nn.Module, min_sparsity: float) -> bool:
+    return type(mod) is nn.Linear and mod.weight.dtype in KERNEL_DTYPES and \
+        weight_sparsity(mod.weight) >= min_sparsity
+
+
+def sparse_layers(model: nn.Module, min_sparsity: float = DEFAULT_MIN_SPARSITY
+                  ) -> tuple[list[str], list[str]]:
+    """The ``nn.Linear`` layers of ``model`` that ``sparse_model`` makes sparse, and those it
+    leaves dense (too few zeros, or a dtype no CPU sparse kernel takes), by name."""
+    linears = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
+    return ([n for n, m in linears if _worth(m, min_sparsity)],
+            [n for n, m in linears if not _worth(m, min_sparsity)])
 
 
 def _fuse(seq: nn.Sequential) -> None:

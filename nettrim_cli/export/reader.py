@@ -6,6 +6,7 @@ command that takes a checkpoint (``nettrim eval`` first) takes an export too.
 
 from __future__ import annotations
 
+from nettrim_cli.ckpt_forms import read_safetensors, sniff_safetensors
 from nettrim_cli.export.archive import Export
 from nettrim_cli.export.formats import SafetensorsFormat, TorchFormat, is_torch_export
 
@@ -25,19 +26,22 @@ def read_export(path: str, trust: bool = False) -> Export:
     from nettrim_cli.checkpoint import _read_bytes  # checkpoint imports this package
 
     data = _read_bytes(path)
-    fmt = SafetensorsFormat() if SafetensorsFormat.sniff(data) else TorchFormat()
+    fmt = SafetensorsFormat() if sniff_safetensors(data) else TorchFormat()
     return fmt.decode(data, path, trust)
 
 
 def load_object(data: bytes, path: str, trust: bool = False) -> tuple[object, bool]:
     """What a checkpoint file holds, an export densified: (object, whether it needed trust).
 
-    A file that is not an export is loaded as ``checkpoint._torch_load_safe`` loads it."""
+    A plain safetensors file gives a ``ckpt_forms.SafetensorsFile``; any other file that is not
+    an export is loaded as ``checkpoint._torch_load_safe`` loads it."""
     from nettrim_cli.checkpoint import _torch_load_safe
 
     if SafetensorsFormat.sniff(data):
         obj, trusted = SafetensorsFormat().decode(data, path, trust).densify(path, trust)
         return obj, trusted
+    if sniff_safetensors(data):
+        return read_safetensors(data, path), False
     obj, trusted = _torch_load_safe(data, path, trust)
     if is_torch_export(obj):
         obj, skeleton_trusted = TorchFormat().parse(obj, path).densify(path, trust)

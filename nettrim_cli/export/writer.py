@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from nettrim_cli.atomic import write_bytes_atomic
 from nettrim_cli.export.archive import Export, export_checkpoint
-from nettrim_cli.export.formats import FORMATS, ExportFormat
+from nettrim_cli.export.formats import DEFAULT_FORMAT, FORMATS, ExportFormat
 from nettrim_cli.registry import lookup
 
 
@@ -35,9 +35,10 @@ def make_format(name: str) -> ExportFormat:
     return lookup(FORMATS, name, "export format")()
 
 
-def export_file(src: str, dest: str, fmt: str = "torch", arch: str | None = None,
+def export_file(src: str, dest: str, fmt: str | None = "torch", arch: str | None = None,
                 trust: bool = False) -> ExportSummary:
-    """Export the pruned checkpoint at ``src`` to ``dest`` (``-``: stdout) in format ``fmt``.
+    """Export the pruned checkpoint at ``src`` to ``dest`` (``-``: stdout) in format ``fmt``
+    (None: ``safetensors`` for a ``.safetensors`` checkpoint, else the default ``torch``).
 
     The checkpoint is loaded and checked as every command loads one (``load_checkpoint``:
     ``arch`` builds the model of a state_dict); an unpruned one is refused. Nothing is
@@ -45,8 +46,12 @@ def export_file(src: str, dest: str, fmt: str = "torch", arch: str | None = None
     """
     from nettrim_cli.checkpoint import load_checkpoint  # checkpoint imports this package
 
-    writer = make_format(fmt)
+    if fmt is not None:
+        make_format(fmt)  # an unknown name is refused before the checkpoint is read
     ckpt = load_checkpoint(src, arch=arch, trust=trust)
+    if fmt is None:
+        fmt = "safetensors" if ckpt.file_format == "safetensors" else DEFAULT_FORMAT
+    writer = make_format(fmt)
     export = export_checkpoint(ckpt)
     data = writer.encode(export)
     write_bytes_atomic(dest, data)

@@ -78,10 +78,13 @@ class MethodResult:
 @dataclass
 class RunHooks:
     """How a method reports progress: on_layer(index, count, name) before each unit,
-    on_columns(stage, done, total) within one. One-line messages go through ``Method.note``."""
+    on_columns(stage, done, total) within one, on_step(line) after a stage of a run of many
+    (a trial of the sparsity search); silenced with the progress (-q). One-line messages the
+    user must see go through ``Method.note``."""
 
     on_layer: Callable[[int, int, str], None] | None = None
     on_columns: Progress | None = None
+    on_step: Callable[[str], None] | None = None
 
 
 class Method:

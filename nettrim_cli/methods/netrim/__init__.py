@@ -61,15 +61,22 @@ class NetTrim(Method):
     name = "netrim"
     options = ("--config", "--mode", "--epsilon", "--gamma", "--lambda", "--scope", "--solver",
                "--device", "--dtype", "--workers", "--workdir", "--resume", "--strict",
-               "--executor", "--address", "--osqp-algebra", "--patches")
-    hint = ("--match and --sparsity are for the baselines (--method magnitude, wanda or "
-            "sparsegpt); Net-Trim is steered by --epsilon or --lambda")
+               "--executor", "--address", "--osqp-algebra", "--sparsity", "--patches")
+    hint = ("--match is for the baselines (--method magnitude, wanda or sparsegpt); Net-Trim "
+            "is steered by --epsilon, --lambda or --sparsity")
 
     def __init__(self, config_path: str | None = None, mode=None, epsilon=None, gamma=None,
                  lam=None, scope=None, solver=None, device: str = "cpu",
                  dtype: str = "float64", workers=None, workdir=None, resume: bool = False,
                  strict: bool = False, executor=None, address=None, osqp_algebra=None,
-                 patches=None) -> None:
+                 sparsity: float | None = None, patches=None) -> None:
+        if sparsity is not None:
+            if not 0.0 < sparsity < 1.0:
+                raise BadInput(f"--sparsity must be in (0, 1), got {sparsity}")
+            if epsilon is not None or lam is not None:
+                raise BadInput("--sparsity picks eps itself: give it without --epsilon and "
+                               "--lambda")
+        self.sparsity = sparsity
         self.flags = {"mode": mode, "epsilon": epsilon, "gamma": gamma, "lambda": lam,
                       "scope": scope, "solver": solver, "workers": workers,
                       "executor": executor, "address": address, "osqp_algebra": osqp_algebra,
@@ -88,6 +95,9 @@ class NetTrim(Method):
         config = load_config(self.config_path)
         self.settings, self.solver_name = build_settings(config, self.flags,
                                                          source=self.config_path or "flags")
+        if self.sparsity is not None and self.settings.lam is not None:
+            raise BadInput("--sparsity picks eps itself, but the preset sets lambda; use a "
+                           "preset without lambda", self.config_path)
         self.solver = self._solver()
 
     def _solver(self) -> LayerSolver:
@@ -117,7 +127,7 @@ class NetTrim(Method):
             recorded.get("solver", {}).pop(key, None)
         manifest = {"model_sha256": ckpt.sha256, "acts_sha256": acts_sha, "settings": recorded,
                     "solver": self.solver_name, "device": self.device, "dtype": self.dtype,
-                    "nettrim": __version__}
+                    "sparsity": self.sparsity, "nettrim": __version__}
         self.work = WorkDir(path, manifest, self.resume)
         if self.resume:
             layers, cols = self.work.recorded()
@@ -125,8 +135,12 @@ class NetTrim(Method):
                       "the next one recorded")
 
     def run(self, ckpt: Checkpoint, dump: DumpReader, hooks: RunHooks) -> MethodResult:
-        result = prune(ckpt, dump, self.settings, self.solver, hooks.on_layer,
-                       hooks.on_columns or no_progress, workdir=self.work)
+        if self.sparsity is None:
+            result = prune(ckpt, dump, self.settings, self.solver, hooks.on_layer,
+                           hooks.on_columns or no_progress, workdir=self.work)
+            search = None
+        else:
+            result, search = self._search(ckpt, dump, hooks)
         for o in result.layers:
             o.record = {**o.record, "epsilon": o.epsilon, "lambda": o.solution.lam,
                         "constraint": o.solution.constraint}
@@ -137,7 +151,43 @@ class NetTrim(Method):
             "solver": self.solver_name, "zero_threshold": s.solver.zero_threshold,
             "patches": s.patches, "patch_seed": s.seed,
             "osqp": asdict(s.solver.osqp), "search": asdict(s.solver.search)}
+        if search is not None:
+            result.settings["sparsity_search"] = search
         return result
+
+    def _search(self, ckpt: Checkpoint, dump: DumpReader, hooks: RunHooks
+                ) -> tuple[MethodResult, dict]:
+        """Net-Trim at the eps whose prune removes --sparsity of the weights (target.py)."""
+        from nettrim_cli.methods.netrim.target import TOLERANCE, Trial, prune_to_sparsity
+
+        def trial(k: int, eps: float) -> MethodResult:
+            settings = dataclasses.replace(self.settings, epsilon=eps)
+            return prune(ckpt, dump, settings, self.solver, hooks.on_layer,
+                         hooks.on_columns or no_progress, workdir=self._trial_work(k, eps))
+
+        def on_trial(t: Trial, k: int) -> None:
+            if hooks.on_step is not None:
+                hooks.on_step(f"sparsity search, trial {k + 1}: eps {t.epsilon:.4g} pruned "
+                              f"{100 * t.pruned:.2f}% (target {100 * self.sparsity:.2f}%) in "
+                              f"{t.seconds:.1f} s")
+
+        start = self.settings.epsilon if self.settings.epsilon is not None else 0.05
+        result, trials = prune_to_sparsity(trial, start, self.sparsity, on_trial=on_trial)
+        chosen = min(trials, key=lambda t: abs(t.pruned - self.sparsity))
+        self.settings.epsilon = chosen.epsilon
+        if abs(chosen.pruned - self.sparsity) > TOLERANCE:
+            self.note(f"--sparsity {self.sparsity}: the nearest of {len(trials)} trials pruned "
+                      f"{100 * chosen.pruned:.2f}% (eps {chosen.epsilon:.4g}); kept that one")
+        return result, {"target": self.sparsity, "tolerance": TOLERANCE,
+                        "epsilon": chosen.epsilon, "trials": [t.record() for t in trials]}
+
+    def _trial_work(self, k: int, eps: float) -> WorkDir | None:
+        """Trial k's own work folder inside the run's, so that a resumed search replays it."""
+        if self.work is None:
+            return None
+        path = self.work.path / f"trial-{k:02d}"
+        manifest = {**self.work.manifest, "trial": k, "epsilon": eps}
+        return WorkDir(str(path), manifest, resume=path.exists())
 
     def check(self, result: MethodResult) -> None:
         failed = result.failed

@@ -1,0 +1,126 @@
+"""Net-Trim steered by a target sparsity (`nettrim prune --sparsity S`).
+
+The program of each unit is the paper's (eqs. 3-7, 11-14, steered by the relative eps): what
+changes is who picks eps. ``prune_to_sparsity`` finds the eps (eps_r of every layer in parallel
+mode, eps_1 with the inflation rate gamma kept in cascade mode) whose prune removes a fraction S
+of all the pruned units' weights, within ``tol``; one Net-Trim run per trial.
+
+The search. The fraction kept, 1 - p, falls with eps like a power law over the range that
+matters (the experiments' networks gave d log(1 - p) / d log eps between -0.6 and -0.7), so
+the trials are placed by the secant on (log eps, log(1 - p)) (``next_epsilon``): until the
+target is bracketed through the trials nearest to it, then through the bracket's ends (a
+safeguarded regula falsi). eps stays in (0, 1): at eps_r = 1 the all-zero layer is feasible.
+
+Every trial runs with its own work folder (``trial-K`` inside the run's), kept until the whole
+prune is written: an interrupted search continues with ``--resume``, the finished trials read
+back from their records, and it picks the same eps as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nettrim_cli.methods.base import MethodResult
+
+SLOPE_GUESS = -0.65  # d log(1 - p) / d log eps before two trials are known (see above)
+EPS_MIN, EPS_MAX = 1e-6, 0.999
+TOLERANCE = 0.005  # half a point of pruning, the issue's figure
+
+
+@dataclass
+class Trial:
+    """One Net-Trim run of the search: its eps and the fraction of weights it pruned."""
+
+    epsilon: float
+    pruned: float
+    seconds: float
+
+    def record(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def pruned_fraction(result: MethodResult) -> float:
+    """Fraction of zeros over every weight of the pruned units (biases aside)."""
+    total = sum(o.W.size for o in result.layers)
+    kept = sum(int((o.W != 0).sum()) for o in result.layers)
+    return 1.0 - kept / total if total else 0.0
+
+
+def _log_kept(t: Trial) -> float:
+    return math.log(max(1.0 - t.pruned, 1e-9))
+
+
+def next_epsilon(trials: list[Trial], target: float) -> float:
+    """The eps of the next trial (see the module docstring).
+
+    Bracketed (a trial below the target and one above): the secant through the bracket's
+    ends, kept within its middle 70% so that the bracket shrinks by at least 15% a trial.
+    Not yet bracketed: the secant through the two trials nearest the target, or the slope
+    guess with one trial, at most a factor 20 away from the nearest trial.
+    """
+    goal = math.log(max(1.0 - target, 1e-9))
+    below = [t for t in trials if t.pruned < target]  # eps too small
+    above = [t for t in trials if t.pruned > target]  # eps too large
+    if below and above:
+        a = max(below, key=lambda t: t.epsilon)
+        b = min(above, key=lambda t: t.epsilon)
+        la, lb = math.log(a.epsilon), math.log(b.epsilon)
+        dy = _log_kept(b) - _log_kept(a)
+        frac = (goal - _log_kept(a)) / dy if dy < 0 else 0.5
+        return math.exp(la + min(max(frac, 0.15), 0.85) * (lb - la))
+    # not bracketed: step on from the frontier (the largest eps still below the target, or
+    # the smallest still above it)
+    a = max(below, key=lambda t: t.epsilon) if below else min(above, key=lambda t: t.epsilon)
+    slope = SLOPE_GUESS
+    near = sorted(trials, key=lambda t: abs(t.pruned - target))[:2]
+    if len(near) == 2:
+        dx = math.log(near[1].epsilon) - math.log(near[0].epsilon)
+        dy = _log_kept(near[1]) - _log_kept(near[0])
+        if dx != 0 and dy / dx < 0:
+            slope = dy / dx
+    step = min(max(abs((goal - _log_kept(a)) / slope), math.log(1.5)), math.log(20))
+    eps = a.epsilon * math.exp(step if below else -step)
+    return min(max(eps, EPS_MIN), EPS_MAX)
+
+
+def prune_to_sparsity(run: Callable[[int, float], MethodResult], start: float, target: float,
+                      tol: float = TOLERANCE, max_trials: int = 12,
+                      on_trial: Callable[[Trial, int], None] | None = None
+                      ) -> tuple[MethodResult, list[Trial]]:
+    """Find the eps whose Net-Trim prune removes ``target`` of the weights within ``tol``.
+
+    Args:
+        run: ``run(k, eps)`` prunes with eps (trial k, counted from 0) and returns the result.
+        start: the first trial's eps.
+        target: the fraction of all pruned units' weights to remove, in (0, 1).
+        tol: accept a trial with |pruned - target| <= tol.
+        max_trials: stop after this many trials and keep the nearest one.
+        on_trial: called after each trial with the trial and its index.
+    Returns:
+        the accepted (or nearest) trial's result and every trial, in the order run.
+    """
+    trials: list[Trial] = []
+    best: tuple[MethodResult, Trial] | None = None
+    eps = min(max(start, EPS_MIN), EPS_MAX)
+    for k in range(max_trials):
+        t0 = time.perf_counter()
+        result = run(k, eps)
+        trial = Trial(epsilon=eps, pruned=pruned_fraction(result),
+                      seconds=time.perf_counter() - t0)
+        trials.append(trial)
+        if on_trial is not None:
+            on_trial(trial, k)
+        if best is None or abs(trial.pruned - target) < abs(best[1].pruned - target):
+            best = (result, trial)
+        if abs(trial.pruned - target) <= tol:
+            break
+        nxt = next_epsilon(trials, target)
+        if any(abs(nxt - t.epsilon) <= 1e-9 * t.epsilon for t in trials):
+            break  # the bracket has closed on a step in the curve: no eps gets closer
+        eps = nxt
+    assert best is not None
+    return best[0], trials
