@@ -44,7 +44,8 @@ def net_lines(name: str, d: Path) -> list[str]:
            "| | accuracy no FT (%) | + FT (%) |", "|---|---|---|",
            f"| original | {acc['original']:.2f} | - |"]
     for key, title in METHODS:
-        out.append(f"| {title} | {acc[key]:.2f} | {ft[key]:.2f} |")
+        tuned = f"{ft[key]:.2f}" if key in ft else "not run"
+        out.append(f"| {title} | {acc[key]:.2f} | {tuned} |")
     out += ["",
             f"- Pruned layers: {', '.join(m['pruned_layers'])}; kept: "
             f"{', '.join(m['kept_layers']) or 'none'} (BatchNorm, folded for the programs).",

@@ -10,7 +10,7 @@ kept). Steps whose output exists are skipped (delete EXP_DIR/conv/<net> to redo 
 
 Environment: EXP_DIR (default exp_out), CONV_NETS (default lenet5,resnet), CONV_EPS (the
 relative eps per network, e.g. lenet5=0.08), CALIB (calibration images, default 5000),
-FT_EPOCHS (default 2).
+FT_EPOCHS (default 2), BASELINE_FT (0: fine-tune the Net-Trim model only).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXP = Path(os.environ.get("EXP_DIR", ROOT / "exp_out")) / "conv"
 CALIB = int(os.environ.get("CALIB", "5000"))
 FT_EPOCHS = int(os.environ.get("FT_EPOCHS", "2"))
+BASELINE_FT = os.environ.get("BASELINE_FT", "1") != "0"  # fine-tune the baselines' models too
 BASELINES = ("magnitude", "wanda", "sparsegpt")
 ARCH = "experiments.convnets:small_resnet"
 
@@ -175,6 +176,8 @@ def one_net(name: str, data: dict) -> dict:
                 "--match", str(report), "-o", str(out), "--report", str(d / f"{method}.json"),
                 "--force", "-q"), 1)
         s["accuracy"][method] = accuracy(load(out, factory, whole), xte, yte)
+        if method != "netrim" and not BASELINE_FT:
+            continue
         ft = d / f"{method}-ft.pt"
         s[f"{method}_ft_seconds"] = round(nettrim(
             "finetune", str(out), *arch, "--data", str(d / "train.h5"), "--epochs",
