@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 DEMO ?= demo_out
 NETTRIM := $(BIN)/nettrim
 
-.PHONY: install test demo bench experiments conv-experiments finetune-recipe resume-check lint \
-	clean fashion-mnist
+.PHONY: install test demo bench experiments experiments-lc conv-experiments finetune-recipe \
+	resume-check lint clean fashion-mnist
 
 # torch is installed first and pinned to the CPU build that lies on this machine's disk:
 # a loose `torch` requirement would pull a multi-GB CUDA build.
@@ -54,7 +54,12 @@ experiments: install fashion-mnist
 # Whole conv networks (LeNet-5, a small ResNet), every layer pruned: docs/results.md's section
 # "Whole conv networks".
 conv-experiments: install fashion-mnist
-	$(BIN)/python -m experiments.convnets
+	nice $(BIN)/python -m experiments.convnets
+
+# LC and iterative magnitude pruning (HPTD) of a LeNet300-style MLP at 90% and 95% (about an
+# hour on 2 shared cores; cached in exp_out/lc): a section of docs/results.md.
+experiments-lc: install fashion-mnist
+	nice $(BIN)/python -m experiments.lc_run
 
 # How the default of `nettrim finetune` was chosen: NN2-10K pruned to 90% (Net-Trim and
 # SparseGPT-style), fine-tuned with a grid of recipes; writes docs/finetune-recipe.md (~30 min).

@@ -115,6 +115,12 @@ def write_doc(rows: dict, dense: float) -> None:
                                 and int(epochs) == DEFAULT_EPOCHS) else ""
         lines.append(f"| {start} | {schedule}{mark} | {lr} | {epochs} | {100 * r['test']:.2f}% "
                      f"| {100 * (r['test'] - dense):+.2f} | {r['seconds']:.1f} |")
+    best = max(rows, key=lambda k: rows[k]["test"])
+    lines += ["", f"Best of the grid: {best} ({100 * rows[best]['test']:.2f}%). The default "
+              f"(cosine, lr {DEFAULT_LR:g}, {DEFAULT_EPOCHS} epochs) is the best at "
+              f"{DEFAULT_EPOCHS} epochs or fewer. FT seconds are wall times on a machine "
+              "shared with other jobs (load 10-13 on 2 cores when this table was made): they "
+              "compare nothing; the cost to compare is epochs x samples."]
     DOC.write_text("\n".join(lines) + "\n")
     print(f"wrote {DOC}")
 

@@ -239,6 +239,9 @@ def main(exp: Path, docs: Path, nets: list[str], seeds: list[int]) -> Path:
     text = text.replace("READING", reading.read_text() if reading.exists() else
                         "(no reading written yet)")
     from experiments.conv_results import keep_section
+    from experiments.lc_results import carry
 
-    path.write_text(keep_section(path.read_text() if path.exists() else "", text))
+    # the sections of `make experiments-lc` and `make conv-experiments` are kept as they are
+    old = path.read_text() if path.exists() else ""
+    path.write_text(keep_section(old, carry(old, text)))
     return path

@@ -360,13 +360,14 @@ def _check_linears(model: nn.Module) -> None:
                            f"{tuple(getattr(w, 'shape', ()))}; the module is malformed")
 
 
-def pruned_copy(ckpt: Checkpoint, weights: dict[str, tuple[np.ndarray, np.ndarray | None]]
-                ) -> nn.Module:
-    """A deep copy of the model with the given units' weights replaced: (out, in) matrices
-    in the program's view (a BN folded into a unit is unfolded back into unit and BN)."""
+def pruned_copy(ckpt: Checkpoint, weights: dict[str, tuple[np.ndarray, np.ndarray | None]],
+                base: nn.Module | None = None) -> nn.Module:
+    """A deep copy of the model (or of ``base``, a trained copy of it) with the given units'
+    weights replaced: (out, in) matrices in the program's view (a BN folded into a unit is
+    unfolded back into unit and BN)."""
     from nettrim_cli.layers.fold import write_unit
 
-    model = copy.deepcopy(ckpt.model)
+    model = copy.deepcopy(ckpt.model if base is None else base)
     bns = {la.name: la.bn for la in ckpt.layers}
     for name, (W, b) in weights.items():
         write_unit(model, name, W, b, bns.get(name, ""))

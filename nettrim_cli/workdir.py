@@ -147,13 +147,24 @@ class WorkDir:
         return self.path / f"layer-{i:03d}.npz"
 
     def save_layer(self, i: int, arrays: dict[str, np.ndarray], meta: dict) -> None:
-        arrays = {k: v for k, v in arrays.items() if v is not None}
-        arrays["meta"] = np.array(json.dumps(_json_safe(meta)))
-        _write(self._layer_file(i), _npz_bytes(arrays))
+        self.save_record(self._layer_file(i).stem, arrays, meta)
         shutil.rmtree(self._cols_dir(i), ignore_errors=True)
 
     def load_layer(self, i: int) -> tuple[dict[str, np.ndarray], dict] | None:
-        f = self._layer_file(i)
+        return self.load_record(self._layer_file(i).stem)
+
+    # -- any record (a training-based method's state after a step) ------------------------
+
+    def save_record(self, stem: str, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        """Durably write ``STEM.npz``: the arrays and ``meta`` (JSON text), whole or not at
+        all (an earlier record of that name is replaced only once this one is complete)."""
+        arrays = {k: v for k, v in arrays.items() if v is not None}
+        arrays["meta"] = np.array(json.dumps(_json_safe(meta)))
+        _write(self.path / f"{stem}.npz", _npz_bytes(arrays))
+
+    def load_record(self, stem: str) -> tuple[dict[str, np.ndarray], dict] | None:
+        """The arrays and metadata of ``STEM.npz``, or None when there is no such record."""
+        f = self.path / f"{stem}.npz"
         if not f.exists():
             return None
         arrays = _read_npz(f)

@@ -498,6 +498,76 @@ def weights_overflow_activations(e):
     return Expect(dump_argv(e, model=p), [p, "NaN or Inf"])
 
 
+# --- labelled training data of the training-based methods (prune --method lc / ...) ---------
+
+
+def lc_argv(e: Env, data, method: str = "lc") -> list:
+    steps = ["--steps", "1"] if method == "lc" else ["--rounds", "1"]
+    return ["prune", e.a.model, "--method", method, "--data", data, "--sparsity", "0.5",
+            *steps, "--epochs", "1", "-o", e.out / "pruned.pt", "--report",
+            e.out / "report.json", "-q"]
+
+
+def _train_h5(e: Env, x: np.ndarray, y: np.ndarray) -> Path:
+    p = e.path("train.h5")
+    with h5py.File(p, "w") as f:
+        f["inputs"] = x
+        f["labels"] = y
+    return p
+
+
+@case("bad training data")
+def train_labels_out_of_range(e):
+    y = np.arange(32) % (archs.N_OUT + 2)
+    p = _train_h5(e, _calib(), y)
+    return Expect(lc_argv(e, p), [p, f"[0, {archs.N_OUT - 1}]"])
+
+
+@case("bad training data")
+def train_labels_negative(e):
+    p = _train_h5(e, _calib(), np.full(32, -1))
+    return Expect(lc_argv(e, p, "magnitude-iterative"), [p, "-1"])
+
+
+@case("bad training data")
+def train_inputs_do_not_fit_the_model(e):
+    p = _train_h5(e, _calib(cols=archs.N_IN + 1), np.zeros(32, np.int64))
+    return Expect(lc_argv(e, p), [p, "do not fit the model"])
+
+
+@case("bad training data")
+def train_inputs_nan(e):
+    p = _train_h5(e, _calib(np.nan), np.zeros(32, np.int64))
+    return Expect(lc_argv(e, p), [p, "NaN"])
+
+
+@case("bad training data")
+def train_labels_nan(e):
+    y = np.zeros(32)
+    y[5] = np.nan
+    p = _train_h5(e, _calib(), y)
+    return Expect(lc_argv(e, p, "magnitude-iterative"), [p, "NaN"])
+
+
+@case("bad training data")
+def train_labels_wrong_length(e):
+    p = _train_h5(e, _calib(), np.zeros(31, np.int64))
+    return Expect(lc_argv(e, p), [p, "31"])
+
+
+@case("bad training data")
+def train_data_without_labels(e):
+    p = e.path("train.h5")
+    with h5py.File(p, "w") as f:
+        f["inputs"] = _calib()
+    return Expect(lc_argv(e, p), [p, "/labels"])
+
+
+@case("bad training data")
+def train_data_missing(e):
+    return Expect(lc_argv(e, e.path("nope.h5")), [e.path("nope.h5"), "no such file"])
+
+
 # --- calibration inputs and labels --------------------------------------------------------
 
 

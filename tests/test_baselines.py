@@ -232,7 +232,8 @@ def _argv(assets, out, *extra, model=None, acts=None):
 @pytest.mark.parametrize("extra,needles", [
     (["--method", "magnitude"], ["exactly one of --match"]),
     (["--method", "wanda", "--sparsity", "0.5", "--match", "{rep}"], ["exactly one of"]),
-    (["--sparsity", "0.5"], ["--method magnitude"]),
+    # Net-Trim takes --sparsity since main's 61fcb3f (it searches eps): not with --epsilon
+    (["--sparsity", "0.5", "--epsilon", "0.1"], ["without --epsilon"]),
     (["--method", "netrim", "--match", "{rep}"], ["baselines"]),
     (["--method", "magnitude", "--sparsity", "1.0"], ["[0, 1)"]),
     (["--method", "magnitude", "--sparsity", "-0.1"], ["[0, 1)"]),

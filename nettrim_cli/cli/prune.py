@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -18,6 +19,7 @@ from nettrim_cli.cli.common import (
     with_ckpt_options,
     write_checkpoint_and_json,
 )
+from nettrim_cli.cli.training_options import TRAINING_FLAGS, training_options
 from nettrim_cli.errors import BadInput
 from nettrim_cli.methods import METHODS
 
@@ -26,7 +28,8 @@ log = logging.getLogger("nettrim")
 
 @click.command()
 @click.argument("model")
-@click.option("--acts", required=True, help="The activation dump from `nettrim dump`.")
+@click.option("--acts", help="The activation dump from `nettrim dump` (required except for "
+              "the training-based methods lc and magnitude-iterative, which train on --data).")
 @click.option("-o", "--output", required=True, help="Pruned checkpoint to write ('-': stdout).")
 @click.option("--report", "report_path", help="JSON report to write ('-': stdout).")
 @click.option("--config", "config_path", help="A TOML preset (see configs/); flags override it.")
@@ -71,13 +74,17 @@ log = logging.getLogger("nettrim")
               help="Continue the interrupted run recorded in the work folder.")
 @click.option("--method", type=click.Choice(list(METHODS)),
               default="netrim", show_default=True,
-              help="Net-Trim, or a one-shot baseline pruned to --match or --sparsity.")
+              help="Net-Trim, a one-shot baseline (magnitude, wanda, sparsegpt) or a "
+                   "training-based one (lc, magnitude-iterative), pruned to --match or "
+                   "--sparsity.")
 @click.option("--match", "match_path", metavar="REPORT.json",
               help="Baselines: keep exactly as many weights per layer as this report's layers.")
 @click.option("--sparsity", type=float,
               help="Net-Trim: find the eps that prunes this fraction of all the pruned layers' "
                    "weights (within 0.5 points). Baselines: prune this fraction of every "
-                   "layer's weights, in [0, 1).")
+                   "layer's weights, in [0, 1). lc, magnitude-iterative: of every layer's "
+                   "weights (of all pruned layers together with --allocation joint), in (0, 1).")
+@training_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @with_ckpt_options
 @handle_errors
@@ -88,6 +95,9 @@ def prune(model, acts, output, report_path, force, quiet, arch, trust_checkpoint
 
     Example: nettrim prune model.pt --acts acts.h5 --mode cascade --gamma 1.1
     -o pruned.pt --report report.json
+
+    Training-based: nettrim prune model.pt --method lc --data train.h5 --sparsity 0.9
+    -o lc.pt --report lc.json
     """
     from nettrim_cli.methods import method_class
 
@@ -99,11 +109,15 @@ def prune(model, acts, output, report_path, force, quiet, arch, trust_checkpoint
     if wrong:
         hint = f"; {cls.hint}" if cls.hint else ""
         raise BadInput(f"{', '.join(wrong)}: not an option of --method {method}{hint}")
+    if acts is None and cls.needs_acts:
+        raise BadInput(f"--method {method} needs --acts (the activation dump from `nettrim "
+                       "dump`)")
     chosen = cls(**{OPTION_PARAMS[f]: options[OPTION_PARAMS[f]] for f in cls.options
                     if OPTION_PARAMS[f] in options})
     chosen.note = lambda text: click.echo(f"nettrim: {text}", err=True)
     files = chosen.input_files()
-    check_two_outputs(output, report_path, "--report", force, (model, acts, *files.values()))
+    inputs = (model, *([acts] if acts else []), *files.values())
+    check_two_outputs(output, report_path, "--report", force, inputs)
     chosen.load()
     _run(chosen, model, acts, output, report_path, files, quiet, arch, trust_checkpoint)
 
@@ -121,28 +135,37 @@ def _run(method, model: str, acts: str, output: str, report_path: str | None,
     ckpt = load_ckpt(model, arch, trust)
     t0 = time.perf_counter()
     console = stderr_console()
-    with DumpReader(acts) as dump:
-        sample = torch.as_tensor(dump.inputs(slice(0, min(8, dump.n_samples))))
-        ckpt.layers = trace_layers(ckpt.model, sample, acts, model_path=model)
-        dump.check_against(ckpt.model, ckpt.layers, model_path=model)
-        acts_sha = sha256_file(acts)
+    with DumpReader(acts) if acts else contextlib.nullcontext() as dump:
+        if dump is not None:
+            sample = dump.inputs(slice(0, min(8, dump.n_samples)))
+        else:
+            sample = method.sample(ckpt, model)
+        ckpt.layers = trace_layers(ckpt.model, torch.as_tensor(sample), acts or "",
+                                   model_path=model)
+        acts_sha = None
+        if dump is not None:
+            dump.check_against(ckpt.model, ckpt.layers, model_path=model)
+            acts_sha = sha256_file(acts)
         method.start(ckpt, acts_sha, output)
         with progress_bars(console, quiet) as prog:
             try:
-                result = method.run(ckpt, dump, _hooks(prog, len(ckpt.prunable), quiet))
+                hooks = _hooks(prog, len(ckpt.prunable), quiet,
+                               "layer " if method.needs_acts else "")
+                result = method.run(ckpt, dump, hooks)
             except (BadInput, KeyboardInterrupt) as e:
                 method.abandoned(e)
                 raise
     seconds = time.perf_counter() - t0
     method.check(result)
-    inputs = {"model": {"path": model, "sha256": ckpt.sha256},
-              "acts": {"path": acts, "sha256": acts_sha}}
+    inputs = {"model": {"path": model, "sha256": ckpt.sha256}}
+    if acts:
+        inputs["acts"] = {"path": acts, "sha256": acts_sha}
     for role, path in files.items():
         inputs[role] = {"path": path, "sha256": sha256_file(path)}
     report = build_report(result, ckpt.layers, inputs, seconds)
     # the files are written atomically first, then the streams ('-')
-    write_checkpoint_and_json(ckpt, pruned_copy(ckpt, result.weights), output, report_path,
-                              report, ("outputs", "checkpoint"))
+    write_checkpoint_and_json(ckpt, pruned_copy(ckpt, result.weights, result.model), output,
+                              report_path, report, ("outputs", "checkpoint"))
     method.finished()
     if not quiet:
         render_table(report, console)
@@ -151,16 +174,16 @@ def _run(method, model: str, acts: str, output: str, report_path: str | None,
         click.echo(f"nettrim: warning: {line}", err=True)
 
 
-def _hooks(prog, n_units: int, quiet: bool):
+def _hooks(prog, n_units: int, quiet: bool, unit: str):
     from nettrim_cli.methods.base import RunHooks
 
     ltask = prog.add_task("layers", total=n_units)
     ctask = prog.add_task("columns", total=1)
 
     def on_layer(i, n, name):
-        prog.update(ltask, completed=i, description=f"layer {name}")
+        prog.update(ltask, completed=i, total=n, description=f"{unit}{name}")
         if not quiet:
-            log.info("layer %d/%d: %s", i + 1, n, name)
+            log.info("%s%d/%d: %s", unit, i + 1, n, name)
 
     def on_columns(stage, done, total):
         prog.update(ctask, completed=done, total=total, description=stage)
@@ -180,4 +203,5 @@ OPTION_PARAMS = {
     "--address": "address", "--osqp-algebra": "osqp_algebra", "--strict": "strict",
     "--workdir": "workdir", "--resume": "resume", "--match": "match_path",
     "--sparsity": "sparsity", "--patches": "patches",
+    **{flag: param for flag, param, _ in TRAINING_FLAGS},
 }

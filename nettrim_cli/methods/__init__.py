@@ -15,6 +15,8 @@ METHODS: dict[str, str] = {
     "magnitude": "nettrim_cli.methods.oneshot:Magnitude",
     "wanda": "nettrim_cli.methods.oneshot:Wanda",
     "sparsegpt": "nettrim_cli.methods.oneshot:SparseGPT",
+    "lc": "nettrim_cli.methods.lc.lc_method:LC",
+    "magnitude-iterative": "nettrim_cli.methods.lc.iterative:IterativeMagnitude",
 }
 
 

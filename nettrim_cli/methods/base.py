@@ -64,6 +64,9 @@ class MethodResult:
     settings: dict[str, Any]
     layers: list[LayerResult]
     network: dict[str, Any]
+    # a training-based method's trained network: the checkpoint is written from it (its
+    # layers' weights replaced by ``layers``) instead of from the original model
+    model: Any = None
 
     @property
     def weights(self) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
@@ -77,10 +80,12 @@ class MethodResult:
 
 @dataclass
 class RunHooks:
-    """How a method reports progress: on_layer(index, count, name) before each unit,
-    on_columns(stage, done, total) within one, on_step(line) after a stage of a run of many
-    (a trial of the sparsity search); silenced with the progress (-q). One-line messages the
-    user must see go through ``Method.note``."""
+    """How a method reports progress: on_layer(index, count, name) before each unit (a
+    training-based method: before each step, "LC step k/K" / "round t/n"), on_columns(stage,
+    done, total) within one (a training-based method: samples of the current epoch, the stage
+    naming step, epoch and running loss), on_step(line) after a stage of a run of many (a trial
+    of the sparsity search, an LC step or round with its figures); silenced with the progress
+    (-q). One-line messages the user must see go through ``Method.note``."""
 
     on_layer: Callable[[int, int, str], None] | None = None
     on_columns: Progress | None = None
@@ -92,12 +97,15 @@ class Method:
 
     Class attributes: ``name`` (``--method NAME``); ``options``: the prune options it takes,
     by flag (``--epsilon``, ...), each given to ``__init__`` under its parameter name;
-    ``hint``: one line added when an option it does not take is given.
+    ``hint``: one line added when an option it does not take is given; ``needs_acts``: False
+    for a method that trains on labelled data (``--acts`` is then optional: its inputs are
+    only the calibration set of the report's figures, and ``run`` gets None without it).
     """
 
     name: ClassVar[str]
     options: ClassVar[tuple[str, ...]] = ()
     hint: ClassVar[str] = ""
+    needs_acts: ClassVar[bool] = True
 
     @staticmethod
     def note(text: str) -> None:
@@ -112,10 +120,15 @@ class Method:
         """Read the files the options name and build the settings (after the outputs are
         checked, so that a bad output path is reported first)."""
 
-    def start(self, ckpt: Checkpoint, acts_sha: str, output: str) -> None:  # noqa: B027
+    def start(self, ckpt: Checkpoint, acts_sha: str | None, output: str) -> None:  # noqa: B027
         """Called once the inputs are loaded and checked, before ``run``."""
 
-    def run(self, ckpt: Checkpoint, dump: DumpReader, hooks: RunHooks) -> MethodResult:
+    def sample(self, ckpt: Checkpoint, model_path: str) -> np.ndarray:
+        """A few inputs to trace the network with when no activation dump is given (only
+        asked of a method whose ``needs_acts`` is False)."""
+        raise NotImplementedError
+
+    def run(self, ckpt: Checkpoint, dump: DumpReader | None, hooks: RunHooks) -> MethodResult:
         raise NotImplementedError
 
     def check(self, result: MethodResult) -> None:  # noqa: B027

@@ -19,11 +19,14 @@ def outputs(model: torch.nn.Module, inputs: np.ndarray) -> np.ndarray:
 
 def network_summary(ckpt: Checkpoint, inputs: np.ndarray,
                     pruned: dict[str, tuple[np.ndarray, np.ndarray | None]],
-                    weights: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+                    weights: list[tuple[np.ndarray, np.ndarray]],
+                    base: torch.nn.Module | None = None) -> dict:
     """The report's network figures every method shares: weight counts over the pruned layers
-    (``weights``: (W, W0) pairs) and the measured output discrepancy on the calibration set."""
+    (``weights``: (W, W0) pairs) and the measured output discrepancy on the calibration set
+    (of the original network against the pruned one: ``base``, a trained copy, when given,
+    with the ``pruned`` layers' weights)."""
     y = outputs(ckpt.model, inputs)
-    pruned_model = pruned_copy(ckpt, pruned)
+    pruned_model = pruned_copy(ckpt, pruned, base)
     yhat = outputs(pruned_model, inputs)
     disc = float(np.linalg.norm(yhat - y))
     ynorm = float(np.linalg.norm(y))
