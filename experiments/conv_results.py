@@ -26,6 +26,10 @@ def _num(v) -> str:
     return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.1f}k" if v >= 1e3 else str(v)
 
 
+def _secs(v) -> str:
+    return "not recorded" if v is None else f"{v} s"
+
+
 def _ratio(a, b):
     return a / b if a is not None and b else None
 
@@ -44,11 +48,20 @@ def net_lines(name: str, d: Path) -> list[str]:
            "| | accuracy no FT (%) | + FT (%) |", "|---|---|---|",
            f"| original | {acc['original']:.2f} | - |"]
     for key, title in METHODS:
+        if key not in acc:
+            out.append(f"| {title} | not run | not run |")
+            continue
         tuned = f"{ft[key]:.2f}" if key in ft else "not run"
         out.append(f"| {title} | {acc[key]:.2f} | {tuned} |")
+    for pt in s.get("more_eps", []):  # further Net-Trim runs at other eps (no FT)
+        out.append(f"| Net-Trim at eps {pt['epsilon']} ({_pct(pt['pruned_fraction'])} of the "
+                   f"pruned layers' weights, {_pct(pt['zero_fraction'])} of all parameters "
+                   f"zero; prune {pt['prune_seconds']} s wall, {pt['prune_cpu_seconds']} s CPU) "
+                   f"| {pt['accuracy']:.2f} | not run |")
     out += ["",
-            f"- Pruned layers: {', '.join(m['pruned_layers'])}; kept: "
-            f"{', '.join(m['kept_layers']) or 'none'} (BatchNorm, folded for the programs).",
+            f"- Pruned layers: {', '.join(m['pruned_layers'])}; kept as modules: "
+            + (f"{', '.join(m['kept_layers'])} (BatchNorm, folded for the programs)."
+               if m["kept_layers"] else "none."),
             f"- Weights of the pruned layers: {n['nonzeros_before']} -> {n['nonzeros_after']} "
             f"({_pct(n['pruned_fraction'])} pruned); whole model, every parameter (biases and "
             f"BatchNorm included): {m['nonzeros_before']} -> {m['nonzeros_after']} nonzero of "
@@ -57,7 +70,7 @@ def net_lines(name: str, d: Path) -> list[str]:
             f"{_num(n['flops_pruned'])} with the nonzero weights.",
             f"- Wall time (s, 2 shared cores, other jobs running): train {s.get('train_seconds')}"
             f", dump {s['dump_seconds']}, Net-Trim prune {s['prune_seconds']} (the whole "
-            f"command; {s.get('prune_cpu_seconds')} s of CPU time), magnitude "
+            f"command; CPU time {_secs(s.get('prune_cpu_seconds'))}), magnitude "
             f"{s.get('magnitude_seconds')}, Wanda {s.get('wanda_seconds')}, "
             f"SparseGPT {s.get('sparsegpt_seconds')}, FT of the Net-Trim model "
             f"{s.get('netrim_ft_seconds')}.", "",
