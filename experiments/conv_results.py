@@ -73,7 +73,7 @@ def net_lines(name: str, d: Path) -> list[str]:
             f"command; CPU time {_secs(s.get('prune_cpu_seconds'))}), magnitude "
             f"{s.get('magnitude_seconds')}, Wanda {s.get('wanda_seconds')}, "
             f"SparseGPT {s.get('sparsegpt_seconds')}, FT of the Net-Trim model "
-            f"{s.get('netrim_ft_seconds')}.", "",
+            f"{s.get('netrim_ft_seconds')}.".replace("None", "not recorded"), "",
             "| layer | kind | program | shape | sparsity | patches used / all | rel. disc. "
             "(program) | rel. disc. (all patches) | MACs dense -> pruned |",
             "|---|---|---|---|---|---|---|---|---|"]
