@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 DEMO ?= demo_out
 NETTRIM := $(BIN)/nettrim
 
-.PHONY: install test demo bench experiments experiments-lc conv-experiments finetune-recipe \
-	resume-check lint clean fashion-mnist
+.PHONY: install test demo bench experiments experiments-lc experiments-hs conv-experiments \
+	finetune-recipe resume-check lint clean fashion-mnist
 
 # torch is installed first and pinned to the CPU build that lies on this machine's disk:
 # a loose `torch` requirement would pull a multi-GB CUDA build.
@@ -60,6 +60,11 @@ conv-experiments: install fashion-mnist
 # hour on 2 shared cores; cached in exp_out/lc): a section of docs/results.md.
 experiments-lc: install fashion-mnist
 	nice $(BIN)/python -m experiments.lc_run
+
+# Issue 16's comparison at 90% and 95% pruned: Net-Trim (--sparsity) with and without the default
+# fine-tune, the one-shot baselines at its counts, LC and HPTD (reuses `make experiments-lc`).
+experiments-hs: install fashion-mnist
+	$(BIN)/python -m experiments.high_sparsity
 
 # How the default of `nettrim finetune` was chosen: NN2-10K pruned to 90% (Net-Trim and
 # SparseGPT-style), fine-tuned with a grid of recipes; writes docs/finetune-recipe.md (~30 min).
