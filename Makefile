@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 DEMO ?= demo_out
 NETTRIM := $(BIN)/nettrim
 
-.PHONY: install test demo bench experiments experiments-lc experiments-hs finetune-recipe resume-check lint clean fashion-mnist
+.PHONY: install test demo bench experiments experiments-lc experiments-hs conv-experiments \
+	finetune-recipe resume-check lint clean fashion-mnist
 
 # torch is installed first and pinned to the CPU build that lies on this machine's disk:
 # a loose `torch` requirement would pull a multi-GB CUDA build.
@@ -50,6 +51,11 @@ bench: install fashion-mnist
 # writes exp_out/ and docs/results.md with the figures. NETS=NN2-10K,CNN-10K picks networks.
 experiments: install fashion-mnist
 	$(BIN)/python -m experiments.run
+
+# Whole conv networks (LeNet-5, a small ResNet), every layer pruned: docs/results.md's section
+# "Whole conv networks".
+conv-experiments: install fashion-mnist
+	nice $(BIN)/python -m experiments.convnets
 
 # LC and iterative magnitude pruning (HPTD) of a LeNet300-style MLP at 90% and 95% (about an
 # hour on 2 shared cores; cached in exp_out/lc): a section of docs/results.md.

@@ -142,6 +142,19 @@ def _layers(exp: Path, net: str, seed: int, level: str) -> list[str]:
     return lines
 
 
+def _cnn_scope(exp: Path, done: list[str]) -> str:
+    """What the CNN runs pruned, read from a CNN's Net-Trim report (conv layers are pruned
+    since issue 14; runs made before kept them)."""
+    for rep in sorted(exp.glob("CNN-*/seed*/base-netrim-parallel.json")):
+        kinds = {la.get("kind") for la in _load(rep)["layers"]
+                 if la.get("nonzeros_after") is not None}
+        if "conv" in kinds:
+            return "The CNNs prune every layer, the conv layers included."
+        return ("The CNNs prune their two fully connected layers only, as the paper does (the "
+                "conv layers are kept; this run predates conv pruning).")
+    return ""
+
+
 def main(exp: Path, docs: Path, nets: list[str], seeds: list[int]) -> Path:
     done = [n for n in nets if _seeds(exp, n, seeds, "base")]
     machine = _load(exp / "machine.json") or {}
@@ -166,8 +179,7 @@ def main(exp: Path, docs: Path, nets: list[str], seeds: list[int]) -> Path:
         + " (values are mean ± standard deviation, numpy's ddof 0, over the seeds where "
         "there are several). "
         "Trained with Adam (lr 1e-3, batch 128), cross-entropy, "
-        "no augmentation. The CNNs prune their two fully connected layers only, as the paper "
-        "does (the conv layers are kept).",
+        "no augmentation. " + _cnn_scope(exp, done),
         (f"- Not in this run: {', '.join(n for n in NETWORKS if n not in done)} (time: each "
          "network's Net-Trim runs take tens of minutes on 2 cores; `make experiments` picks "
          "up where it stopped). " if len(done) < len(NETWORKS) else "- ")
@@ -226,8 +238,10 @@ def main(exp: Path, docs: Path, nets: list[str], seeds: list[int]) -> Path:
     reading = docs / "results-reading.md"
     text = text.replace("READING", reading.read_text() if reading.exists() else
                         "(no reading written yet)")
+    from experiments.conv_results import keep_section
     from experiments.lc_results import carry
 
-    # the section of `make experiments-lc` is kept as it is
-    path.write_text(carry(path.read_text() if path.exists() else "", text))
+    # the sections of `make experiments-lc` and `make conv-experiments` are kept as they are
+    old = path.read_text() if path.exists() else ""
+    path.write_text(keep_section(old, carry(old, text)))
     return path

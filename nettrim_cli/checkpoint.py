@@ -55,8 +55,7 @@ ALLOWED_MODULES: tuple[type, ...] = (
     nn.Softmax, nn.LogSoftmax,
 )
 __all__ = ["ALLOWED_MODULES", "STATE_DICT_KEYS", "Checkpoint", "build_arch", "load_checkpoint",
-           "module_damage", "pruned_copy", "read_state_dict", "save_checkpoint",
-           "set_layer_weights"]
+           "module_damage", "pruned_copy", "read_state_dict", "save_checkpoint"]
 MODULE_INTERNALS = frozenset(nn.Module().__dict__)  # what every nn.Module instance holds
 # the internals' types: the hook and tensor tables are dicts, the flags what they are
 _INTERNAL_TYPES: dict[str, type] = {
@@ -361,21 +360,17 @@ def _check_linears(model: nn.Module) -> None:
                            f"{tuple(getattr(w, 'shape', ()))}; the module is malformed")
 
 
-def set_layer_weights(model: nn.Module, name: str, W: np.ndarray, b: np.ndarray | None) -> None:
-    mod = model.get_submodule(name)
-    with torch.no_grad():
-        mod.weight.copy_(torch.as_tensor(W, dtype=mod.weight.dtype))
-        if b is not None and mod.bias is not None:
-            mod.bias.copy_(torch.as_tensor(b, dtype=mod.bias.dtype))
-
-
 def pruned_copy(ckpt: Checkpoint, weights: dict[str, tuple[np.ndarray, np.ndarray | None]],
                 base: nn.Module | None = None) -> nn.Module:
-    """A deep copy of the model (or of ``base``, a trained copy of it) with the given layers'
-    weights replaced."""
+    """A deep copy of the model (or of ``base``, a trained copy of it) with the given units'
+    weights replaced: (out, in) matrices in the program's view (a BN folded into a unit is
+    unfolded back into unit and BN)."""
+    from nettrim_cli.layers.fold import write_unit
+
     model = copy.deepcopy(ckpt.model if base is None else base)
+    bns = {la.name: la.bn for la in ckpt.layers}
     for name, (W, b) in weights.items():
-        set_layer_weights(model, name, W, b)
+        write_unit(model, name, W, b, bns.get(name, ""))
     return model
 
 

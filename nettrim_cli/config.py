@@ -29,6 +29,8 @@ TOP_KEYS: dict[str, tuple[type, ...]] = {
     "executor": (str,),
     "address": (str,),
     "memory_budget_mb": (float, int),
+    "patches": (int,),
+    "patch_seed": (int,),
 }
 SECTIONS = {"osqp": OSQPSettings, "search": SearchSettings, "admm": ADMMSettings}
 SOLVERS = ("auto", "osqp", "admm")
@@ -226,6 +228,9 @@ def build_settings(config: dict[str, Any], flags: dict[str, Any],
     budget = float(merged.get("memory_budget_mb", 2048.0))
     if not (math.isfinite(budget) and budget >= 0):
         raise BadInput("memory_budget_mb must be >= 0", source)
+    patches = merged.get("patches")
+    if patches is not None and patches < 1:
+        raise BadInput(f"patches must be >= 1, got {patches}", origin("patches"))
     solver = merged.get("solver")
     if solver is None:
         solver = "osqp" if any(flags.get(k) is not None for k in OSQP_FLAGS) else "auto"
@@ -235,6 +240,7 @@ def build_settings(config: dict[str, Any], flags: dict[str, Any],
         mode=mode, epsilon=None if eps is None else float(eps), gamma=gamma,
         lam=None if lam is None else float(lam),
         solver=SolverSettings(osqp=osqp, search=search, zero_threshold=zt, workers=workers,
-                              memory_budget_mb=budget, admm=admm))
+                              memory_budget_mb=budget, admm=admm),
+        patches=patches, seed=int(merged.get("patch_seed", 0)))
     _executor_settings(settings.solver, merged, flags, source)
     return settings, solver

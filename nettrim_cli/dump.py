@@ -7,12 +7,17 @@ Layout (format ``nettrim-dump``, version 1)::
                                model_sha256
     /inputs             (P, ...) float32, the calibration inputs
     /labels             (P,) optional
-    /layers/000         group, attrs: name, kind, activation, in_features, out_features, bias
-    /layers/000/input   (P, N) float32, the layer's input
-    /layers/000/preact  (P, M) float32, the layer's output before its activation
+    /layers/000         group, attrs: name, kind, activation, in_features, out_features, bias,
+                               and (optional for Linear-only dumps) bn, shortcut, in_shape,
+                               out_shape, groups
+    /layers/000/input   (P, *in_shape) float32, the layer's input in its own shape (a conv's
+                        images, not unfolded; (P, N) for a Linear)
+    /layers/000/preact  (P, *out_shape) float32, the unit's own output (before a folded BN)
+    /layers/000/shortcut  (P, *out_shape) float32, only for a residual unit: the tensor s
+                        added to its (BN'd) output before the ReLU
 
-Every dataset is chunked by samples and gzip-compressed; readers take it chunk by chunk into
-one preallocated array, so a dump never sits in memory twice.
+Every dataset is chunked by samples (about a megabyte a chunk) and gzip-compressed; readers
+take it chunk by chunk into one preallocated array, so a dump never sits in memory twice.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from torch import nn
 
 from nettrim_cli import __version__
 from nettrim_cli.errors import BadInput
-from nettrim_cli.graph import LayerInfo
+from nettrim_cli.graph import LayerInfo, NodeValues
 
 FORMAT = "nettrim-dump"
 FORMAT_VERSION = 1
@@ -146,9 +151,10 @@ def _check_declared(ds: h5py.Dataset, path: str) -> None:
                        f"{ds.id.get_storage_size()} bytes (truncated or corrupt)", path)
 
 
-def _layer_io(model: nn.Module, layers: list[LayerInfo], batch: torch.Tensor):
-    """Run a batch through the model; return {name: (input, preact)} for prunable layers."""
-    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+def _layer_io(model: nn.Module, layers: list[LayerInfo], batch: torch.Tensor, nodes=None):
+    """Run a batch through the model; return {name: (input, preact, shortcut or None)} for
+    prunable layers (``nodes``: a ``NodeValues`` of the model, needed for shortcuts)."""
+    found: dict[str, tuple] = {}
     handles = []
     for layer in layers:
         if not layer.prunable:
@@ -159,12 +165,21 @@ def _layer_io(model: nn.Module, layers: list[LayerInfo], batch: torch.Tensor):
             found[name] = (inputs[0].detach().cpu().numpy(), output.detach().cpu().numpy())
 
         handles.append(mod.register_forward_hook(hook))
+    wanted = {la.shortcut for la in layers if la.prunable and la.shortcut}
+    kept: dict = {}
     try:
         with torch.no_grad():
-            out = model(batch)
+            if wanted:
+                out, kept = (nodes or NodeValues(model))(batch, wanted)
+            else:
+                out = model(batch)
     finally:
         for h in handles:
             h.remove()
+    for la in layers:
+        if la.name in found:
+            s = kept.get(la.shortcut) if la.shortcut else None
+            found[la.name] = (*found[la.name], None if s is None else s.detach().cpu().numpy())
     return found, out.detach().cpu().numpy()
 
 
@@ -172,9 +187,10 @@ def forward_collect(model: nn.Module, layers: list[LayerInfo], inputs: np.ndarra
                     batch_size: int = 1024) -> Iterator[tuple[int, dict, np.ndarray]]:
     """Yield (start row, {name: (input, preact)}, model output) batch by batch."""
     model.eval()
+    nodes = NodeValues(model) if any(la.shortcut for la in layers if la.prunable) else None
     for start in range(0, inputs.shape[0], batch_size):
         xb = torch.as_tensor(np.asarray(inputs[start:start + batch_size], dtype=np.float32))
-        found, out = _layer_io(model, layers, xb)
+        found, out = _layer_io(model, layers, xb, nodes)
         yield start, found, out
 
 
@@ -203,23 +219,29 @@ def write_dump(dest: str, model: nn.Module, layers: list[LayerInfo], inputs: np.
         for i, layer in enumerate(prunable):
             g = grp.create_group(f"{i:03d}")
             g.attrs.update(layer.as_attrs())
-            dsets[layer.name] = (
-                g.create_dataset("input", shape=(P, layer.in_features), dtype="f4",
-                                 chunks=(rows, layer.in_features), **comp),
-                g.create_dataset("preact", shape=(P, layer.out_features), dtype="f4",
-                                 chunks=(rows, layer.out_features), **comp),
-            )
+            made = [g.create_dataset(what, shape=(P, *shape), dtype="f4",
+                                     chunks=(_chunk_rows(shape, P), *shape), **comp)
+                    for what, shape in (("input", layer.in_shape), ("preact", layer.out_shape),
+                                        ("shortcut", layer.out_shape))
+                    if what != "shortcut" or layer.shortcut]
+            dsets[layer.name] = made
         for start, found, _ in forward_collect(model, layers, inputs, batch_size):
-            for name, (xin, pre) in found.items():
+            for name, (xin, pre, short) in found.items():
                 if not (np.isfinite(xin).all() and np.isfinite(pre).all()):
                     raise BadInput(f"layer {name!r} produces NaN or Inf on input rows {start}-"
                                    f"{start + xin.shape[0] - 1}; the model overflows on these "
                                    "inputs", source or None)
-                dx, dp = dsets[name]
-                dx[start:start + xin.shape[0]] = xin
-                dp[start:start + pre.shape[0]] = pre
+                for ds, value in zip(dsets[name], (xin, pre, short), strict=False):
+                    ds[start:start + value.shape[0]] = value
             if progress is not None:
                 progress("dump", min(start + batch_size, P), P)
+
+
+def _chunk_rows(shape: tuple[int, ...], P: int) -> int:
+    """Samples per chunk: CHUNK_ROWS for a Linear's rows, fewer for images (about 1 MB)."""
+    if len(shape) <= 1:
+        return min(CHUNK_ROWS, P)
+    return max(1, min(P, CHUNK_ROWS, (1 << 18) // max(1, int(np.prod(shape)))))
 
 
 @dataclass
@@ -231,6 +253,16 @@ class DumpLayer:
     in_features: int
     out_features: int
     bias: bool
+    bn: str = ""
+    shortcut: str = ""
+    in_shape: tuple[int, ...] = ()
+    out_shape: tuple[int, ...] = ()
+    groups: int = 1
+
+    def signature(self) -> tuple:
+        """What must agree with the checkpoint's traced unit."""
+        return (self.name, self.kind, self.in_features, self.out_features, self.activation,
+                self.bn, self.shortcut, tuple(self.out_shape))
 
 
 class DumpReader:
@@ -305,16 +337,17 @@ class DumpReader:
             for attr in ("name", "kind", "activation", "in_features", "out_features", "bias"):
                 if attr not in a:
                     raise BadInput(f"layer group /layers/{key} lacks attribute {attr!r}", path)
-            layer = DumpLayer(index=i, name=str(a["name"]), kind=str(a["kind"]),
-                              activation=str(a["activation"]), in_features=int(a["in_features"]),
-                              out_features=int(a["out_features"]), bias=bool(a["bias"]))
-            for ds, width in (("input", layer.in_features), ("preact", layer.out_features)):
+            layer = _dump_layer(i, a)
+            wanted = [("input", layer.in_shape), ("preact", layer.out_shape)]
+            if layer.shortcut:
+                wanted.append(("shortcut", layer.out_shape))
+            for ds, shape in wanted:
                 if ds not in g or not isinstance(g[ds], h5py.Dataset):
                     raise BadInput(f"/layers/{key} has no dataset {ds!r}", path)
                 _check_declared(g[ds], path)
-                if g[ds].shape != (self.n_samples, width):
+                if g[ds].shape != (self.n_samples, *shape):
                     raise BadInput(f"/layers/{key}/{ds} has shape {g[ds].shape}, expected "
-                                   f"({self.n_samples}, {width})", path)
+                                   f"{(self.n_samples, *shape)}", path)
                 if not np.issubdtype(g[ds].dtype, np.floating):
                     raise BadInput(f"/layers/{key}/{ds} has dtype {g[ds].dtype}, expected "
                                    "floating point", path)
@@ -359,14 +392,18 @@ class DumpReader:
     def layer_preact(self, i: int, rows: slice | None = None) -> np.ndarray:
         return self.read(self._group(i)["preact"], rows)
 
+    def layer_shortcut(self, i: int, rows: slice | None = None) -> np.ndarray | None:
+        """The residual term s of unit i (None when it has none)."""
+        return self.read(self._group(i)["shortcut"], rows) if self.layers[i].shortcut else None
+
     def check_against(self, model: nn.Module, layers: list[LayerInfo], rows: int = 256,
                       model_path: str = "") -> None:
         """Refuse a dump made from another model: same layers, and the checkpoint reproduces
         a batch of the dumped activations."""
         prunable = [layer for layer in layers if layer.prunable]
-        mine = [(la.name, la.in_features, la.out_features, la.activation) for la in prunable]
-        theirs = [(la.name, la.in_features, la.out_features, la.activation)
-                  for la in self.layers]
+        mine = [(la.name, la.kind, la.in_features, la.out_features, la.activation, la.bn,
+                 la.shortcut, tuple(la.out_shape)) for la in prunable]
+        theirs = [la.signature() for la in self.layers]
         if mine != theirs:
             raise BadInput(f"dump was made from another model: its layers {theirs} differ from "
                            f"the checkpoint's {mine} ({model_path})", self.path)
@@ -374,7 +411,7 @@ class DumpReader:
         x = self.inputs(slice(0, n))
         found, _ = _layer_io(model.eval(), layers, torch.as_tensor(x))
         for i, la in enumerate(prunable):
-            xin, pre = found[la.name]
+            xin, pre, _ = found[la.name]
             for what, got, ref in (("input", xin, self.layer_input(i, slice(0, n))),
                                    ("preact", pre, self.layer_preact(i, slice(0, n)))):
                 scale = max(float(np.abs(ref).max()), 1e-6)
@@ -383,3 +420,16 @@ class DumpReader:
                     raise BadInput(f"dump was made from another model: layer {la.name!r} "
                                    f"{what} differs from the checkpoint's by {err:.3g} on the "
                                    f"first {n} samples ({model_path})", self.path)
+
+
+def _dump_layer(i: int, a) -> DumpLayer:
+    """A layer group's attributes; a dump from before conv support has no shapes: its
+    datasets are (P, in_features) and (P, out_features)."""
+    n_in, n_out = int(a["in_features"]), int(a["out_features"])
+    in_shape = tuple(int(v) for v in a["in_shape"]) if "in_shape" in a else (n_in,)
+    out_shape = tuple(int(v) for v in a["out_shape"]) if "out_shape" in a else (n_out,)
+    return DumpLayer(index=i, name=str(a["name"]), kind=str(a["kind"]),
+                     activation=str(a["activation"]), in_features=n_in, out_features=n_out,
+                     bias=bool(a["bias"]), bn=str(a.get("bn", "")),
+                     shortcut=str(a.get("shortcut", "")), in_shape=in_shape,
+                     out_shape=out_shape, groups=int(a.get("groups", 1)))

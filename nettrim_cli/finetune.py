@@ -1,9 +1,9 @@
 """Fine-tuning of a pruned network with its sparsity mask fixed.
 
 Every parameter of the model is trained by the loop of ``nettrim_cli.training``, with the exact
-zeros of each ``nn.Linear`` weight as its mask: those weights stay exactly zero (their
-gradients, the optimizer's state and the weights themselves are masked at every step). No
-printing, no files: progress goes out through a callback.
+zeros of each prunable weight (``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d``) as its mask: those
+weights stay exactly zero (their gradients, the optimizer's state and the weights themselves are
+masked at every step). No printing, no files: progress goes out through a callback.
 """
 
 from __future__ import annotations
@@ -17,20 +17,23 @@ from torch import nn
 
 from nettrim_cli.errors import BadInput
 from nettrim_cli.evaluate import evaluate
+from nettrim_cli.layers import prunable_types
 from nettrim_cli.recipe import Recipe
 from nettrim_cli.training import Callback, OnBatch, train
 
 
 def weight_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """{module name: weight != 0} for every Linear layer whose weight holds an exact zero."""
+    """{module name: weight != 0} for every prunable layer (Linear, conv) whose weight holds
+    an exact zero."""
     return {name: (mod.weight.detach() != 0)
             for name, mod in model.named_modules()
-            if isinstance(mod, nn.Linear) and bool((mod.weight.detach() == 0).any())}
+            if isinstance(mod, prunable_types()) and bool((mod.weight.detach() == 0).any())}
 
 
 def linear_nonzeros(model: nn.Module) -> int:
+    """Nonzero weights of the prunable layers (Linear and conv)."""
     return sum(int(torch.count_nonzero(mod.weight.detach())) for mod in model.modules()
-               if isinstance(mod, nn.Linear))
+               if isinstance(mod, prunable_types()))
 
 
 class BestOnValidation(Callback):

@@ -19,7 +19,8 @@ REPORT_FORMAT = "nettrim-report"
 REPORT_VERSION = 1
 CSV_COLUMNS = ["name", "kind", "activation", "program", "shape", "params", "nonzeros_before",
                "nonzeros_after", "sparsity", "epsilon", "lambda", "discrepancy",
-               "relative_discrepancy", "seconds", "failed_columns"]
+               "relative_discrepancy", "seconds", "failed_columns", "flops_dense",
+               "flops_pruned", "rows", "rows_total", "discrepancy_all"]
 
 
 def _clean(x: Any) -> Any:
@@ -36,16 +37,22 @@ def _clean(x: Any) -> Any:
 
 
 def _kept_entry(info) -> dict:
-    """A traced layer that is not pruned (Conv, norms, ...)."""
+    """A traced layer that is not pruned (norms, ...): its kind, weight shape and params."""
     return {"name": info.name, "kind": info.kind, "activation": None,
-            "program": "kept (not pruned)", "note": info.note}
+            "program": "kept (not pruned)", "note": info.note,
+            "weight_shape": list(info.weight_shape), "kept_params": info.params}
 
 
 def _layer_entry(info, program: str, W: np.ndarray, W0: np.ndarray, bias: bool) -> dict:
     """The per-layer fields every method reports: identity, shape and weight counts."""
+    from nettrim_cli.methods.network import unit_flops
+
     params = int(W.size)
     nnz_after = int(np.count_nonzero(W))
     return {
+        "weight_shape": list(info.weight_shape),
+        "flops_dense": info.flops,
+        "flops_pruned": unit_flops(info.flops, W),
         "name": info.name,
         "kind": info.kind,
         "activation": info.activation,
@@ -188,7 +195,8 @@ def layer_rows(report: dict) -> list[dict]:
         rows.append({
             "name": layer.get("name"), "kind": layer.get("kind"),
             "activation": layer.get("activation"), "program": layer.get("program"),
-            "shape": "x".join(str(v) for v in layer.get("shape") or []) or None,
+            "shape": "x".join(str(v) for v in layer.get("shape") or layer.get("weight_shape")
+                              or []) or None,
             "params": layer.get("params"), "nonzeros_before": layer.get("nonzeros_before"),
             "nonzeros_after": layer.get("nonzeros_after"), "sparsity": layer.get("sparsity"),
             "epsilon": layer.get("epsilon"), "lambda": layer.get("lambda"),
@@ -196,6 +204,10 @@ def layer_rows(report: dict) -> list[dict]:
             "relative_discrepancy": layer.get("relative_discrepancy"),
             "seconds": solver.get("seconds"),
             "failed_columns": len(solver.get("failed_columns") or []) if solver else None,
+            "flops_dense": layer.get("flops_dense"), "flops_pruned": layer.get("flops_pruned"),
+            "rows": layer.get("rows"), "rows_total": layer.get("rows_total"),
+            "discrepancy_all": layer.get("discrepancy_all"),
+            "kept_params": layer.get("kept_params"),
         })
     return rows
 
@@ -206,7 +218,7 @@ def render_csv(report: dict) -> str:
     w.writeheader()
     for row in layer_rows(report):
         w.writerow({k: ("" if v is None else (json.dumps(v) if isinstance(v, list) else v))
-                    for k, v in row.items()})
+                    for k, v in row.items() if k in CSV_COLUMNS})
     return buf.getvalue()
 
 
@@ -224,6 +236,21 @@ def _fmt(v: Any, pct: bool = False, secs: bool = False) -> str:
     return str(v)
 
 
+def _ratio(a: Any, b: Any) -> float | None:
+    ok = isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > 0
+    return a / b if ok else None
+
+
+def _count(v: Any) -> str:
+    """A large count in k / M / G."""
+    if not isinstance(v, (int, float)):
+        return "-"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= size:
+            return f"{v / size:.3g}{unit}"
+    return str(v)
+
+
 # the table's columns (heading, row key, format) at full width, and the ones kept on a
 # terminal narrower than FULL_WIDTH (80 columns fit; the JSON and CSV keep every field)
 FULL_WIDTH = 110
@@ -232,10 +259,10 @@ _COLUMNS = {
     "nonzeros": ("nonzeros", None), "kept": ("nonzeros_after", None),
     "sparsity": ("sparsity", "pct"), "eps": ("epsilon", None), "lambda": ("lambda", None),
     "disc.": ("discrepancy", None), "rel.": ("relative_discrepancy", "pct"),
-    "failed": ("failed_columns", None), "s": ("seconds", "secs"),
+    "failed": ("failed_columns", None), "s": ("seconds", "secs"), "MACs": ("flops_dense", None),
 }
-_FULL = ("layer", "act", "shape", "nonzeros", "sparsity", "eps", "lambda", "disc.", "rel.",
-         "failed", "s")
+_FULL = ("layer", "act", "shape", "nonzeros", "sparsity", "MACs", "eps", "lambda", "disc.",
+         "rel.", "failed", "s")
 _NARROW = ("layer", "act", "shape", "kept", "sparsity", "eps", "rel.", "failed", "s")
 
 
@@ -245,7 +272,11 @@ def _cell(r: dict, col: str) -> str:
         return r["activation"] or "kept"
     if col == "nonzeros":
         return (f"{r['nonzeros_before']}>{r['nonzeros_after']}"
-                if r["nonzeros_after"] is not None else "-")
+                if r["nonzeros_after"] is not None
+                else f"{r['kept_params']} kept" if r["kept_params"] is not None else "-")
+    if col == "MACs":
+        return (f"{_count(r['flops_dense'])}>{_count(r['flops_pruned'])}"
+                if r["flops_dense"] is not None else "-")
     if col == "shape":
         return r["shape"] or "-"
     if col == "layer":
@@ -279,6 +310,24 @@ def render_table(report: dict, console) -> None:
         f"output discrepancy on the calibration set: {_fmt(n.get('discrepancy'))} "
         f"({_fmt(n.get('relative_discrepancy'), True)} of ||Y||)",
     ]
+    m = n.get("model")
+    if isinstance(m, dict):
+        lines.insert(1, f"whole model: {m.get('nonzeros_after')} of {m.get('params')} parameters "
+                        f"nonzero ({_fmt(m.get('zero_fraction'), True)} zero; every weight, bias "
+                        f"and norm); pruned layers: {', '.join(m.get('pruned_layers') or [])}")
+    if n.get("flops_dense") is not None:
+        lines.insert(2, f"multiply-adds per sample (pruned units): {_count(n['flops_dense'])} "
+                        f"dense -> {_count(n.get('flops_pruned'))} with the nonzero weights")
+    for la in report["layers"]:
+        if not isinstance(la.get("rows"), int) or la.get("rows") == la.get("rows_total"):
+            continue
+        lines.append(f"layer {la['name']}: program on {la['rows']} of {la.get('rows_total')} "
+                     f"patches (eps {_fmt(la.get('epsilon'))}, "
+                     f"{_fmt(_ratio(la.get('epsilon'), la.get('output_norm')), True)} of ||Y|| "
+                     f"there); on all patches the discrepancy is "
+                     f"{_fmt(la.get('discrepancy_all'))}, "
+                     f"{_fmt(_ratio(la.get('discrepancy_all'), la.get('output_norm_all')), True)}"
+                     " of ||Y||")
     if n.get("bound") is not None:
         lines.append(f"bound ({n.get('bound_formula')}): {_fmt(n.get('bound'))}; holds: "
                      f"{n.get('bound_holds')}")
@@ -313,10 +362,12 @@ def pattern_weights(path: str, report: dict, trust: bool = False) -> dict[str, n
     sd = read_state_dict(path, trust)  # every checkpoint form, safetensors and exports too
     out = {}
     for layer in report["layers"]:
-        if not layer.get("shape"):
+        if not layer.get("shape") or layer.get("nonzeros_after") is None:
             continue
         key = f"{layer['name']}.weight"
         t = sd.get(key)
+        if t is not None and t.dim() > 2:  # a conv weight: its (out, in * kernel) matrix view
+            t = t.reshape(t.shape[0], -1)
         if t is None or list(t.shape) != list(layer["shape"]):
             got = "missing" if t is None else f"of shape {list(t.shape)}"
             raise BadInput(f"checkpoint does not belong to the report: {key} is {got}, the "
@@ -345,7 +396,7 @@ def write_plots(report: dict, out_dir: str, weights: dict | None = None) -> list
     from nettrim_cli.atomic import atomic_path
 
     plt = _pyplot()
-    rows = [r for r in layer_rows(report) if r["params"] is not None]
+    rows = [r for r in layer_rows(report) if r["nonzeros_after"] is not None]
     labels = [str(r["name"]) for r in rows]
     method = report.get("method", "netrim")
     written = []

@@ -1,6 +1,7 @@
-"""The graph description: each spelling of ReLU after a unit is seen (torch.fx), a unit that
-gets the least-squares program because of a BatchNorm, a residual add or an untraceable model
-carries a note, and presets resolve by name."""
+"""The graph description: each spelling of ReLU after a unit is seen (torch.fx), a BatchNorm
+right after a unit is folded into it and a residual add before its ReLU is its shortcut, a unit
+that gets the least-squares program (an unfoldable BatchNorm, an untraceable model) carries a
+note, and presets resolve by name."""
 
 from __future__ import annotations
 
@@ -60,13 +61,37 @@ class Residual(nn.Module):
         return self.out(h)
 
 
-def test_batchnorm_and_residual_units_say_why_they_get_least_squares():
+def test_batchnorm_is_folded_and_a_residual_add_is_the_units_shortcut():
     units = {la.name: la for la in trace_layers(Residual().eval(), torch.randn(5, 4))
              if la.prunable}
-    assert units["fc1"].activation == "relu" and units["fc1"].note == ""
-    assert units["fc2"].activation == "none" and "BatchNorm1d" in units["fc2"].note
-    assert units["fc3"].activation == "none" and "residual" in units["fc3"].note
-    assert units["out"].note == ""
+    assert (units["fc1"].activation, units["fc1"].bn, units["fc1"].shortcut) == ("relu", "", "")
+    assert (units["fc2"].activation, units["fc2"].bn, units["fc2"].note) == ("relu", "bn", "")
+    assert units["fc2"].bias  # the folded BN gives the program a bias
+    # h + fc3(h): the shortcut is the node holding h (the second ReLU's output)
+    assert units["fc3"].activation == "relu" and units["fc3"].shortcut == "relu_1"
+    assert units["out"].note == "" and units["out"].shortcut == ""
+
+
+def test_a_batchnorm_in_training_mode_is_not_folded_and_says_why():
+    model = Residual().eval()
+    model.bn.train()
+    fc2 = next(la for la in trace_layers(model, torch.randn(5, 4)) if la.name == "fc2")
+    assert fc2.activation == "none" and fc2.bn == ""
+    assert "training mode" in fc2.note and "least-squares" in fc2.note
+
+
+class TwoAdds(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1(x) + x + 1.0))
+
+
+def test_a_second_add_before_the_relu_falls_back_with_a_note():
+    fc1 = trace_layers(TwoAdds().eval(), torch.randn(5, 4))[0]
+    assert fc1.activation == "none" and "second add" in fc1.note
 
 
 class Branchy(nn.Module):

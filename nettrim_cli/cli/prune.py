@@ -61,6 +61,9 @@ from nettrim_cli.methods.base import RunHooks
 @click.option("--osqp-algebra", type=click.Choice(["builtin", "cuda"]),
               help="OSQP's linear algebra: builtin (CPU, default) or cuda (pip install "
                    "'osqp[cu12]', an NVIDIA GPU).")
+@click.option("--patches", type=click.IntRange(1),
+              help="Conv layers: patches (image x position) sampled for each layer's program "
+                   "(default: up to 20000, fewer for wide layers; the preset key 'patches').")
 @click.option("--strict", is_flag=True,
               help="Exit 1 and write nothing if any column is not solved.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
@@ -181,5 +184,6 @@ OPTION_PARAMS = {
     "--dtype": "dtype", "--workers": "workers", "--executor": "executor",
     "--address": "address", "--osqp-algebra": "osqp_algebra", "--strict": "strict",
     "--workdir": "workdir", "--resume": "resume", "--match": "match_path",
-    "--sparsity": "sparsity", **{flag: param for flag, param, _ in TRAINING_FLAGS},
+    "--sparsity": "sparsity", "--patches": "patches",
+    **{flag: param for flag, param, _ in TRAINING_FLAGS},
 }

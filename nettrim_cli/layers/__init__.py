@@ -11,9 +11,10 @@ from __future__ import annotations
 from torch import nn
 
 from nettrim_cli.layers.base import LayerKind
+from nettrim_cli.layers.conv import ConvKind
 from nettrim_cli.layers.linear import LinearKind
 
-KINDS: tuple[LayerKind, ...] = (LinearKind(),)
+KINDS: tuple[LayerKind, ...] = (LinearKind(), ConvKind())
 
 
 def kind_of(module: nn.Module) -> LayerKind | None:

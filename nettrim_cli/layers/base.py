@@ -36,3 +36,7 @@ class LayerKind(Protocol):
     def sizes(self, module: nn.Module) -> tuple[int, int]:
         """(in, out) sizes of the matrix view."""
         ...
+
+    def flops(self, module: nn.Module, out_shape: tuple[int, ...]) -> int:
+        """Multiply-adds of one sample through the layer (``out_shape``: per-sample output)."""
+        ...

@@ -32,3 +32,7 @@ class LinearKind:
 
     def sizes(self, module: nn.Module) -> tuple[int, int]:
         return module.in_features, module.out_features
+
+    def flops(self, module: nn.Module, out_shape: tuple[int, ...]) -> int:  # noqa: ARG002
+        """Multiply-adds of one sample."""
+        return int(module.weight.numel())

@@ -146,7 +146,8 @@ class Method:
 
 
 def original_weights(ckpt: Checkpoint, info: LayerInfo) -> tuple[np.ndarray, np.ndarray | None]:
-    """The unit's weights as an (out, in) float64 matrix and its bias (the layer kind's view)."""
-    from nettrim_cli.layers import kind_of
+    """The unit's weights as an (out, in) float64 matrix and its bias (the layer kind's view),
+    with its BatchNorm folded in when it has one."""
+    from nettrim_cli.layers.fold import unit_matrix
 
-    return kind_of(ckpt.module(info.name)).matrix(ckpt.module(info.name))
+    return unit_matrix(ckpt.model, info.name, info.bn)

@@ -37,7 +37,9 @@ from nettrim_cli.methods.base import (
     RunHooks,
     original_weights,
 )
+from nettrim_cli.methods.netrim.unit import build, sampled_discrepancy, unit_rows
 from nettrim_cli.methods.network import network_summary
+from nettrim_cli.unitdata import folded_preact, full_discrepancy, unit_output, unit_view
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 SPARSEGPT_DAMP = 0.01
@@ -202,10 +204,6 @@ def prune_one(method: str, W: np.ndarray, X: np.ndarray | None, count: int) -> n
     raise BadInput(f"unknown pruning method {method!r}; use netrim, {', '.join(METHODS)}")
 
 
-def _act(Z: np.ndarray, activation: str) -> np.ndarray:
-    return np.maximum(Z, 0.0) if activation == "relu" else Z
-
-
 class OneShot(Method):
     """A one-shot baseline pruned to exact per-layer counts: ``--match REPORT`` (a Net-Trim
     report's counts) or ``--sparsity S`` (the same fraction of every layer)."""
@@ -262,18 +260,36 @@ class OneShot(Method):
 
     def _layer(self, dump: DumpReader, i: int, info: LayerInfo, ckpt: Checkpoint,
                count: int) -> LayerResult:
+        """One unit on the original network's input to it: a conv unit on the patches Net-Trim
+        would sample (the default budget, seed 0), each group on its own input channels, the
+        kept count split over the groups by size; BN folded as for Net-Trim."""
         t0 = time.perf_counter()
         W0, b0 = original_weights(ckpt, info)
-        X = dump.layer_input(i)
-        W = self.prune_matrix(W0, X, count)
-        bias = b0 if b0 is not None else 0.0
-        Y = _act(dump.layer_preact(i), info.activation)
-        Yhat = _act(X @ W.T + bias, info.activation)
+        module = ckpt.module(info.name)
+        bn = ckpt.module(info.bn) if info.bn else None
+        x, preact, shortcut = dump.layer_input(i), dump.layer_preact(i), dump.layer_shortcut(i)
+        view = unit_view(module, bn, x, preact, shortcut,
+                         unit_rows(info, dump.n_samples, None, 0, i))
+        unit = build(info, module, view, W0, b0, False, None, 1.0, 1.0)
+        if len(unit.parts) == 1 or self.name == "magnitude":
+            W = self.prune_matrix(W0, view.X if len(unit.parts) == 1 else None, count)
+        else:
+            W = np.zeros_like(W0)
+            sizes = [p.W0.size for _, p in unit.parts]
+            for (rows, p), k in zip(unit.parts, allocate(sizes, count), strict=True):
+                W[rows] = self.prune_matrix(p.W0, p.design.dense(), k)
+        figures = {"kept_target": count, "epsilon": None, "lambda": None, "constraint": None,
+                   "rows": view.used, "rows_total": view.total}
+        if info.kind == "conv":
+            disc, norm = full_discrepancy(module, x, W, b0, folded_preact(preact, bn), shortcut,
+                                          info.activation)
+            figures.update(discrepancy_all=disc, output_norm_all=norm)
         return LayerResult(
-            info=info, W=W, b=b0, W0=W0, discrepancy=float(np.linalg.norm(Yhat - Y)),
-            y_norm=float(np.linalg.norm(Y)), seconds=time.perf_counter() - t0,
-            program=f"{self.name} (one shot, no activation constraint)",
-            record={"kept_target": count, "epsilon": None, "lambda": None, "constraint": None})
+            info=info, W=W, b=b0, W0=W0,
+            discrepancy=sampled_discrepancy(unit, info.activation, W, b0),
+            y_norm=float(np.linalg.norm(unit_output(view.Z, view.S, info.activation))),
+            seconds=time.perf_counter() - t0,
+            program=f"{self.name} (one shot, no activation constraint)", record=figures)
 
     def prune_matrix(self, W: np.ndarray, X: np.ndarray, count: int) -> np.ndarray:
         return prune_one(self.name, W, X, count)
@@ -298,10 +314,10 @@ def counts_from_report(report: dict, layers: list[LayerInfo], path: str) -> dict
     """Per-layer kept-weight counts from a nettrim report (``path`` names it in errors);
     refused unless its pruned layers are exactly ``layers`` (names and shapes)."""
     theirs = [(la.get("name"), list(la.get("shape") or []), la.get("nonzeros_after"))
-              for la in report["layers"] if la.get("kind") == "linear"]
+              for la in report["layers"] if la.get("kind") in ("linear", "conv")]
     mine = [(la.name, [la.out_features, la.in_features]) for la in layers]
     if [(n, s) for n, s, _ in theirs] != mine:
-        raise BadInput("--match: the report is of another model: its Linear layers "
+        raise BadInput("--match: the report is of another model: its pruned layers "
                        f"{[(n, s) for n, s, _ in theirs]} differ from the checkpoint's {mine}",
                        path)
     counts = {}

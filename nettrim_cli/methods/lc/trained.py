@@ -302,25 +302,29 @@ def masked_finetune(method: TrainedPruning, model: nn.Module, names: list[str],
             "train_accuracy": acc}
 
 
-def _act(Z: np.ndarray, activation: str | None) -> np.ndarray:
-    return np.maximum(Z, 0.0) if activation == "relu" else Z
-
-
 def layer_discrepancies(ckpt: Checkpoint, calib: np.ndarray,
                         pruned: dict[str, tuple[np.ndarray, np.ndarray | None]]
                         ) -> dict[str, tuple[float, float]]:
     """Per unit (||act(X W^T + b) - act(X W0^T + b0)||_F, ||act(X W0^T + b0)||_F) on its
     input X in the original network (as the one-shot baselines measure a unit)."""
     from nettrim_cli.dump import forward_collect
+    from nettrim_cli.unitdata import folded_preact, full_discrepancy, unit_output
 
     sums = {la.name: [0.0, 0.0] for la in ckpt.prunable}
     for _, found, _ in forward_collect(ckpt.model, ckpt.prunable, calib):
         for la in ckpt.prunable:
-            X, pre = found[la.name]
+            X, pre, s = found[la.name]
+            W, b = pruned[la.name]  # the program's view: a following BatchNorm folded in
+            bn = ckpt.module(la.bn) if la.bn else None
+            Z = folded_preact(pre, bn)
+            if la.kind == "conv":  # through the convolution, on every patch
+                d, n = full_discrepancy(ckpt.module(la.name), X, W, b, Z, s, la.activation)
+                sums[la.name][0] += d ** 2
+                sums[la.name][1] += n ** 2
+                continue
             X = X.reshape(len(X), -1).astype(np.float64)
-            W, b = pruned[la.name]
-            Y = _act(pre.reshape(len(pre), -1).astype(np.float64), la.activation)
-            Yhat = _act(X @ W.T + (b if b is not None else 0.0), la.activation)
+            Y = unit_output(Z, s, la.activation)
+            Yhat = unit_output(X @ W.T + (b if b is not None else 0.0), s, la.activation)
             sums[la.name][0] += float(np.sum((Yhat - Y) ** 2))
             sums[la.name][1] += float(np.sum(Y ** 2))
     return {k: (float(np.sqrt(a)), float(np.sqrt(b))) for k, (a, b) in sums.items()}
@@ -330,14 +334,13 @@ def assemble(method: TrainedPruning, ckpt: Checkpoint, model: nn.Module, calib: 
              calibration: str, training: dict[str, Any]) -> MethodResult:
     """The result in the common schema: per unit its weights, counts and discrepancy, the
     network figures, and the method's training record under ``network.training``."""
-    from nettrim_cli.layers import kind_of
+    from nettrim_cli.layers.fold import unit_matrix
     from nettrim_cli.methods.network import network_summary
 
     layers, pruned = [], {}
     per_layer = training.get("per_layer") or [{} for _ in ckpt.prunable]
-    for la in ckpt.prunable:
-        W, b = kind_of(model.get_submodule(la.name)).matrix(model.get_submodule(la.name))
-        pruned[la.name] = (W, b)
+    for la in ckpt.prunable:  # the program's view (BN folded), as pruned_copy writes it back
+        pruned[la.name] = unit_matrix(model, la.name, la.bn)
     disc = layer_discrepancies(ckpt, calib, pruned)
     for i, la in enumerate(ckpt.prunable):
         W0, _ = original_weights(ckpt, la)

@@ -61,7 +61,7 @@ class NetTrim(Method):
     name = "netrim"
     options = ("--config", "--mode", "--epsilon", "--gamma", "--lambda", "--scope", "--solver",
                "--device", "--dtype", "--workers", "--workdir", "--resume", "--strict",
-               "--executor", "--address", "--osqp-algebra", "--sparsity")
+               "--executor", "--address", "--osqp-algebra", "--sparsity", "--patches")
     hint = ("--match is for the baselines (--method magnitude, wanda or sparsegpt); Net-Trim "
             "is steered by --epsilon, --lambda or --sparsity")
 
@@ -69,7 +69,7 @@ class NetTrim(Method):
                  lam=None, scope=None, solver=None, device: str = "cpu",
                  dtype: str = "float64", workers=None, workdir=None, resume: bool = False,
                  strict: bool = False, executor=None, address=None, osqp_algebra=None,
-                 sparsity: float | None = None) -> None:
+                 sparsity: float | None = None, patches=None) -> None:
         if sparsity is not None:
             if not 0.0 < sparsity < 1.0:
                 raise BadInput(f"--sparsity must be in (0, 1), got {sparsity}")
@@ -79,7 +79,8 @@ class NetTrim(Method):
         self.sparsity = sparsity
         self.flags = {"mode": mode, "epsilon": epsilon, "gamma": gamma, "lambda": lam,
                       "scope": scope, "solver": solver, "workers": workers,
-                      "executor": executor, "address": address, "osqp_algebra": osqp_algebra}
+                      "executor": executor, "address": address, "osqp_algebra": osqp_algebra,
+                      "patches": patches}
         from nettrim_cli.config import resolve_preset
 
         # a preset name is recorded (report inputs, output checks) as the file it names
@@ -143,13 +144,14 @@ class NetTrim(Method):
         else:
             result, search = self._search(ckpt, dump, hooks)
         for o in result.layers:
-            o.record = {"epsilon": o.epsilon, "lambda": o.solution.lam,
+            o.record = {**o.record, "epsilon": o.epsilon, "lambda": o.solution.lam,
                         "constraint": o.solution.constraint}
         s = self.settings
         result.settings = {
             "mode": s.mode, "epsilon": s.epsilon,
             "gamma": s.gamma if s.mode == CASCADE else None, "lambda": s.lam,
             "solver": self.solver_name, "zero_threshold": s.solver.zero_threshold,
+            "patches": s.patches, "patch_seed": s.seed,
             "osqp": asdict(s.solver.osqp), "search": asdict(s.solver.search)}
         if search is not None:
             result.settings["sparsity_search"] = search

@@ -28,9 +28,10 @@ def _bound(done: list[LayerResult], layers: list[LayerInfo], settings: PruneSett
     sum_l eps_l prod_{j>l} ||W_j||_1 and Theorem 2 reads eps_1 prod_{j>=2} gamma^(1/2)
     ||W_j||_1. On a link-normalised network these are exactly sum eps_l and eps_1 gamma^((L-1)/2).
     """
-    if any(not la.prunable for la in layers):
+    if any(not la.prunable or la.kind != "linear" or la.bn or la.shortcut for la in layers):
         return None, None, "not computed: the network has layers other than Linear between " \
-                           "its input and output, which the theorems do not cover"
+                           "its input and output (conv, BatchNorm, residual adds), which the " \
+                           "theorems do not cover"
     eps = [o.epsilon if o.epsilon is not None else o.solution.constraint for o in done]
     l1 = [float(np.abs(o.W0).sum()) for o in done]
     normalised = all(abs(v - 1.0) < 1e-6 for v in l1)

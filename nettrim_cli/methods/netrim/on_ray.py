@@ -7,10 +7,12 @@ import numpy as np
 
 from nettrim_cli.checkpoint import Checkpoint
 from nettrim_cli.dump import DumpReader
+from nettrim_cli.errors import BadInput
 from nettrim_cli.graph import LayerInfo
 from nettrim_cli.methods.base import LayerResult, original_weights
-from nettrim_cli.methods.netrim.schedule import layer_program, recorded, solved
+from nettrim_cli.methods.netrim.schedule import recorded, solved, unit_programs
 from nettrim_cli.methods.netrim.settings import PruneSettings
+from nettrim_cli.methods.netrim.unit import rows_used
 from nettrim_cli.solvers.base import LayerSolver
 
 
@@ -35,21 +37,22 @@ def run_on_ray(ckpt: Checkpoint, dump: DumpReader, settings: PruneSettings,
             on_layer(len(done), n, info.name)
         done[i] = recorded(info, record, W0, b0)
     if todo:
-        shapes = {i: (dump.n_samples, info.in_features, info.out_features)
-                  for i, (info, _, _) in todo.items()}
-        figures: dict[int, tuple[float | None, float]] = {}
+        grouped = [info.name for info, _, _ in todo.values() if info.groups > 1]
+        if grouped:
+            raise BadInput(f"grouped conv layers ({', '.join(grouped)}) are not solved on Ray "
+                           "yet; use --executor local")
+        shapes = {i: (rows_used(info, dump.n_samples, settings.patches), info.in_features,
+                      info.out_features) for i, (info, _, _) in todo.items()}
+        units = {}
         with RayLayers(solver, settings.solver, shapes) as pool:
             for i in pool.order:
                 info, W0, b0 = todo[i]
-                program, eps, y_norm = layer_program(dump, None, settings, i, info, W0, b0)
-                figures[i] = (eps, y_norm)
-                pool.submit(i, program)  # the driver keeps only the object reference
-                del program
+                units[i] = unit_programs(ckpt, dump, None, settings, i, info, W0, b0)
+                pool.submit(i, units[i].parts[0][1])
             for i, sol, seconds in pool.results():
                 info, W0, b0 = todo[i]
                 if on_layer is not None:
                     on_layer(len(done), n, info.name)
-                done[i] = solved(i, info, pool.program(i), sol, W0, b0, *figures[i], seconds,
-                                 workdir)
+                done[i] = solved(i, info, units.pop(i), sol, W0, b0, seconds, workdir)
                 pool.release(i)
     return [done[i] for i in range(n)]

@@ -16,21 +16,20 @@ from nettrim_cli.checkpoint import Checkpoint
 from nettrim_cli.dump import DumpReader
 from nettrim_cli.errors import BadInput
 from nettrim_cli.graph import LayerInfo
-from nettrim_cli.layers import kind_of
+from nettrim_cli.layers.fold import write_unit
 from nettrim_cli.methods.base import LayerResult, original_weights
 from nettrim_cli.methods.netrim.settings import CASCADE, PARALLEL, PruneSettings
-from nettrim_cli.program import PROGRAMS, RELU, LayerProgram
+from nettrim_cli.methods.netrim.unit import (
+    UnitPrograms,
+    build,
+    combine,
+    sampled_discrepancy,
+    unit_rows,
+)
+from nettrim_cli.program import PROGRAMS
 from nettrim_cli.solvers.base import LayerSolution, LayerSolver, Progress, no_progress
+from nettrim_cli.unitdata import folded_preact, full_discrepancy, unit_view
 from nettrim_cli.workdir import WorkDir, solution_from_meta, solution_meta
-
-
-def _target(preact: np.ndarray, activation: str) -> np.ndarray:
-    return np.maximum(preact, 0.0) if activation == RELU else preact
-
-
-def _active_set(Y: np.ndarray, activation: str) -> np.ndarray:
-    """Omega of eq. 3 from the layer's target: the one place it is computed from outputs."""
-    return Y > 0 if activation == RELU else np.ones_like(Y, dtype=bool)
 
 
 class _Captured(Exception):
@@ -46,9 +45,9 @@ class PrunedPrefix:
         self.model = copy.deepcopy(ckpt.model).eval()
         self.inputs, self.batch_size = inputs, batch_size
 
-    def set(self, name: str, W: np.ndarray, b: np.ndarray | None) -> None:
-        mod = self.model.get_submodule(name)
-        kind_of(mod).write(mod, W, b)
+    def set(self, info: LayerInfo, W: np.ndarray, b: np.ndarray | None) -> None:
+        """Unit ``info`` takes its pruned (folded) weights."""
+        write_unit(self.model, info.name, W, b, info.bn)
 
     def layer_input(self, name: str) -> np.ndarray:
         """The input of unit ``name`` when the pruned prefix runs on the calibration inputs."""
@@ -74,48 +73,63 @@ class PrunedPrefix:
         return np.concatenate(parts, axis=0)
 
 
-def layer_program(dump: DumpReader, prefix: PrunedPrefix | None, settings: PruneSettings,
-                  i: int, info: LayerInfo, W0: np.ndarray, b0: np.ndarray | None
-                  ) -> tuple[LayerProgram, float | None, float]:
-    """Unit i's program (Algorithm 1 or 2), its eps and ||Y||_F."""
-    Y = _target(dump.layer_preact(i), info.activation)
-    if settings.mode == PARALLEL or i == 0:
-        X = dump.layer_input(i)
-        V = None
-    else:
-        # Algorithm 2: the pruned network's own input to this unit, and V = W^T Yhat
-        X = prefix.layer_input(info.name)
-        V = X @ W0.T + (b0 if b0 is not None else 0.0)
-    y_norm = float(np.linalg.norm(Y))
-    active = _active_set(Y, info.activation)
-    eps = None
-    if settings.lam is None:
-        if settings.mode == PARALLEL or i == 0:
-            eps = settings.epsilon * y_norm
-        else:
-            # eq. 7: eps_l^2 = gamma * sum over the active set of (w^T yhat - y)^2
-            eps = float(np.sqrt(settings.gamma * np.sum(np.where(active, V - Y, 0.0) ** 2)))
-    program = LayerProgram(X=X, Y=Y, W0=W0, b0=b0, activation=info.activation,
-                           V=V if info.activation == RELU else None, epsilon=eps,
-                           lam=settings.lam, name=info.name, active_set=active)
-    return program, eps, y_norm
+def unit_programs(ckpt: Checkpoint, dump: DumpReader, prefix: PrunedPrefix | None,
+                  settings: PruneSettings, i: int, info: LayerInfo, W0: np.ndarray,
+                  b0: np.ndarray | None) -> UnitPrograms:
+    """Unit i's program(s) (Algorithm 1, or 2 with ``prefix``) on its sampled rows."""
+    cascade = settings.mode == CASCADE and i > 0
+    x = prefix.layer_input(info.name) if cascade else dump.layer_input(i)
+    module = ckpt.module(info.name)
+    bn = ckpt.module(info.bn) if info.bn else None
+    preact, shortcut = dump.layer_preact(i), dump.layer_shortcut(i)
+    rows = unit_rows(info, dump.n_samples, settings.patches, settings.seed, i)
+    view = unit_view(module, bn, x, preact, shortcut, rows)
+    unit = build(info, module, view, W0, b0, cascade, settings.epsilon, settings.gamma,
+                 settings.lam)
+    if info.kind == "conv":
+        unit.full = (module, x, folded_preact(preact, bn), shortcut)
+    return unit
 
 
-def solved(i: int, info: LayerInfo, program: LayerProgram, sol: LayerSolution, W0, b0,
-           eps: float | None, y_norm: float, seconds: float,
-           workdir: WorkDir | None) -> LayerResult:
+def solve_unit(solver: LayerSolver, unit: UnitPrograms, settings: PruneSettings,
+               progress: Progress, journal) -> LayerSolution:
+    """Each part (a grouped conv's groups) solved in turn; one solution for the unit."""
+    sols = [solver.solve(program, settings.solver, progress,
+                         journal=journal if len(unit.parts) == 1 else None)
+            for _, program in unit.parts]
+    return combine(unit, sols)
+
+
+def solved(i: int, info: LayerInfo, unit: UnitPrograms, sol: LayerSolution, W0, b0,
+           seconds: float, workdir: WorkDir | None) -> LayerResult:
     """A solved unit's result, recorded in the work folder."""
-    n_in = program.n_in
+    n_in = W0.shape[1]
     W = sol.Wa[:, :n_in].copy()
     b = sol.Wa[:, n_in].copy() if b0 is not None else None
-    result = LayerResult(info=info, W=W, b=b, W0=W0, epsilon=eps, solution=sol,
-                         discrepancy=program.discrepancy(sol.Wa), y_norm=y_norm,
-                         seconds=seconds, program=PROGRAMS[info.activation])
+    figures = {"rows": unit.view.used, "rows_total": unit.view.total}
+    if unit.full is not None:
+        module, x, Z_all, S_all = unit.full
+        disc, norm = full_discrepancy(module, x, W, b, Z_all, S_all, info.activation)
+        figures.update(discrepancy_all=disc, output_norm_all=norm)
+    result = LayerResult(info=info, W=W, b=b, W0=W0, epsilon=unit.epsilon, solution=sol,
+                         discrepancy=sampled_discrepancy(unit, info.activation, W, b),
+                         y_norm=unit.y_norm, seconds=seconds,
+                         program=program_text(info), record=figures)
     if workdir is not None:
         workdir.save_layer(i, {"W": W, "b": b, "Wa": sol.Wa}, {
-            "name": info.name, "epsilon": eps, "discrepancy": result.discrepancy,
-            "y_norm": y_norm, "seconds": result.seconds, "solution": solution_meta(sol)})
+            "name": info.name, "epsilon": unit.epsilon, "discrepancy": result.discrepancy,
+            "y_norm": unit.y_norm, "seconds": result.seconds, "figures": figures,
+            "solution": solution_meta(sol)})
     return result
+
+
+def program_text(info: LayerInfo) -> str:
+    """The report's ``program``: eq. 3 or least squares, with what was folded or added."""
+    text = PROGRAMS[info.activation]
+    extra = [f"{info.bn} folded"] if info.bn else []
+    if info.shortcut:
+        extra.append(f"residual {info.shortcut}: target y - s, V = -s")
+    return f"{text}; {', '.join(extra)}" if extra else text
 
 
 def recorded(info: LayerInfo, record, W0, b0) -> LayerResult:
@@ -130,7 +144,8 @@ def recorded(info: LayerInfo, record, W0, b0) -> LayerResult:
     return LayerResult(info=info, W=W, b=b, W0=W0, epsilon=meta["epsilon"],
                        solution=solution_from_meta(meta["solution"], Wa),
                        discrepancy=meta["discrepancy"], y_norm=meta["y_norm"],
-                       seconds=meta["seconds"], program=PROGRAMS[info.activation])
+                       seconds=meta["seconds"], program=program_text(info),
+                       record=dict(meta.get("figures") or {}))
 
 
 def check_settings(settings: PruneSettings) -> None:
@@ -160,13 +175,13 @@ def run_in_order(ckpt: Checkpoint, dump: DumpReader, settings: PruneSettings,
         if record is not None:
             result = recorded(info, record, W0, b0)
         else:
-            program, eps, y_norm = layer_program(dump, prefix, settings, i, info, W0, b0)
+            unit = unit_programs(ckpt, dump, prefix, settings, i, info, W0, b0)
             journal = (workdir.journal(i) if workdir is not None
                        and solver.capabilities.journal else None)
-            sol = solver.solve(program, settings.solver, progress, journal=journal)
-            result = solved(i, info, program, sol, W0, b0, eps, y_norm,
-                            time.perf_counter() - t0, workdir)
+            sol = solve_unit(solver, unit, settings, progress, journal)
+            result = solved(i, info, unit, sol, W0, b0, time.perf_counter() - t0, workdir)
+            del unit
         if prefix is not None:
-            prefix.set(info.name, result.W, result.b)
+            prefix.set(info, result.W, result.b)
         out.append(result)
     return out

@@ -18,6 +18,8 @@ class PruneSettings:
         eps_1 = epsilon * ||Y^(1)||_F in cascade mode (section 3.1).
     gamma: the inflation rate of eq. 7 (cascade, layers 2..L), >= 1.
     lam: a fixed lambda for eq. 11 instead of an eps (every layer).
+    patches: the patch budget of each conv unit (None: ``unitdata.default_patches``).
+    seed: seeds the patch sampling (with the unit index).
     """
 
     mode: str = CASCADE
@@ -25,3 +27,5 @@ class PruneSettings:
     gamma: float = 1.1
     lam: float | None = None
     solver: SolverSettings = field(default_factory=SolverSettings)
+    patches: int | None = None
+    seed: int = 0
