@@ -1,14 +1,15 @@
 """The default layer solver (``--solver auto``): program (4)/(6) -- or eq. 11 at a fixed
 lambda -- for the whole layer, chosen by the layer's size.
 
-- A small layer (P * (N + 1) * M at most ``SMALL``), and any layer with a fixed lambda
+- A small layer (P * (N + 1) * M at most ``SMALL`` and at most ``SMALL_SAMPLES`` samples), and
+  any layer with a fixed lambda
   (``--lambda``, eq. 11: no eps for a refit to aim at): the whole-layer ADMM in float64 with its
   active-set polish, which certifies the KKT conditions of (4) -- the answer the OSQP column
   reference (``--solver osqp``, eq. 14 with a lambda search) reaches, at a fraction of the time.
 - A large layer: the whole-layer ADMM in float32 (one factorisation of the (N+1) x (N+1) Gram
-  matrix per layer), stopped once the support has settled (the rho schedule and stop of
-  ALPS, Meng et al. 2024: rho grows while the support settles, and a support that no longer
-  changes ends ADMM), then every column refitted on its support over all samples (conjugate
+  matrix per layer), stopped on its primal and dual residuals (the support-driven stop of
+  ALPS, Meng et al. 2024, is a setting, measured slower and off: see
+  ``large_layer_settings``), then every column refitted on its support over all samples (conjugate
   gradients on the normal equations) and mixed with ADMM's answer just far enough to meet
   eps, measured on every sample. Without a certificate the columns are ``solved_inaccurate``.
 
@@ -36,6 +37,10 @@ ONE_THREAD = 5.0e7
 # 200 x 200 demo layer with 200 samples (8e6) where the fast path took 4 s, so only the
 # smallest layers take it (a 16 -> 12 layer with 48 samples is 1e4)
 SMALL = 2.0e6
+# ... and at most this many samples: a 3x3 conv with 9 inputs and 8 channels on its 20,000
+# sampled patches is under SMALL, but float64 ADMM ran there into its 10,000-iteration cap
+# (165 s, load ~6 on 2 cores) before its polish
+SMALL_SAMPLES = 2000
 
 
 def large_layer_settings() -> ADMMSettings:
@@ -74,7 +79,7 @@ class AutoSolver:
         layer, the fast one for a large layer. A preset's ``[admm]`` section is for
         ``--solver admm`` and is not read here."""
         size = program.n_samples * (program.n_in + 1) * program.n_out
-        if size <= self.small or program.lam is not None:
+        if (size <= self.small and program.n_samples <= SMALL_SAMPLES) or program.lam is not None:
             # a fixed lambda (eq. 11) has no eps for the support refit to aim at: its answer
             # is the certified one
             return "float64", small_layer_settings()
