@@ -151,3 +151,29 @@ def original_weights(ckpt: Checkpoint, info: LayerInfo) -> tuple[np.ndarray, np.
     from nettrim_cli.layers.fold import unit_matrix
 
     return unit_matrix(ckpt.model, info.name, info.bn)
+
+
+class ResumableMethod(Method):
+    """A method whose progress is recorded in a work folder (``self.work``, opened by its
+    ``start``): removed once the outputs are in place or when the inputs are bad, kept (and
+    the user told how to continue) when the run is interrupted. ``kept`` says in words what
+    the folder holds."""
+
+    work = None
+    kept: ClassVar[str] = "finished steps"
+
+    def finished(self) -> None:
+        if self.work is not None:
+            # removed only once the outputs are in place: a kill in between loses nothing
+            self.work.remove()
+
+    def abandoned(self, error: BaseException) -> None:
+        from nettrim_cli.errors import BadInput
+
+        if self.work is None:
+            return
+        if isinstance(error, BadInput):
+            self.work.remove()  # the inputs are bad: nothing worth resuming
+        elif isinstance(error, KeyboardInterrupt):
+            self.note(f"{self.kept} are kept in {self.work.path}; run the same command with "
+                      "--resume to continue")

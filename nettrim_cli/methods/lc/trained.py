@@ -31,7 +31,13 @@ from torch import nn
 from nettrim_cli import __version__
 from nettrim_cli.checkpoint import Checkpoint
 from nettrim_cli.errors import BadInput
-from nettrim_cli.methods.base import LayerResult, Method, MethodResult, RunHooks, original_weights
+from nettrim_cli.methods.base import (
+    LayerResult,
+    MethodResult,
+    ResumableMethod,
+    RunHooks,
+    original_weights,
+)
 from nettrim_cli.training import Callback, TrainConfig
 from nettrim_cli.workdir import WorkDir, default_workdir
 
@@ -99,7 +105,7 @@ class EpochProgress(Callback):
                                   f"{loss:.4f}", done, n)
 
 
-class TrainedPruning(Method):
+class TrainedPruning(ResumableMethod):
     """The shared part of the training-based methods (see the module docstring).
 
     Subclasses set ``name``, ``DEFAULTS`` (their settings' defaults, by parameter) and
@@ -238,19 +244,6 @@ class TrainedPruning(Method):
         self.note(f"resuming from {self.work.path} after step {meta['step']}")
         return int(meta["step"]), {k[len("state."):]: v for k, v in arrays.items()
                                    if k.startswith("state.")}, meta
-
-    def finished(self) -> None:
-        if self.work is not None:
-            self.work.remove()
-
-    def abandoned(self, error: BaseException) -> None:
-        if self.work is None:
-            return
-        if isinstance(error, BadInput):
-            self.work.remove()
-        elif isinstance(error, KeyboardInterrupt):
-            self.note(f"finished steps are kept in {self.work.path}; run the same command "
-                      "with --resume to continue")
 
     # -- the run --------------------------------------------------------------------------
 

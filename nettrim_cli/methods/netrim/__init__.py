@@ -10,7 +10,7 @@ from nettrim_cli import __version__
 from nettrim_cli.checkpoint import Checkpoint
 from nettrim_cli.dump import DumpReader
 from nettrim_cli.errors import BadInput, NettrimError
-from nettrim_cli.methods.base import Method, MethodResult, RunHooks
+from nettrim_cli.methods.base import MethodResult, ResumableMethod, RunHooks
 from nettrim_cli.methods.netrim.bounds import network_figures
 from nettrim_cli.methods.netrim.schedule import check_settings, run_in_order
 from nettrim_cli.methods.netrim.settings import CASCADE, PARALLEL, PruneSettings
@@ -54,11 +54,12 @@ def prune(ckpt: Checkpoint, dump: DumpReader, settings: PruneSettings, solver: L
     return result
 
 
-class NetTrim(Method):
+class NetTrim(ResumableMethod):
     """Net-Trim behind the method interface: settings from a preset and flags, a solver from
     the registry, and the work folder that makes an interrupted run resumable."""
 
     name = "netrim"
+    kept = "finished layers and columns"
     options = ("--config", "--mode", "--epsilon", "--gamma", "--lambda", "--scope", "--solver",
                "--device", "--dtype", "--workers", "--workdir", "--resume", "--strict",
                "--executor", "--address", "--osqp-algebra", "--sparsity", "--patches")
@@ -199,20 +200,6 @@ class NetTrim(Method):
             for name, f in failed[:20]:
                 self.note(f"layer {name} column {f['column']}: {f['status']}")
             raise NettrimError(f"{len(failed)} column(s) not solved; --strict: nothing written")
-
-    def finished(self) -> None:
-        if self.work is not None:
-            # removed only once the outputs are in place: a kill in between loses nothing
-            self.work.remove()
-
-    def abandoned(self, error: BaseException) -> None:
-        if self.work is None:
-            return
-        if isinstance(error, BadInput):
-            self.work.remove()  # the inputs are bad: nothing worth resuming
-        elif isinstance(error, KeyboardInterrupt):
-            self.note(f"finished layers and columns are kept in {self.work.path}; run the "
-                      "same command with --resume to continue")
 
     def warnings(self, result: MethodResult) -> list[str]:
         from nettrim_cli.solvers.admm import MIXED
