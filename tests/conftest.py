@@ -37,6 +37,16 @@ def invoke(*args: object) -> SimpleNamespace:
                            warnings=[str(w.message) for w in caught])
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: one torch and BLAS thread for the module (more only add contention on a
+    busy 2-core machine); the previous counts come back after it."""
+    from nettrim_cli.execution.threads import fixed_threads
+
+    with fixed_threads(1):
+        yield
+
+
 @pytest.fixture(scope="session")
 def archs():
     return _import_archs()

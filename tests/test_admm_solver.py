@@ -9,21 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from nettrim_cli.program import LayerProgram
 from nettrim_cli.solvers import search
 from nettrim_cli.solvers.admm import ADMMSettings, solve_layer
 from nettrim_cli.solvers.base import SearchSettings, SolverSettings
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small layers: one thread avoids BLAS thread contention on a busy 2-core machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_layer(P=200, N=30, M=8, activation="relu", bias=True, cascade=False, eps_r=0.3,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from test_admm_solver import l1, make_layer
 
 from nettrim_cli.config import build_settings
@@ -15,13 +14,7 @@ from nettrim_cli.solvers import make_solver, search
 from nettrim_cli.solvers.auto import AutoSolver
 from nettrim_cli.solvers.base import SearchSettings, SolverSettings
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CASES = {

@@ -23,16 +23,11 @@ SIZES = [32 * 10, 3 * 32]
 LC_FAST = ["--mu0", "1e-2", "--mu-growth", "1.5", "--lr", "0.1", "--batch-size", "256"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, _one_thread) -> dict:
+def tiny(tmp_path_factory, one_thread) -> dict:
     """A 10-32-3 ReLU net trained to ~zero loss on 256 separable samples, and its data."""
     d = tmp_path_factory.mktemp("lc")
     g = torch.Generator().manual_seed(0)

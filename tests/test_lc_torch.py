@@ -18,17 +18,11 @@ L_STEP = TrainConfig(epochs=30, lr=1e-2, batch_size=512, shuffle=False)  # full 
 SCHEDULE = MuSchedule(mu0=1e-2, a=1.5, steps=20)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matrices: torch's thread pool only adds contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def trained(_one_thread) -> tuple[dict, np.ndarray, np.ndarray]:
+def trained(one_thread) -> tuple[dict, np.ndarray, np.ndarray]:
     g = torch.Generator().manual_seed(0)
     X = torch.randn(512, 10, generator=g)
     y = (X @ torch.randn(10, 3, generator=g)).argmax(1)
