@@ -17,7 +17,6 @@ Environment: EXP_DIR (default exp_out), HS_CALIB (default 5000), HS_MODE (defaul
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import lc_run
-from experiments.run import ROOT, load_json, run
+from experiments.run import ROOT, Timings, load_json, run
 from nettrim_cli.datasets import load_fashion_mnist
 
 EXP = Path(os.environ.get("EXP_DIR", ROOT / "exp_out"))
@@ -94,13 +93,7 @@ def main() -> int:
     if not (LC / "model.pt").exists():
         lc_run.main()  # the dense network and the LC / HPTD runs it is compared with
     HS.mkdir(parents=True, exist_ok=True)
-    times_path = HS / "times.json"
-    times = load_json(times_path) if times_path.exists() else {}
-
-    def timed(key: str, seconds: float) -> None:
-        if seconds > 0:
-            times[key] = round(seconds, 1)
-            times_path.write_text(json.dumps(times, indent=1, sort_keys=True))
+    timed = Timings(HS / "times.json")
 
     model, train_h5, test_h5 = LC / "model.pt", LC / "train.h5", LC / "test.h5"
     acts = HS / "acts.h5"
@@ -111,16 +104,18 @@ def main() -> int:
                           str(acts), out=acts))
     dense = evaluate(model, test_h5)
     results = {s: level(s, model, acts, train_h5, test_h5, timed) for s in LEVELS}
-    write_doc(dense, results, times)
+    # the calibration set the (cached) dump was made from, whatever HS_CALIB says now
+    calib = int(np.load(HS / "calib.npy", mmap_mode="r").shape[0])
+    write_doc(dense, results, timed.times, calib)
     return 0
 
 
-def write_doc(dense: float, results: dict, times: dict) -> None:
+def write_doc(dense: float, results: dict, times: dict, calib: int) -> None:
     lines = [
         "# 90% and 95% of the weights pruned (`make experiments-hs`)", "",
         f"LeNet300-style MLP (784-300-100-10) of `make experiments-lc`, trained dense on the "
         f"first 10,000 Fashion-MNIST training images; dense test accuracy **{100 * dense:.2f}%** "
-        f"(10,000 test images). Net-Trim: `nettrim prune --sparsity S --mode {MODE}` on {CALIB} "
+        f"(10,000 test images). Net-Trim: `nettrim prune --sparsity S --mode {MODE}` on {calib} "
         "calibration images (the default solver); the baselines at Net-Trim's per-layer counts "
         "(`--match`); FT: `nettrim finetune` with the default recipe (10 epochs) unless said; "
         f"LC and HPTD: `make experiments-lc` ({LC_EPOCHS} training epochs each). One seed. "

@@ -19,7 +19,6 @@ LC_SEED (default 0).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from experiments.run import NETTRIM, ROOT, load_json, run, write_h5
+from experiments.run import NETTRIM, ROOT, Timings, load_json, run, write_h5
 from nettrim_cli.datasets import load_fashion_mnist, mlp
 from nettrim_cli.training import TrainConfig, train
 
@@ -75,13 +74,7 @@ def lc_run(key: str, sparsity: float) -> tuple[str, float, list[str]]:
 
 def main() -> int:
     EXP.mkdir(parents=True, exist_ok=True)
-    times_path = EXP / "times.json"
-    times = load_json(times_path) if times_path.exists() else {}
-
-    def timed(key: str, seconds: float) -> None:
-        if seconds > 0:
-            times[key] = round(seconds, 1)
-            times_path.write_text(json.dumps(times, indent=1, sort_keys=True))
+    timed = Timings(EXP / "times.json")
 
     x, y = load_fashion_mnist("train")
     train_h5, test_h5 = EXP / "train.h5", EXP / "test.h5"

@@ -116,17 +116,26 @@ def load_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+class Timings:
+    """Wall times of an experiment's steps, kept in ``path`` (JSON) as they are measured:
+    ``timed(key, seconds)`` records a step that ran (a skipped, cached step returns 0 s and
+    keeps its earlier time)."""
+
+    def __init__(self, path: Path, digits: int = 1) -> None:
+        self.path, self.digits = path, digits
+        self.times: dict[str, float] = load_json(path) if path.exists() else {}
+
+    def __call__(self, key: str, seconds: float) -> None:
+        if seconds > 0:
+            self.times[key] = round(seconds, self.digits)
+            self.path.write_text(json.dumps(self.times, indent=1, sort_keys=True))
+
+
 def one_network(name: str, seed: int, data: dict) -> None:
     arch, n_train, epochs = NETWORKS[name]
     d = EXP / name / f"seed{seed}"
     d.mkdir(parents=True, exist_ok=True)
-    times_path = d / "times.json"
-    times = load_json(times_path) if times_path.exists() else {}
-
-    def timed(key: str, seconds: float) -> None:
-        if seconds > 0:
-            times[key] = round(seconds, 2)
-            times_path.write_text(json.dumps(times, indent=1, sort_keys=True))
+    timed = Timings(d / "times.json", digits=2)
 
     xtr, ytr = data["train"][0][:n_train], data["train"][1][:n_train]
     train_h5, test_h5 = d / "train.h5", EXP / "test.h5"
