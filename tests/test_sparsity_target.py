@@ -33,7 +33,7 @@ class _Fake:
 @pytest.mark.parametrize("target_s", [0.5, 0.9, 0.95])
 def test_search_lands_within_half_a_point_on_a_power_law(target_s):
     fake = _Fake(lambda e: 1 - min(1.0, 0.02 * e ** -0.9))
-    _, trials = prune_to_sparsity(fake, 0.05, target_s)
+    trials = prune_to_sparsity(fake, 0.05, target_s).trials
     assert abs(trials[-1].pruned - target_s) <= target.TOLERANCE
     assert len(trials) <= 6
 
@@ -41,7 +41,7 @@ def test_search_lands_within_half_a_point_on_a_power_law(target_s):
 def test_search_brackets_a_curve_far_from_the_guess():
     # a curve much steeper than the slope guessed before two trials are known
     fake = _Fake(lambda e: 1 / (1 + math.exp(-40 * (e - 0.3))))
-    _, trials = prune_to_sparsity(fake, 0.05, 0.9, max_trials=20)
+    trials = prune_to_sparsity(fake, 0.05, 0.9, max_trials=20).trials
     assert abs(trials[-1].pruned - 0.9) <= target.TOLERANCE
     assert all(0 < t.epsilon < 1 for t in trials)
 
@@ -55,9 +55,9 @@ def test_next_epsilon_stays_inside_the_bracket():
 def test_search_keeps_the_nearest_trial_when_the_target_cannot_be_met():
     # a step: nothing between 60% and 100%
     fake = _Fake(lambda e: 0.6 if e < 0.3 else 1.0)
-    result, trials = prune_to_sparsity(fake, 0.05, 0.75, max_trials=8)
-    assert len(trials) == 8
-    assert abs(target.pruned_fraction(result) - 0.6) < 1e-9
+    search = prune_to_sparsity(fake, 0.05, 0.75, max_trials=8)
+    assert len(search.trials) == 8
+    assert abs(target.pruned_fraction(search.result) - 0.6) < 1e-9
 
 
 @pytest.fixture(scope="module")

@@ -175,14 +175,15 @@ class NetTrim(ResumableMethod):
                               f"{t.seconds:.1f} s")
 
         start = self.settings.epsilon if self.settings.epsilon is not None else 0.05
-        result, trials = prune_to_sparsity(trial, start, self.sparsity, on_trial=on_trial)
-        chosen = min(trials, key=lambda t: abs(t.pruned - self.sparsity))
+        search = prune_to_sparsity(trial, start, self.sparsity, on_trial=on_trial)
+        chosen, trials = search.chosen, search.trials
         self.settings.epsilon = chosen.epsilon
         if abs(chosen.pruned - self.sparsity) > TOLERANCE:
             self.note(f"--sparsity {self.sparsity}: the nearest of {len(trials)} trials pruned "
                       f"{100 * chosen.pruned:.2f}% (eps {chosen.epsilon:.4g}); kept that one")
-        return result, {"target": self.sparsity, "tolerance": TOLERANCE,
-                        "epsilon": chosen.epsilon, "trials": [t.record() for t in trials]}
+        return search.result, {"target": self.sparsity, "tolerance": TOLERANCE,
+                               "epsilon": chosen.epsilon,
+                               "trials": [t.record() for t in trials]}
 
     def _trial_work(self, k: int, eps: float) -> WorkDir | None:
         """Trial k's own work folder inside the run's, so that a resumed search replays it."""

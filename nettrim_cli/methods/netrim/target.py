@@ -87,10 +87,20 @@ def next_epsilon(trials: list[Trial], target: float) -> float:
     return min(max(eps, EPS_MIN), EPS_MAX)
 
 
+@dataclass
+class Search:
+    """The search's answer: the kept trial (the accepted one, or the nearest), its prune, and
+    every trial in the order run."""
+
+    result: MethodResult
+    chosen: Trial
+    trials: list[Trial]
+
+
 def prune_to_sparsity(run: Callable[[int, float], MethodResult], start: float, target: float,
                       tol: float = TOLERANCE, max_trials: int = 12,
                       on_trial: Callable[[Trial, int], None] | None = None
-                      ) -> tuple[MethodResult, list[Trial]]:
+                      ) -> Search:
     """Find the eps whose Net-Trim prune removes ``target`` of the weights within ``tol``.
 
     Args:
@@ -101,7 +111,7 @@ def prune_to_sparsity(run: Callable[[int, float], MethodResult], start: float, t
         max_trials: stop after this many trials and keep the nearest one.
         on_trial: called after each trial with the trial and its index.
     Returns:
-        the accepted (or nearest) trial's result and every trial, in the order run.
+        the accepted (or nearest) trial, its result and every trial, in the order run.
     """
     trials: list[Trial] = []
     best: tuple[MethodResult, Trial] | None = None
@@ -123,4 +133,4 @@ def prune_to_sparsity(run: Callable[[int, float], MethodResult], start: float, t
             break  # the bracket has closed on a step in the curve: no eps gets closer
         eps = nxt
     assert best is not None
-    return best[0], trials
+    return Search(result=best[0], chosen=best[1], trials=trials)
