@@ -44,6 +44,7 @@ fashion-mnist:
 
 bench: install fashion-mnist
 	$(BIN)/python benchmarks/bench_default.py
+	$(BIN)/python benchmarks/bench_lambda.py
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench_export.py
 
