@@ -32,6 +32,10 @@ def _acc(v) -> str:
     return "not run" if v is None else f"{v:.2f}"
 
 
+def _load(v) -> str:
+    return "?" if v is None else f"{v:.1f}"
+
+
 def _ratio(a, b):
     return a / b if a is not None and b else None
 
@@ -64,7 +68,8 @@ def overview_row(name: str, s: dict, tag: str, r: dict, rep: dict) -> str:
             f"{s['accuracy_original']:.2f} -> {_acc(acc)} ({drop}) | {_acc(ft)} "
             f"({_acc(s.get('accuracy_original_ft'))}) | "
             f"{_num(n['flops_dense'])} -> {_num(n['flops_pruned'])} | "
-            f"{_secs(r, 'netrim')} ({_secs(r, 'netrim_cpu')} CPU; load {load[0]} -> {load[1]}) |")
+            f"{_secs(r, 'netrim')} ({_secs(r, 'netrim_cpu')} CPU; load {_load(load[0])} -> "
+            f"{_load(load[1])}) |")
 
 
 def layer_lines(tag: str, rep: dict) -> list[str]:
@@ -106,8 +111,8 @@ def verdict(name: str, s: dict, tag: str, r: dict, rep: dict) -> str | None:
     if lost > points:
         misses.append(f"{lost:.2f} points lost > {points:g}")
     if seconds is not None and r["seconds"].get("netrim", 0) > seconds:
-        misses.append(f"prune {r['seconds']['netrim']:g} s > {seconds:g} s (load "
-                      f"{(r['seconds'].get('netrim_load') or ['?'])[0]})")
+        misses.append(f"prune {r['seconds']['netrim']:g} s > {seconds:g} s at load "
+                      f"{_load((r['seconds'].get('netrim_load') or [None])[0])}")
     if not convs or any(not la.get("sparsity") for la in convs):
         misses.append("a conv layer is not pruned")
     head = f"--sparsity {tag}: {lost:.2f} points lost, {_pct(m['zero_fraction'])} of all params"

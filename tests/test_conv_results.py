@@ -53,7 +53,7 @@ def test_lenet_meeting_the_figure(tmp_path):
 
 
 @pytest.mark.parametrize("acc, seconds, zero, why", [
-    (84.02, 456.3, 0.651, "prune 456.3 s > 60 s (load 1.5)"),
+    (84.02, 456.3, 0.651, "prune 456.3 s > 60 s at load 1.5"),
     (83.0, 59.0, 0.651, "1.36 points lost > 1"),
     (84.02, 59.0, 0.55, "55.0% of all params pruned < 60.0%"),
 ])
