@@ -52,7 +52,9 @@ def _levels(d: Path, s: dict) -> list[tuple[str, dict, dict]]:
 
 def _secs(r: dict, key: str) -> str:
     v = r["seconds"].get(key)
-    return "-" if v is None else f"{v:g}"
+    resumed = " (resumed: the part before the stop is not counted)" if r["seconds"].get(
+        f"{key}_resumed") else ""
+    return "-" if v is None else f"{v:g}{resumed}"
 
 
 def overview_row(name: str, s: dict, tag: str, r: dict, rep: dict) -> str:

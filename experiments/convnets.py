@@ -235,11 +235,15 @@ def one_level(name: str, level: float, d: Path, files: tuple, data: dict, s: Sum
             load_before = os.getloadavg()[0]
             how = (["--sparsity", tag] if method == "netrim" else
                    ["--method", method, "--match", str(report)])
+            resumed = Path(f"{out}.nettrim-work").exists()
+            if resumed:  # a stopped run: go on from its finished trials (time not whole)
+                how.append("--resume")
             r["seconds"][method] = nettrim("prune", str(model), *arch, "--acts", str(acts),
                                            *how, "-o", str(out), "--report", str(rep),
                                            "--force", "-q")
             r["seconds"][f"{method}_cpu"] = CPU["last"]
             r["seconds"][f"{method}_load"] = [load_before, round(os.getloadavg()[0], 2)]
+            r["seconds"][f"{method}_resumed"] = resumed
             r["accuracy"].pop(method, None)
             r["ft_accuracy"].pop(method, None)
             (d / f"{method}-{tag}-ft.pt").unlink(missing_ok=True)
