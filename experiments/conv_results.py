@@ -112,7 +112,9 @@ def verdict(name: str, s: dict, tag: str, r: dict, rep: dict) -> str | None:
         misses.append(f"{_pct(m['zero_fraction'])} of all params pruned < {_pct(least)}")
     if lost > points:
         misses.append(f"{lost:.2f} points lost > {points:g}")
-    if seconds is not None and r["seconds"].get("netrim", 0) > seconds:
+    if seconds is not None and r["seconds"].get("netrim_resumed"):
+        misses.append("the prune was resumed, its whole time is not known")
+    elif seconds is not None and r["seconds"].get("netrim", 0) > seconds:
         misses.append(f"prune {r['seconds']['netrim']:g} s > {seconds:g} s at load "
                       f"{_load((r['seconds'].get('netrim_load') or [None])[0])}")
     if not convs or any(not la.get("sparsity") for la in convs):
