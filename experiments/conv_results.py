@@ -128,7 +128,15 @@ def net_lines(name: str, d: Path) -> list[str]:
     s = json.loads((d / "summary.json").read_text())
     levels = _levels(d, s)
     if not levels:
-        return [f"### {TITLES.get(name, name)}", "", "Trained; not pruned yet.", ""]
+        work = sorted(d.glob("netrim-*.pt.nettrim-work"))
+        stopped = [f"{w.name[len('netrim-'):-len('.pt.nettrim-work')]} "
+                   f"({len(list(w.glob('trial-*')))} trials begun)" for w in work]
+        return [f"### {TITLES.get(name, name)}", "",
+                f"Trained on {s.get('n_train')} images for {s.get('epochs')} epochs (train "
+                f"{s.get('train_seconds', 'not recorded')} s, test accuracy "
+                f"{_acc(s.get('accuracy_original'))}%); no --sparsity level finished yet"
+                + (f"; stopped searches at --sparsity {', '.join(stopped)}, which a rerun "
+                   "resumes." if stopped else "."), ""]
     m = levels[0][2]["network"]["model"]
     out = [f"### {TITLES.get(name, name)}", "",
            f"Trained on {s['n_train']} images for {s['epochs']} epochs (train "
@@ -194,6 +202,10 @@ def section(exp: Path) -> str:
         d = exp / name
         s = json.loads((d / "summary.json").read_text())
         lines += [overview_row(name, s, t, r, rep) for t, r, rep in _levels(d, s)]
+    missing = [TITLES[n] for n in ORDER if n not in names]
+    if missing:
+        lines += ["", f"Not run yet: {', '.join(missing)} (`CONV_NETS` picks networks; a "
+                  "rerun resumes from what is on disk)."]
     lines.append("")
     for name in names:
         lines += net_lines(name, exp / name)

@@ -76,3 +76,14 @@ def test_write_section_keeps_the_rest(tmp_path):
     text = results.read_text()
     assert text.startswith("# head\n") and text.rstrip().endswith("## tail")
     assert "old" not in text and "### small ResNet" in text
+
+
+def test_unfinished_network_says_what_is_missing(tmp_path):
+    d = tmp_path / "cnn30k"
+    (d / "netrim-0.8.pt.nettrim-work" / "trial-00").mkdir(parents=True)
+    (d / "summary.json").write_text(json.dumps({
+        "n_train": 30000, "epochs": 8, "train_seconds": 150.0, "accuracy_original": 89.1}))
+    text = section(tmp_path)
+    assert "Not run yet: LeNet-5, small ResNet, CNN-10K, CNN-60K" in text
+    assert "no --sparsity level finished yet; stopped searches at --sparsity 0.8 (1 trials " \
+        "begun)" in text
