@@ -53,8 +53,9 @@ bench: install fashion-mnist
 experiments: install fashion-mnist
 	$(BIN)/python -m experiments.run
 
-# Whole conv networks (LeNet-5, a small ResNet), every layer pruned: docs/results.md's section
-# "Whole conv networks".
+# Whole conv networks (LeNet-5, a small ResNet, the paper's CNN-10K/30K/60K), every layer pruned
+# with `nettrim prune --sparsity`: docs/results.md's section "Whole conv networks" (hours on 2
+# shared cores; cached in exp_out/conv, so a rerun resumes). CONV_NETS=lenet5,resnet picks networks.
 conv-experiments: install fashion-mnist
 	nice $(BIN)/python -m experiments.convnets
 

@@ -1,16 +1,22 @@
 """`make conv-experiments`: whole conv networks pruned with Net-Trim through the `nettrim` CLI
-(issue 14): LeNet-5 and a small ResNet (Conv-BN blocks with residual adds) on Fashion-MNIST,
-every conv and Linear layer pruned, BatchNorm folded, residual units with eq. 3's y - s / V = -s.
+(issue 14): LeNet-5, a small ResNet (Conv-BN blocks with residual adds) and the paper's
+CNN-10K/30K/60K on Fashion-MNIST, every conv and Linear layer pruned, BatchNorm folded,
+residual units with eq. 3's y - s / V = -s.
 
-For each network: train (seeded), dump the calibration set, prune in parallel mode, prune with
-the baselines at the same per-layer counts (--match), evaluate on the 10,000 test images,
-fine-tune each pruned model with its mask fixed, evaluate again; then the section "Whole conv
-networks" of docs/results.md is rewritten from the files on disk (the rest of the file is
-kept). Steps whose output exists are skipped (delete EXP_DIR/conv/<net> to redo one).
+For each network: train (seeded), dump the calibration set, and for each of its sparsity
+levels: prune with `nettrim prune --sparsity S` (the default solver and mode; the eps search
+is part of the timed command), prune with the baselines at the same per-layer counts
+(--match), evaluate on the 10,000 test images, fine-tune each pruned model with its mask
+fixed, evaluate again; then the section "Whole conv networks" of docs/results.md is rewritten
+from the files on disk (the rest of the file is kept). Every step whose output exists is
+skipped, so a rerun resumes (delete EXP_DIR/conv/<net> to redo a network, or one level's
+netrim-<S>.json to redo that level).
 
-Environment: EXP_DIR (default exp_out), CONV_NETS (default lenet5,resnet), CONV_EPS (the
-relative eps per network, e.g. lenet5=0.08), CALIB (calibration images, default 5000),
-FT_EPOCHS (default 2), BASELINE_FT (0: fine-tune the Net-Trim model only).
+Environment: EXP_DIR (default exp_out), CONV_NETS (default lenet5,resnet,cnn10k,cnn30k,cnn60k),
+CONV_SPARSITY (levels per network, e.g. resnet=0.2/0.3), CALIB (calibration images, default
+5000), FT_EPOCHS (default 2), TRAIN_THREADS (torch threads of training and fine-tuning,
+default 1), BASELINE_FT (0: fine-tune the Net-Trim models only; else the
+baselines too, at each network's first level).
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from experiments.run import NETWORKS, cnn
 from nettrim_cli.datasets import load_fashion_mnist
+from nettrim_cli.execution.threads import fixed_threads
 from nettrim_cli.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +46,10 @@ CALIB = int(os.environ.get("CALIB", "5000"))
 FT_EPOCHS = int(os.environ.get("FT_EPOCHS", "2"))
 BASELINE_FT = os.environ.get("BASELINE_FT", "1") != "0"  # fine-tune the baselines' models too
 BASELINES = ("magnitude", "wanda", "sparsegpt")
+# torch threads of training and fine-tuning: on the shared 2 cores two threads thrash when
+# other jobs run (an im2col of 256 LeNet inputs measured 2.27 s with two threads and 0.075 s
+# with one, load average 10); the prunes keep nettrim's defaults (their times are the figure).
+TRAIN_THREADS = int(os.environ.get("TRAIN_THREADS", "1"))
 ARCH = "experiments.convnets:small_resnet"
 
 
@@ -94,26 +106,32 @@ def small_resnet() -> nn.Module:
     return SmallResNet()
 
 
-# name: (factory, training images, epochs, eps, whole-module checkpoint)
+# name: (factory, training images, epochs, whole-module checkpoint, --sparsity levels). The
+# CNNs are the paper's CNN-10K/30K/60K (experiments/run.py NETWORKS), here with their conv
+# layers pruned too. The baselines are fine-tuned at a network's first level only (BASELINE_FT).
 NETS = {
-    "lenet5": (lenet5, 30_000, 5, 0.06, True),
-    "resnet": (small_resnet, 30_000, 5, 0.03, False),
+    "lenet5": (lenet5, 30_000, 5, True, (0.65,)),
+    "resnet": (small_resnet, 30_000, 5, False, (0.1, 0.2, 0.3)),
+    "cnn10k": (cnn, *NETWORKS["CNN-10K"][1:], True, (0.8,)),
+    "cnn30k": (cnn, *NETWORKS["CNN-30K"][1:], True, (0.8,)),
+    "cnn60k": (cnn, *NETWORKS["CNN-60K"][1:], True, (0.8,)),
 }
-
-
 CPU = {}  # the last command's CPU seconds (user + system, its processes together)
 
 
-def nettrim(*args: str) -> float:
-    """Run `nettrim ARGS` from the repository root; returns its wall time (CPU time in CPU)."""
+def nettrim(*args: str, threads: int | None = None) -> float:
+    """Run `nettrim ARGS` from the repository root (with ``threads`` torch/BLAS threads, else
+    their defaults); returns its wall time (its CPU time in CPU)."""
     print("+ nettrim", " ".join(args), flush=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([sys.executable, "-m", "nettrim_cli", *args], check=True, cwd=ROOT, env=env)
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     CPU["last"] = round(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime, 1)
-    return time.perf_counter() - t0
+    return round(time.perf_counter() - t0, 1)
 
 
 def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
@@ -128,73 +146,139 @@ def load(path: Path, factory, whole: bool) -> nn.Module:
     if whole:
         return torch.load(path, weights_only=False)
     model = factory()
-    obj = torch.load(path)
-    model.load_state_dict(obj)
+    model.load_state_dict(torch.load(path))
     return model.eval()
 
 
-def one_net(name: str, data: dict) -> dict:
-    factory, n_train, epochs, eps, whole = NETS[name]
-    eps = float(dict(kv.split("=") for kv in os.environ.get("CONV_EPS", "").split(",")
-                     if "=" in kv).get(name, eps))
-    d = EXP / name
-    d.mkdir(parents=True, exist_ok=True)
+def levels(name: str) -> tuple[float, ...]:
+    """The network's --sparsity levels: CONV_SPARSITY's (name=a/b/...) or NETS'."""
+    given = dict(kv.split("=", 1) for kv in os.environ.get("CONV_SPARSITY", "").split(",")
+                 if "=" in kv)
+    if name in given:
+        return tuple(float(v) for v in given[name].split("/"))
+    return NETS[name][4]
+
+
+class Summary(dict):
+    """summary.json of a network: what was measured, saved after every step so that a
+    stopped run keeps what it measured."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(json.loads(path.read_text()) if path.exists() else {})
+        self.path = path
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self, indent=1))
+        tmp.replace(self.path)
+
+
+def prepare(name: str, d: Path, data: dict, s: Summary) -> tuple[Path, list[str], Path]:
+    """Train the network (unless cached), write its calibration and training files, dump
+    its activations (unless cached); returns (checkpoint, --arch args, dump)."""
+    factory, n_train, epochs, whole, _ = NETS[name]
     (xtr, ytr), (xte, yte) = data["train"], data["test"]
     xtr, ytr = xtr[:n_train], ytr[:n_train]
-    summary_path = d / "summary.json"
-    s = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    model = d / "model.pt"
-    arch = [] if whole else ["--arch", ARCH]
+    model, arch = d / "model.pt", ([] if whole else ["--arch", ARCH])
     if not model.exists():
         torch.manual_seed(0)
         net = factory()
         t0 = time.perf_counter()
-        train(net, xtr, ytr, TrainConfig(epochs=epochs, seed=0))  # Adam, lr 1e-3, batch 128
+        with fixed_threads(TRAIN_THREADS):  # Adam, lr 1e-3, batch 128
+            train(net, xtr, ytr, TrainConfig(epochs=epochs, seed=0))
         s["train_seconds"] = round(time.perf_counter() - t0, 1)
-        torch.save(net.eval() if whole else net.eval().state_dict(), model)
-    calib = d / "calib.npy"
-    np.save(calib, xtr[:CALIB])
-    with h5py.File(d / "train.h5", "w") as f:
-        f.create_dataset("inputs", data=xtr)
-        f.create_dataset("labels", data=ytr)
-    acts, report, pruned = d / "acts.h5", d / "netrim.json", d / "netrim.pt"
-    s["dump_seconds"] = round(nettrim("dump", str(model), *arch, "--inputs", str(calib),
-                                      "-o", str(acts), "--force"), 1)
-    s["epsilon"] = eps
-    s["prune_seconds"] = round(nettrim(
-        "prune", str(model), *arch, "--acts", str(acts), "--mode", "parallel", "--config",
-        "fast", "--dtype", "float32", "--epsilon", str(eps), "-o", str(pruned), "--report",
-        str(report), "--force", "-q"), 1)
-    s["prune_cpu_seconds"] = CPU["last"]
-    s["accuracy"] = {"original": accuracy(load(model, factory, whole), xte, yte)}
-    s["ft_accuracy"] = {}
-    for method in ("netrim", *BASELINES):
-        out = d / f"{method}.pt"
-        if method != "netrim":
-            s[f"{method}_seconds"] = round(nettrim(
-                "prune", str(model), *arch, "--acts", str(acts), "--method", method,
-                "--match", str(report), "-o", str(out), "--report", str(d / f"{method}.json"),
-                "--force", "-q"), 1)
-        s["accuracy"][method] = accuracy(load(out, factory, whole), xte, yte)
-        if method != "netrim" and not BASELINE_FT:
-            continue
-        ft = d / f"{method}-ft.pt"
-        s[f"{method}_ft_seconds"] = round(nettrim(
-            "finetune", str(out), *arch, "--data", str(d / "train.h5"), "--epochs",
-            str(FT_EPOCHS), "--lr", "1e-4", "-o", str(ft), "--force", "-q"), 1)
-        s["ft_accuracy"][method] = accuracy(load(ft, factory, whole), xte, yte)
+        torch.save(net.eval() if whole else net.eval().state_dict(), d / "model.tmp")
+        (d / "model.tmp").replace(model)
+        s.pop("accuracy_original", None)
+    if "accuracy_original" not in s:
+        s["accuracy_original"] = accuracy(load(model, factory, whole), xte, yte)
+    if not (d / "train.h5").exists():
+        with h5py.File(d / "train.tmp", "w") as f:
+            f.create_dataset("inputs", data=xtr)
+            f.create_dataset("labels", data=ytr)
+        (d / "train.tmp").replace(d / "train.h5")
+    acts = d / "acts.h5"
+    if not acts.exists():
+        np.save(d / "calib.npy", xtr[:CALIB])
+        s["dump_seconds"] = nettrim("dump", str(model), *arch, "--inputs", str(d / "calib.npy"),
+                                    "-o", str(acts))
     s.update(n_train=n_train, epochs=epochs, calib=CALIB, ft_epochs=FT_EPOCHS)
-    summary_path.write_text(json.dumps(s, indent=1))
-    return s
+    if not (d / "original-ft.pt").exists():  # the dense model fine-tuned alike: what FT
+        s["original_ft_seconds"] = finetune(model, arch, d / "original-ft.pt")  # adds anyway
+        s.pop("accuracy_original_ft", None)
+    if "accuracy_original_ft" not in s:
+        s["accuracy_original_ft"] = accuracy(load(d / "original-ft.pt", factory, whole), xte, yte)
+    s.save()
+    return model, arch, acts
+
+
+def finetune(model: Path, arch: list[str], out: Path) -> float:
+    """`nettrim finetune` on the network's training images (its zeros kept); wall seconds."""
+    return nettrim("finetune", str(model), *arch, "--data", str(model.parent / "train.h5"),
+                   "--epochs", str(FT_EPOCHS), "--lr", "1e-4", "-o", str(out), "--force", "-q",
+                   threads=TRAIN_THREADS)
+
+
+def one_level(name: str, level: float, d: Path, files: tuple, data: dict, s: Summary) -> None:
+    """Net-Trim at --sparsity ``level`` (the search timed as one command, with the load
+    average before and after), the baselines at its counts, fine-tuning, test accuracies."""
+    factory, _, _, whole, _ = NETS[name]
+    model, arch, acts = files
+    xte, yte = data["test"]
+    tag = f"{level:g}"
+    r = s.setdefault("levels", {}).setdefault(tag, {"accuracy": {}, "ft_accuracy": {},
+                                                     "seconds": {}})
+    report = d / f"netrim-{tag}.json"
+    for method in ("netrim", *BASELINES):
+        out, rep = d / f"{method}-{tag}.pt", d / f"{method}-{tag}.json"
+        if not rep.exists():
+            load_before = os.getloadavg()[0]
+            how = (["--sparsity", tag] if method == "netrim" else
+                   ["--method", method, "--match", str(report)])
+            resumed = Path(f"{out}.nettrim-work").exists()
+            if resumed:  # a stopped run: go on from its finished trials (time not whole)
+                how.append("--resume")
+            r["seconds"][method] = nettrim("prune", str(model), *arch, "--acts", str(acts),
+                                           *how, "-o", str(out), "--report", str(rep),
+                                           "--force", "-q")
+            r["seconds"][f"{method}_cpu"] = CPU["last"]
+            r["seconds"][f"{method}_load"] = [load_before, round(os.getloadavg()[0], 2)]
+            r["seconds"][f"{method}_resumed"] = resumed
+            r["accuracy"].pop(method, None)
+            r["ft_accuracy"].pop(method, None)
+            (d / f"{method}-{tag}-ft.pt").unlink(missing_ok=True)
+            if method == "netrim":  # new counts: the baselines matched the old ones
+                for b in BASELINES:
+                    (d / f"{b}-{tag}.json").unlink(missing_ok=True)
+        if method not in r["accuracy"]:
+            r["accuracy"][method] = accuracy(load(out, factory, whole), xte, yte)
+        s.save()
+        ft = d / f"{method}-{tag}-ft.pt"
+        if method != "netrim" and not (BASELINE_FT and level == levels(name)[0]):
+            continue
+        if not ft.exists():
+            r["seconds"][f"{method}_ft"] = finetune(out, arch, ft)
+            r["ft_accuracy"].pop(method, None)
+        if method not in r["ft_accuracy"]:
+            r["ft_accuracy"][method] = accuracy(load(ft, factory, whole), xte, yte)
+        s.save()
 
 
 def main() -> int:
     nets = [n for n in os.environ.get("CONV_NETS", ",".join(NETS)).split(",") if n]
-    x, y = load_fashion_mnist("train")
-    xt, yt = load_fashion_mnist("test")
-    data = {"train": (x, y), "test": (xt, yt)}
+    unknown = [n for n in nets if n not in NETS]
+    if unknown:
+        print(f"error: CONV_NETS: unknown network(s) {', '.join(unknown)} (known: "
+              f"{', '.join(NETS)})", file=sys.stderr)
+        return 2
+    data = {"train": load_fashion_mnist("train"), "test": load_fashion_mnist("test")}
     for name in nets:
-        one_net(name, data)
+        d = EXP / name
+        d.mkdir(parents=True, exist_ok=True)
+        s = Summary(d / "summary.json")
+        files = prepare(name, d, data, s)
+        for level in levels(name):
+            one_level(name, level, d, files, data, s)
     from experiments.conv_results import write_section
 
     write_section(EXP, ROOT / "docs" / "results.md")

@@ -76,14 +76,20 @@ def group_rows(module: nn.Module, group: int) -> slice:
     return slice(group * per, (group + 1) * per)
 
 
-def patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """im2col of ``x`` (B, C_in, *spatial) for ``module``: (B, C_in * K, positions), channel
-    major (column c * K + kernel offset), matching ``weight.reshape(C_out, -1)`` per group."""
+def padded(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, C_in, *spatial) padded as the layer pads its input (any padding mode)."""
     x = x.to(module.weight.dtype) if not x.is_floating_point() else x
     pad = module._reversed_padding_repeated_twice
     if any(pad):
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
         x = F.pad(x, pad, mode=mode)
+    return x
+
+
+def patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """im2col of ``x`` (B, C_in, *spatial) for ``module``: (B, C_in * K, positions), channel
+    major (column c * K + kernel offset), matching ``weight.reshape(C_out, -1)`` per group."""
+    x = padded(module, x)
     if isinstance(module, nn.Conv1d):
         return F.unfold(x.unsqueeze(2), (1, module.kernel_size[0]),
                         dilation=(1, module.dilation[0]), stride=(1, module.stride[0]))
