@@ -27,6 +27,7 @@ from __future__ import annotations
 from nettrim_cli.execution.threads import fixed_threads, layer_threads
 from nettrim_cli.program import LayerProgram
 from nettrim_cli.solvers.admm import ADMMSettings, ADMMSolution, solve_layer
+from nettrim_cli.solvers.admm.staged import solve_staged
 from nettrim_cli.solvers.base import Capabilities, Progress, SolverSettings, no_progress
 
 # P * (N + 1) * M at or below this: one thread (more only add overhead, and on a busy machine
@@ -91,8 +92,11 @@ class AutoSolver:
         size = program.n_samples * (program.n_in + 1) * program.n_out
         threads = 1 if size <= ONE_THREAD else layer_threads(settings)
         with fixed_threads(threads):
-            sol = solve_layer(program, settings, progress, device="cpu", dtype=dtype,
-                              admm_settings=opts)
+            if opts.polish:
+                sol = solve_layer(program, settings, progress, device="cpu", dtype=dtype,
+                                  admm_settings=opts)
+            else:
+                sol = solve_staged(program, settings, progress, admm_settings=opts)
         sol.history.insert(0, {"stage": "auto", "path": "certified" if opts.polish
                                else "fast", "dtype": dtype})
         return sol
