@@ -107,7 +107,8 @@ def shape(report: Path) -> dict:
             "pruned": r["network"]["pruned_fraction"],
             "discrepancy": r["network"]["relative_discrepancy"],
             "epsilon": search["epsilon"], "epsilons": search.get("epsilons"),
-            "trials": len(search["trials"]) + len(search.get("curve_trials", []))}
+            "trials": len(search["trials"]) + len(search.get("curve_trials", [])),
+            "seconds": r["seconds"]}
 
 
 def level(s: float, model: Path, acts: Path, train_h5: Path, test_h5: Path, timed) -> dict:
@@ -163,14 +164,14 @@ def write_doc(dense: float, results: dict, times: dict, calib: int) -> None:
         names = list(u["layers"])
         lines += [f"## {100 * s:.0f}%", "",
                   "| Net-Trim prune | pruned | " + " | ".join(f"layer {n}" for n in names)
-                  + " | output discrepancy (relative) | eps | trials |",
-                  "|---" * (len(names) + 5) + "|"]
+                  + " | output discrepancy (relative) | eps | trials | seconds |",
+                  "|---" * (len(names) + 6) + "|"]
         for label, x in ((f"uniform, {MODE}", u), (f"allocation, {ALLOC_MODE}", a)):
             eps = (", ".join(f"{v:.3g}" for v in x["epsilons"].values()) if x["epsilons"]
                    else f"{x['epsilon']:.4g}")
             lines.append(f"| {label} | {100 * x['pruned']:.2f}% | " + " | ".join(
                 f"{100 * x['layers'][n]:.1f}%" for n in names)
-                + f" | {x['discrepancy']:.4f} | {eps} | {x['trials']} |")
+                + f" | {x['discrepancy']:.4f} | {eps} | {x['trials']} | {x['seconds']:.0f} |")
         lines += ["", "| method | test accuracy | vs dense | training epochs |",
                   "|---|---|---|---|"]
         for name, (acc, epochs) in r["rows"].items():
