@@ -48,7 +48,7 @@ def _column_fit(Xa: np.ndarray, rows: np.ndarray, T: np.ndarray, S: np.ndarray,
     r = np.flatnonzero(rows)
     if S.size == 0 or r.size == 0:
         return np.zeros(S.size)
-    Xs = Xa[np.ix_(r, S)]
+    Xs = np.take(np.take(Xa, r, axis=0), S, axis=1)  # faster than Xa[np.ix_(r, S)]
     G = (Xs.T @ Xs).astype(np.float64)
     G[np.diag_indices_from(G)] += ridge * (np.trace(G) / S.size + 1e-300)
     b = (Xs.T @ T[r].astype(Xs.dtype)).astype(np.float64)

@@ -42,8 +42,9 @@ class StageSettings:
     stages: at most this many stages.
     aim: the refit's misfit the next radius aims at, as a fraction of eps (a margin for the
         support changing with the radius).
-    settle: stop once a feasible refit was found and the next radius would move by less than
-        this fraction.
+    settle: stop once a feasible refit was found, the next radius would move by less than this
+        fraction and the support's size moved by less than it since the previous stage.
+    refit_rounds: Newton rounds of each refit (each costs a Gram matrix per column).
     gram_dtype: dtype of the refit's Gram matrices (float32 on large layers).
     """
 
@@ -53,6 +54,7 @@ class StageSettings:
     aim: float = 0.97
     settle: float = 0.04
     gram_dtype: str = "float32"
+    refit_rounds: int = 3
 
 
 def _nonzeros(Wa: np.ndarray, n_in: int) -> int:
@@ -71,6 +73,7 @@ def run_stages(run: _LayerSolve, stage: StageSettings, progress: Progress) -> No
     infl = float(stage.inflation)
     best: tuple[int, float, np.ndarray] | None = None
     lo, hi = 0.0, float("inf")  # the largest feasible and the smallest infeasible radius
+    prev_nnz: int | None = None
     total = stage.stages * stage.stage_iters
     for k in range(stage.stages):
         t0 = time.perf_counter()
@@ -82,7 +85,8 @@ def run_stages(run: _LayerSolve, stage: StageSettings, progress: Progress) -> No
         Wadmm = run.assemble(WT)
         t1 = time.perf_counter()
         WF, f = refit_support(program.Xa, run.Yl, run.Vl, run.actl, Wadmm[live].T,
-                              program.bias, gram_dtype=np.dtype(stage.gram_dtype))
+                              program.bias, rounds=stage.refit_rounds,
+                              gram_dtype=np.dtype(stage.gram_dtype))
         Wr = run.assemble(WF)
         misfit = float(np.sqrt(f.sum() + rest2))
         feasible = run.ok(Wr)
@@ -101,8 +105,12 @@ def run_stages(run: _LayerSolve, stage: StageSettings, progress: Progress) -> No
         nxt = infl * float(np.clip(stage.aim * run.eps / max(misfit, 1e-300), 0.5, 2.0))
         if not lo < nxt < hi:  # the radii tried bracket the answer: bisect (geometrically)
             nxt = float(np.sqrt(lo * hi)) if lo > 0 and np.isfinite(hi) else nxt
-        if best is not None and abs(nxt / infl - 1.0) < stage.settle:
+        # settled: a feasible refit, a radius that stays, and a support that has stopped
+        # thinning (ADMM stopped early: its support still moves over the first stages)
+        still = prev_nnz is not None and abs(nnz - prev_nnz) <= stage.settle * prev_nnz
+        if best is not None and abs(nxt / infl - 1.0) < stage.settle and still:
             break
+        prev_nnz = nnz
         infl = nxt
     solver.radius = base
     if best is not None:
