@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from nettrim_cli.errors import BadInput
-from nettrim_cli.methods.netrim.settings import CASCADE, PARALLEL, PruneSettings
+from nettrim_cli.methods.netrim.settings import (
+    ALLOCATIONS,
+    CASCADE,
+    PARALLEL,
+    UNIFORM,
+    PruneSettings,
+)
 from nettrim_cli.solvers.admm import ADMMSettings
 from nettrim_cli.solvers.base import OSQPSettings, SearchSettings, SolverSettings
 
@@ -31,6 +37,7 @@ TOP_KEYS: dict[str, tuple[type, ...]] = {
     "memory_budget_mb": (float, int),
     "patches": (int,),
     "patch_seed": (int,),
+    "allocation": (str,),
 }
 SECTIONS = {"osqp": OSQPSettings, "search": SearchSettings, "admm": ADMMSettings}
 SOLVERS = ("auto", "osqp", "admm")
@@ -231,6 +238,10 @@ def build_settings(config: dict[str, Any], flags: dict[str, Any],
     patches = merged.get("patches")
     if patches is not None and patches < 1:
         raise BadInput(f"patches must be >= 1, got {patches}", origin("patches"))
+    allocation = merged.get("allocation", UNIFORM)
+    if allocation not in ALLOCATIONS:
+        raise BadInput(f"allocation must be {' or '.join(map(repr, ALLOCATIONS))}, got "
+                       f"{allocation!r}", origin("allocation"))
     solver = merged.get("solver")
     if solver is None:
         solver = "osqp" if any(flags.get(k) is not None for k in OSQP_FLAGS) else "auto"
@@ -241,6 +252,6 @@ def build_settings(config: dict[str, Any], flags: dict[str, Any],
         lam=None if lam is None else float(lam),
         solver=SolverSettings(osqp=osqp, search=search, zero_threshold=zt, workers=workers,
                               memory_budget_mb=budget, admm=admm),
-        patches=patches, seed=int(merged.get("patch_seed", 0)))
+        patches=patches, seed=int(merged.get("patch_seed", 0)), allocation=allocation)
     _executor_settings(settings.solver, merged, flags, source)
     return settings, solver

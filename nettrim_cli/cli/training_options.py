@@ -14,9 +14,11 @@ TRAINING_FLAGS: list[tuple[str, str, dict]] = [
         metavar="TRAIN", help="lc, magnitude-iterative: labelled training data (.h5 /inputs "
         "and /labels, or .npz inputs/labels).")),
     ("--allocation", "allocation", dict(
-        type=click.Choice(["per-layer", "joint"]),
+        metavar="per-layer|joint|uniform|discrepancy",  # checked by the method: one line
         help="lc, magnitude-iterative: the budget per layer (default) or one joint budget "
-        "over all pruned layers.")),
+        "over all pruned layers. netrim with --sparsity: one eps for every layer (uniform) "
+        "or per-layer eps that lower the network's output discrepancy (discrepancy; "
+        "default: the preset's 'allocation', else uniform).")),
     ("--epochs", "epochs", dict(
         type=int, help="Training epochs per LC step / per round (default 1 / 2).")),
     ("--lr", "lr", dict(type=float, help="Learning rate of the first step (default 0.05).")),

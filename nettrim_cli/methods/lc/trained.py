@@ -138,6 +138,9 @@ class TrainedPruning(ResumableMethod):
         if self.match_path is not None and self.sparsity is not None:
             raise BadInput(f"--method {self.name} takes one of --match and --sparsity, not both")
         self.allocation = o["allocation"]
+        if self.allocation not in ("per-layer", "joint"):
+            raise BadInput(f"--allocation {self.allocation}: --method {self.name} takes "
+                           "per-layer or joint (uniform and discrepancy are Net-Trim's)")
         self.training = TrainingSettings(
             epochs=o["epochs"], lr=o["lr"], lr_decay=o["lr_decay"], optimizer=o["optimizer"],
             batch_size=o["batch_size"], seed=o["seed"], scheduler=o.get("scheduler"),

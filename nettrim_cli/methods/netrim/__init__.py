@@ -13,12 +13,20 @@ from nettrim_cli.errors import BadInput, NettrimError
 from nettrim_cli.methods.base import MethodResult, ResumableMethod, RunHooks
 from nettrim_cli.methods.netrim.bounds import network_figures
 from nettrim_cli.methods.netrim.schedule import check_settings, run_in_order
-from nettrim_cli.methods.netrim.settings import CASCADE, PARALLEL, PruneSettings
+from nettrim_cli.methods.netrim.settings import (
+    ALLOCATIONS,
+    CASCADE,
+    DISCREPANCY,
+    PARALLEL,
+    PruneSettings,
+)
 from nettrim_cli.solvers import make_solver
 from nettrim_cli.solvers.base import LayerSolver, Progress, no_progress
 from nettrim_cli.workdir import WorkDir, default_workdir
 
 __all__ = ["CASCADE", "PARALLEL", "NetTrim", "PruneSettings", "prune"]
+
+CURVE_TOLERANCE = 0.02  # the allocation's curves: a uniform search stopped within 2 points
 
 
 def prune(ckpt: Checkpoint, dump: DumpReader, settings: PruneSettings, solver: LayerSolver,
@@ -62,7 +70,8 @@ class NetTrim(ResumableMethod):
     kept = "finished layers and columns"
     options = ("--config", "--mode", "--epsilon", "--gamma", "--lambda", "--scope", "--solver",
                "--device", "--dtype", "--workers", "--workdir", "--resume", "--strict",
-               "--executor", "--address", "--osqp-algebra", "--sparsity", "--patches")
+               "--executor", "--address", "--osqp-algebra", "--sparsity", "--patches",
+               "--allocation")
     hint = ("--match is for the baselines (--method magnitude, wanda or sparsegpt); Net-Trim "
             "is steered by --epsilon, --lambda or --sparsity")
 
@@ -70,15 +79,24 @@ class NetTrim(ResumableMethod):
                  lam=None, scope=None, solver=None, device: str = "cpu",
                  dtype: str = "float64", workers=None, workdir=None, resume: bool = False,
                  strict: bool = False, executor=None, address=None, osqp_algebra=None,
-                 sparsity: float | None = None, patches=None) -> None:
+                 sparsity: float | None = None, patches=None, allocation=None) -> None:
         if sparsity is not None:
             if not 0.0 < sparsity < 1.0:
                 raise BadInput(f"--sparsity must be in (0, 1), got {sparsity}")
             if epsilon is not None or lam is not None:
                 raise BadInput("--sparsity picks eps itself: give it without --epsilon and "
                                "--lambda")
+        if allocation is not None:
+            if allocation not in ALLOCATIONS:
+                raise BadInput(f"--allocation {allocation}: Net-Trim spreads --sparsity by "
+                               f"{' or '.join(ALLOCATIONS)} (per-layer and joint are for lc and "
+                               "magnitude-iterative)")
+            if sparsity is None:
+                raise BadInput("--allocation is for --sparsity (how the pruning is spread over "
+                               "the layers)")
         self.sparsity = sparsity
-        self.flags = {"mode": mode, "epsilon": epsilon, "gamma": gamma, "lambda": lam,
+        self.flags = {"allocation": allocation, "mode": mode, "epsilon": epsilon,
+                      "gamma": gamma, "lambda": lam,
                       "scope": scope, "solver": solver, "workers": workers,
                       "executor": executor, "address": address, "osqp_algebra": osqp_algebra,
                       "patches": patches}
@@ -160,37 +178,130 @@ class NetTrim(ResumableMethod):
 
     def _search(self, ckpt: Checkpoint, dump: DumpReader, hooks: RunHooks
                 ) -> tuple[MethodResult, dict]:
-        """Net-Trim at the eps whose prune removes --sparsity of the weights (target.py)."""
-        from nettrim_cli.methods.netrim.target import TOLERANCE, Trial, prune_to_sparsity
+        """Net-Trim at the eps whose prune removes --sparsity of the weights (target.py), one
+        eps for every layer or per-layer eps from the allocation (allocation.py)."""
+        from nettrim_cli.methods.netrim.target import TOLERANCE, prune_to_sparsity
 
-        def trial(k: int, eps: float) -> MethodResult:
-            settings = dataclasses.replace(self.settings, epsilon=eps)
-            return prune(ckpt, dump, settings, self.solver, hooks.on_layer,
-                         hooks.on_columns or no_progress, workdir=self._trial_work(k, eps))
-
-        def on_trial(t: Trial, k: int) -> None:
-            if hooks.on_step is not None:
-                hooks.on_step(f"sparsity search, trial {k + 1}: eps {t.epsilon:.4g} pruned "
-                              f"{100 * t.pruned:.2f}% (target {100 * self.sparsity:.2f}%) in "
-                              f"{t.seconds:.1f} s")
-
+        if self.settings.allocation == DISCREPANCY:
+            return self._allocated(ckpt, dump, hooks)
         start = self.settings.epsilon if self.settings.epsilon is not None else 0.05
-        search = prune_to_sparsity(trial, start, self.sparsity, on_trial=on_trial)
+        search = prune_to_sparsity(self._trial(ckpt, dump, hooks, "trial"), start,
+                                   self.sparsity, on_trial=self._shown(hooks, "sparsity search"))
         chosen, trials = search.chosen, search.trials
         self.settings.epsilon = chosen.epsilon
         if abs(chosen.pruned - self.sparsity) > TOLERANCE:
             self.note(f"--sparsity {self.sparsity}: the nearest of {len(trials)} trials pruned "
                       f"{100 * chosen.pruned:.2f}% (eps {chosen.epsilon:.4g}); kept that one")
         return search.result, {"target": self.sparsity, "tolerance": TOLERANCE,
+                               "allocation": self.settings.allocation,
                                "epsilon": chosen.epsilon,
                                "trials": [t.record() for t in trials]}
 
-    def _trial_work(self, k: int, eps: float) -> WorkDir | None:
+    def _allocated(self, ckpt: Checkpoint, dump: DumpReader, hooks: RunHooks
+                   ) -> tuple[MethodResult, dict]:
+        """--allocation discrepancy (allocation.py): per-layer curves from parallel trials of
+        the uniform search (stopped within CURVE_TOLERANCE), per-layer eps from them, then the
+        search of their common scale (in the run's own mode)."""
+        from nettrim_cli.methods.netrim.allocation import OutputGap, allocate, points_record
+        from nettrim_cli.methods.netrim.target import TOLERANCE, prune_to_sparsity
+
+        gap = OutputGap(ckpt, dump.inputs())
+        names = [info.name for info in ckpt.prunable]
+        curves: list[list] = [[] for _ in names]
+        curve_run = self._trial(ckpt, dump, hooks, "curve", mode=PARALLEL)
+
+        def curve_trial(k: int, eps: float) -> MethodResult:
+            result = curve_run(k, eps)
+            for c, p in zip(curves, gap.points(result, eps), strict=True):
+                c.append(p)
+            return result
+
+        start = self.settings.epsilon if self.settings.epsilon is not None else 0.05
+        uniform = prune_to_sparsity(curve_trial, start, self.sparsity, tol=CURVE_TOLERANCE,
+                                    on_trial=self._shown(hooks, "allocation curves (parallel)"))
+        total = sum(o.W.size for o in uniform.result.layers)
+        eps = allocate(curves, round((1.0 - self.sparsity) * total))
+        top = max(eps)
+        self._step(hooks, "allocation: eps per layer " + ", ".join(
+            f"{n} {e:.4g}" for n, e in zip(names, eps, strict=True)))
+        search = prune_to_sparsity(self._trial(ckpt, dump, hooks, "alloc", [e / top for e in eps]),
+                                   top, self.sparsity,
+                                   on_trial=self._shown(hooks, "allocation search"))
+        result, chosen = search.result, search.chosen
+        u = uniform.chosen
+        if (self.settings.mode == PARALLEL and abs(u.pruned - self.sparsity) <= TOLERANCE
+                and u.discrepancy < chosen.discrepancy):
+            self.note(f"--allocation discrepancy: the uniform eps {u.epsilon:.4g} gave a lower "
+                      f"output discrepancy ({u.discrepancy:.4g} < {chosen.discrepancy:.4g}) at "
+                      "the target; kept the uniform prune")
+            result, chosen = uniform.result, u
+            self.settings.epsilons = None
+        else:
+            self.settings.epsilons = tuple(chosen.epsilon * e / top for e in eps)
+            self._floored(result, chosen.epsilon, eps, top)
+        self.settings.epsilon = chosen.epsilon
+        if abs(chosen.pruned - self.sparsity) > TOLERANCE:
+            self.note(f"--sparsity {self.sparsity}: the nearest allocation trial pruned "
+                      f"{100 * chosen.pruned:.2f}%; kept that one")
+        return result, {
+            "target": self.sparsity, "tolerance": TOLERANCE, "allocation": DISCREPANCY,
+            "epsilon": chosen.epsilon,
+            "epsilons": (None if self.settings.epsilons is None
+                         else dict(zip(names, self.settings.epsilons, strict=True))),
+            "discrepancy": chosen.discrepancy,
+            "uniform": {"epsilon": u.epsilon, "pruned": u.pruned,
+                        "discrepancy": u.discrepancy, "mode": PARALLEL},
+            "curve_trials": [t.record() for t in uniform.trials],
+            "curves": points_record(curves, names),
+            "trials": [t.record() for t in search.trials]}
+
+    def _floored(self, result: MethodResult, scale: float, eps: list[float], top: float) -> None:
+        """Cascade: say which later layers took eq. 7's eps over their allocated one."""
+        if self.settings.mode != CASCADE:
+            return
+        over = [o.info.name for o, e in zip(result.layers[1:], eps[1:], strict=True)
+                if o.epsilon > scale * e / top * o.y_norm * (1 + 1e-9)]
+        if over:
+            self.note(f"--allocation discrepancy, cascade: layer(s) {', '.join(over)} took "
+                      "eq. 7's eps (the original weights' misfit on the pruned input x gamma), "
+                      "larger than their allocated one")
+
+    def _trial(self, ckpt: Checkpoint, dump: DumpReader, hooks: RunHooks, tag: str,
+               ratios: list[float] | None = None, mode: str | None = None):
+        """``run(k, eps)`` for a search: Net-Trim at eps (per layer eps * ratio with
+        ``ratios``), in ``mode`` (default: the run's), in work folder ``TAG-KK``."""
+        def run(k: int, eps: float) -> MethodResult:
+            settings = dataclasses.replace(
+                self.settings, epsilon=eps, mode=mode or self.settings.mode,
+                epsilons=None if ratios is None else tuple(eps * r for r in ratios))
+            return prune(ckpt, dump, settings, self.solver, hooks.on_layer,
+                         hooks.on_columns or no_progress,
+                         workdir=self._trial_work(k, eps, tag, settings.epsilons))
+        return run
+
+    def _shown(self, hooks: RunHooks, what: str):
+        def on_trial(t, k: int) -> None:
+            disc = "" if t.discrepancy is None else \
+                f", output discrepancy {t.discrepancy:.4g}"
+            self._step(hooks, f"{what}, trial {k + 1}: eps {t.epsilon:.4g} pruned "
+                              f"{100 * t.pruned:.2f}% (target {100 * self.sparsity:.2f}%){disc} "
+                              f"in {t.seconds:.1f} s")
+        return on_trial
+
+    @staticmethod
+    def _step(hooks: RunHooks, line: str) -> None:
+        if hooks.on_step is not None:
+            hooks.on_step(line)
+
+    def _trial_work(self, k: int, eps: float, tag: str = "trial",
+                    epsilons: tuple[float, ...] | None = None) -> WorkDir | None:
         """Trial k's own work folder inside the run's, so that a resumed search replays it."""
         if self.work is None:
             return None
-        path = self.work.path / f"trial-{k:02d}"
+        path = self.work.path / f"{tag}-{k:02d}"
         manifest = {**self.work.manifest, "trial": k, "epsilon": eps}
+        if epsilons is not None:
+            manifest["epsilons"] = list(epsilons)
         return WorkDir(str(path), manifest, resume=path.exists())
 
     def check(self, result: MethodResult) -> None:

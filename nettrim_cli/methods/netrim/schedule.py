@@ -84,8 +84,9 @@ def unit_programs(ckpt: Checkpoint, dump: DumpReader, prefix: PrunedPrefix | Non
     preact, shortcut = dump.layer_preact(i), dump.layer_shortcut(i)
     rows = unit_rows(info, dump.n_samples, settings.patches, settings.seed, i)
     view = unit_view(module, bn, x, preact, shortcut, rows)
-    unit = build(info, module, view, W0, b0, cascade, settings.epsilon, settings.gamma,
-                 settings.lam)
+    eps = settings.epsilon if settings.epsilons is None else settings.epsilons[i]
+    unit = build(info, module, view, W0, b0, cascade, eps, settings.gamma, settings.lam,
+                 relative=cascade and settings.epsilons is not None)
     if info.kind == "conv":
         unit.full = (module, x, folded_preact(preact, bn), shortcut)
     return unit

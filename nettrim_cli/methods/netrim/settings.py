@@ -8,6 +8,9 @@ from nettrim_cli.solvers.base import SolverSettings
 
 PARALLEL = "parallel"
 CASCADE = "cascade"
+UNIFORM = "uniform"
+DISCREPANCY = "discrepancy"
+ALLOCATIONS = (UNIFORM, DISCREPANCY)
 
 
 @dataclass
@@ -20,6 +23,10 @@ class PruneSettings:
     lam: a fixed lambda for eq. 11 instead of an eps (every layer).
     patches: the patch budget of each conv unit (None: ``unitdata.default_patches``).
     seed: seeds the patch sampling (with the unit index).
+    allocation: how ``--sparsity`` spreads the pruning over the layers: ``uniform`` (one eps
+        for every layer) or ``discrepancy`` (per-layer eps, ``allocation.py``).
+    epsilons: per-unit relative eps (the allocation's), replacing ``epsilon`` unit by unit;
+        in cascade mode a later unit's eps is the larger of its own and eq. 7's.
     """
 
     mode: str = CASCADE
@@ -29,3 +36,5 @@ class PruneSettings:
     solver: SolverSettings = field(default_factory=SolverSettings)
     patches: int | None = None
     seed: int = 0
+    allocation: str = UNIFORM
+    epsilons: tuple[float, ...] | None = None

@@ -33,11 +33,13 @@ TOLERANCE = 0.005  # half a point of pruning, the issue's figure
 
 @dataclass
 class Trial:
-    """One Net-Trim run of the search: its eps and the fraction of weights it pruned."""
+    """One Net-Trim run of the search: its eps, the fraction of weights it pruned and the
+    network's output discrepancy on the calibration set (the report's)."""
 
     epsilon: float
     pruned: float
     seconds: float
+    discrepancy: float | None = None
 
     def record(self) -> dict:
         return dataclasses.asdict(self)
@@ -120,7 +122,8 @@ def prune_to_sparsity(run: Callable[[int, float], MethodResult], start: float, t
         t0 = time.perf_counter()
         result = run(k, eps)
         trial = Trial(epsilon=eps, pruned=pruned_fraction(result),
-                      seconds=time.perf_counter() - t0)
+                      seconds=time.perf_counter() - t0,
+                      discrepancy=(getattr(result, "network", None) or {}).get("discrepancy"))
         trials.append(trial)
         if on_trial is not None:
             on_trial(trial, k)

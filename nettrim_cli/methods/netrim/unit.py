@@ -62,11 +62,12 @@ def rows_used(info: LayerInfo, n_samples: int, patches: int | None) -> int:
 
 def build(info: LayerInfo, module: nn.Module, view: UnitView, W0: np.ndarray,
           b0: np.ndarray | None, cascade: bool, epsilon: float | None, gamma: float,
-          lam: float | None) -> UnitPrograms:
+          lam: float | None, relative: bool = False) -> UnitPrograms:
     """The unit's program(s) from its data (eq. 3 with the residual term, or least squares).
 
     ``epsilon``: the relative eps (eps = epsilon * ||Y||_F) unless ``cascade``, where eq. 7
-    gives eps from ``gamma``; with ``lam`` no eps at all."""
+    gives eps from ``gamma`` (with ``relative``, the larger of the two: the original weights
+    stay feasible); with ``lam`` no eps at all."""
     relu = info.activation == RELU
     Z, S, X = view.Z, view.S, view.X
     active = (Z + (S if S is not None else 0.0) > 0) if relu else np.ones(Z.shape, bool)
@@ -91,6 +92,8 @@ def build(info: LayerInfo, module: nn.Module, view: UnitView, W0: np.ndarray,
         if lam is None:
             if cascade:  # eq. 7: eps^2 = gamma * sum over the active set of (w^T yhat - y)^2
                 eps = float(np.sqrt(gamma * np.sum(np.where(act, Vc - Yg, 0.0) ** 2)))
+                if relative:
+                    eps = max(eps, epsilon * float(np.linalg.norm(Yg)))
             else:
                 eps = epsilon * float(np.linalg.norm(Yg))
             eps2 += eps ** 2
