@@ -31,6 +31,8 @@ TOP_KEYS: dict[str, tuple[type, ...]] = {
     "memory_budget_mb": (float, int),
     "patches": (int,),
     "patch_seed": (int,),
+    "refit": (bool,),
+    "reweight": (int,),
 }
 SECTIONS = {"osqp": OSQPSettings, "search": SearchSettings, "admm": ADMMSettings}
 SOLVERS = ("auto", "osqp", "admm")
@@ -231,6 +233,12 @@ def build_settings(config: dict[str, Any], flags: dict[str, Any],
     patches = merged.get("patches")
     if patches is not None and patches < 1:
         raise BadInput(f"patches must be >= 1, got {patches}", origin("patches"))
+    refit, rounds = bool(merged.get("refit", False)), int(merged.get("reweight", 0))
+    if rounds < 0:
+        raise BadInput(f"reweight must be >= 0 (0: off), got {rounds}", origin("reweight"))
+    if rounds and lam is not None:
+        raise BadInput("reweight re-solves program (4) at the layer's eps: it needs an "
+                       "epsilon, not a lambda", origin("reweight"))
     solver = merged.get("solver")
     if solver is None:
         solver = "osqp" if any(flags.get(k) is not None for k in OSQP_FLAGS) else "auto"
@@ -241,6 +249,6 @@ def build_settings(config: dict[str, Any], flags: dict[str, Any],
         lam=None if lam is None else float(lam),
         solver=SolverSettings(osqp=osqp, search=search, zero_threshold=zt, workers=workers,
                               memory_budget_mb=budget, admm=admm),
-        patches=patches, seed=int(merged.get("patch_seed", 0)))
+        patches=patches, seed=int(merged.get("patch_seed", 0)), refit=refit, reweight=rounds)
     _executor_settings(settings.solver, merged, flags, source)
     return settings, solver
