@@ -29,7 +29,7 @@ ARCH = (64, 128, 64, 10)
 TARGET = 0.767
 EPOCHS = 100
 REWEIGHT = 2
-VARIANTS = {"Net-Trim": [], "Net-Trim + refit": ["--refit"],
+VARIANTS = {"Net-Trim": ["--no-refit"], "Net-Trim + refit": ["--refit"],
             f"Net-Trim + reweight {REWEIGHT} + refit": ["--reweight", str(REWEIGHT), "--refit"]}
 
 
@@ -146,8 +146,8 @@ def heldout(d: Path, timed) -> dict:
         pruned = torch.load(out, weights_only=False).eval()
         rows[name] = (accuracy(pruned, xte, yte), r["network"]["pruned_fraction"])
     total = sum(lin.weight.numel() for lin in linears(net))
-    for name, how in (("|w| x ||x|| + least-squares refit", "ls"),
-                      ("|w| x ||x|| + support refit (program)", "program")):
+    for name, how in (("magnitude x input norm + least-squares refit", "ls"),
+                      ("magnitude x input norm + support refit (program)", "program")):
         rows[name] = (accuracy(baseline(net, xtr, counts, how), xte, yte),
                       1.0 - sum(counts) / total)
     return {"rows": rows, "counts": counts, "n_train": len(xtr), "n_test": len(xte),

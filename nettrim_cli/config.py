@@ -233,7 +233,7 @@ def build_settings(config: dict[str, Any], flags: dict[str, Any],
     patches = merged.get("patches")
     if patches is not None and patches < 1:
         raise BadInput(f"patches must be >= 1, got {patches}", origin("patches"))
-    refit, rounds = bool(merged.get("refit", False)), int(merged.get("reweight", 0))
+    refit, rounds = bool(merged.get("refit", True)), int(merged.get("reweight", 0))
     if rounds < 0:
         raise BadInput(f"reweight must be >= 0 (0: off), got {rounds}", origin("reweight"))
     if rounds and lam is not None:

@@ -133,8 +133,8 @@ def _prune(d, tmp_path, tag, *flags) -> dict:
 
 @pytest.mark.parametrize("mode", ["parallel", "cascade"])
 def test_prune_refit_lowers_the_discrepancy_with_the_same_zeros(files, tmp_path, mode):
-    plain = _prune(files, tmp_path, "plain", "--mode", mode)
-    fit = _prune(files, tmp_path, "fit", "--mode", mode, "--refit")
+    plain = _prune(files, tmp_path, "plain", "--mode", mode, "--no-refit")
+    fit = _prune(files, tmp_path, "fit", "--mode", mode)  # the refit is the default
     assert plain["settings"]["refit"] is False and fit["settings"]["refit"] is True
     p0, f0 = plain["layers"][0], fit["layers"][0]
     assert f0["nonzeros_after"] == p0["nonzeros_after"]
@@ -154,8 +154,8 @@ def test_prune_refit_lowers_the_discrepancy_with_the_same_zeros(files, tmp_path,
 
 
 def test_prune_reweight_is_recorded_and_meets_eps(files, tmp_path):
-    plain = _prune(files, tmp_path, "plain", "--mode", "parallel")
-    rw = _prune(files, tmp_path, "rw", "--mode", "parallel", "--reweight", "2")
+    plain = _prune(files, tmp_path, "plain", "--mode", "parallel", "--no-refit")
+    rw = _prune(files, tmp_path, "rw", "--mode", "parallel", "--reweight", "2", "--no-refit")
     assert rw["settings"]["reweight"] == 2
     assert rw["network"]["nonzeros_after"] <= plain["network"]["nonzeros_after"]
     for la in rw["layers"]:
@@ -165,11 +165,14 @@ def test_prune_reweight_is_recorded_and_meets_eps(files, tmp_path):
 
 def test_preset_keys_set_the_options(files, tmp_path):
     preset = tmp_path / "p.toml"
-    preset.write_text("mode = 'parallel'\nrefit = true\nreweight = 1\n")
+    preset.write_text("mode = 'parallel'\nrefit = false\nreweight = 1\n")
     rep = _prune(files, tmp_path, "preset", "--config", preset)
-    assert rep["settings"]["refit"] is True and rep["settings"]["reweight"] == 1
-    rep = _prune(files, tmp_path, "flag", "--config", preset, "--no-refit", "--reweight", "0")
-    assert rep["settings"]["refit"] is False and rep["settings"]["reweight"] == 0
+    assert rep["settings"]["refit"] is False and rep["settings"]["reweight"] == 1
+    assert "refit" not in rep["layers"][0]["solver"]["sharpen"]
+    rep = _prune(files, tmp_path, "flag", "--config", preset, "--refit", "--reweight", "0")
+    assert rep["settings"]["refit"] is True and rep["settings"]["reweight"] == 0
+    assert "reweight" not in rep["layers"][0]["solver"]["sharpen"]
+    rep = _prune(files, tmp_path, "off", "--config", preset, "--no-refit", "--reweight", "0")
     assert "sharpen" not in rep["layers"][0]["solver"]
 
 

@@ -67,7 +67,7 @@ from nettrim_cli.methods.base import RunHooks
 @click.option("--refit/--no-refit", default=None,
               help="Net-Trim: refit every layer's kept weights on their support (the layer "
                    "program with its zeros fixed: lower discrepancy, the same zeros). Default: "
-                   "the preset's 'refit', else off.")
+                   "the preset's 'refit', else on.")
 @click.option("--reweight", type=click.IntRange(0), metavar="K",
               help="Net-Trim: K rounds of reweighted l1 after each layer's solve (sparser at "
                    "the same eps, about K more solves; 0: off, the default; preset key "

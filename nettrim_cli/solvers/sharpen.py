@@ -141,16 +141,18 @@ def _refit_into(program: LayerProgram, out: np.ndarray, m: int, sums: tuple) -> 
     return before + f0, after + f0, improved
 
 
-def support_refit(program: LayerProgram, Wa: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Every column of ``Wa`` (M, N + bias) refitted on its own support: the minimiser of the
-    column's eq.-3 constraint function over the weights it keeps (module docstring). Zeros
-    stay exactly zero; no column's constraint value rises. Returns (weights, record)."""
+def support_refit(program: LayerProgram, Wa: np.ndarray, skip: frozenset[int] = frozenset()
+                  ) -> tuple[np.ndarray, dict]:
+    """Every column of ``Wa`` (M, N + bias) but those in ``skip`` refitted on its own support:
+    the minimiser of the column's eq.-3 constraint function over the weights it keeps (module
+    docstring). Zeros stay exactly zero; no column's constraint value rises. Returns (weights,
+    record)."""
     t0 = time.perf_counter()
     out = np.array(Wa, dtype=np.float64, copy=True)
     before = after = 0.0
     improved = 0
     with fixed_threads(1):  # many small dense systems: BLAS threads only add contention
-        for m in range(program.n_out):
+        for m in (m for m in range(program.n_out) if m not in skip):
             before, after, improved = _refit_into(program, out, m, (before, after, improved))
     record = {"columns_improved": improved,
               "constraint_before": float(np.sqrt(before)),
@@ -217,7 +219,11 @@ def sharpen(program: LayerProgram, sol: LayerSolution, settings: SolverSettings,
     if rounds > 0 and program.epsilon is not None:
         sol, record["reweight"] = reweight(program, sol, settings, rounds, progress)
     if refit:
-        Wa, record["refit"] = support_refit(program, sol.Wa)
+        # a column the solver could not settle keeps its original weights (or its mix with
+        # them), as the report says; a dead neuron keeps its settled answer
+        skip = frozenset([f["column"] for f in sol.failed]
+                         + [m for m, st in enumerate(sol.status) if st == "dead_neuron"])
+        Wa, record["refit"] = support_refit(program, sol.Wa, skip)
         cv = program.constraint_value(Wa)
         reached = sol.eps_reached or (program.epsilon is not None and cv <= program.epsilon)
         sol = dataclasses.replace(sol, Wa=Wa, constraint=cv, eps_reached=reached)

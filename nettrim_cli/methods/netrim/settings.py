@@ -20,7 +20,9 @@ class PruneSettings:
     lam: a fixed lambda for eq. 11 instead of an eps (every layer).
     patches: the patch budget of each conv unit (None: ``unitdata.default_patches``).
     seed: seeds the patch sampling (with the unit index).
-    refit: refit every layer's kept weights on their support (nettrim_cli/solvers/sharpen.py).
+    refit: refit every layer's kept weights on their support (nettrim_cli/solvers/sharpen.py);
+        on by default: measured, it lowers the discrepancy and raises the test accuracy at the
+        same sparsity (docs/sharpen.md) for a few seconds a layer.
     reweight: rounds of reweighted l1 after each layer's solve (0: none; needs an eps).
     """
 
@@ -31,5 +33,5 @@ class PruneSettings:
     solver: SolverSettings = field(default_factory=SolverSettings)
     patches: int | None = None
     seed: int = 0
-    refit: bool = False
+    refit: bool = True
     reweight: int = 0
