@@ -48,10 +48,11 @@ def test_default_matches_the_osqp_reference_on_small_layers(case):
 
 
 @pytest.mark.parametrize("case", ["parallel-relu", "cascade-relu"])
-def test_fast_path_meets_eps_close_to_the_reference(case):
-    """A layer above the size limit (forced here with small=0): float32 ADMM stopped on its
-    support, refitted on all samples. Not certified, but eps holds when measured and the
-    answer is near the optimum of (4)."""
+def test_fast_path_meets_eps_sparser_than_the_reference(case):
+    """A layer above the size limit (forced here with small=0): short float32 ADMM stages on
+    an inflated radius, each support refitted on all samples (solvers/admm/staged.py). Not
+    certified and not the l1 optimum of (4), but eps holds when measured, and the refitted
+    answer keeps no more weights than that optimum and lies closer to the layer's output."""
     program = make_layer(P=400, N=40, M=10, **CASES[case])
     sol = AutoSolver(small=0.0).solve(program, SolverSettings())
     ref = _reference(program)
@@ -60,13 +61,12 @@ def test_fast_path_meets_eps_close_to_the_reference(case):
     assert sol.eps_reached
     assert program.constraint_value(sol.Wa) <= eps
     assert set(sol.status) <= {"solved_inaccurate", "dead_neuron"}
-    la, lo = l1(sol.Wa, N), l1(ref.Wa, N)
-    # within 5% of the optimum of (4); it may lie a little below it, since the refit counts an
-    # inactive sample's excess over its bound in the eps budget (the measured constraint)
-    # where (4) forbids it
-    assert abs(la - lo) <= 0.05 * lo, (la, lo)
+    stages = [h for h in sol.history if h["stage"] == "admm+refit"]
+    assert stages and any(h["feasible"] for h in stages)
+    assert sol.history[-1] == {"stage": "chosen", "source": "refit", "certified": False}
     nz, nz_ref = int((sol.Wa[:, :N] != 0).sum()), int((ref.Wa[:, :N] != 0).sum())
-    assert nz <= 1.25 * nz_ref, (nz, nz_ref)
+    assert nz <= nz_ref, (nz, nz_ref)
+    assert program.discrepancy(sol.Wa) <= program.discrepancy(ref.Wa)
 
 
 def test_an_unreachable_eps_is_reported():

@@ -1,0 +1,136 @@
+"""The support refit: the weights on a fixed support that minimise the eq. 3 misfit.
+
+For a layer answer W whose zeros are to stay zeros, every column m is refitted on its
+support S_m by minimising the constraint function of eq. 3 restricted to S_m,
+
+    f_m(w) = sum_{p in Omega_m} (x_p[S]^T w - y_pm)^2
+             + sum_{p not in Omega_m} (x_p[S]^T w - v_pm)_+^2,
+
+a convex piecewise quadratic (the active misfit plus the violations of the inactive
+inequalities): the sum over the columns of its minima is the least constraint value any
+weights with these zeros can have, so a support whose refit misses eps cannot meet it at all.
+f_m is minimised by a semismooth Newton method: with H the inactive samples whose
+pre-activation is over the bound, the step is the least-squares fit over Omega_m and H
+(targets y and v), computed from the small Gram matrix X[R, S]^T X[R, S] of the column's
+rows R = Omega_m + H; a backtracking line search on f_m over all samples keeps every step a
+descent step, and H is recomputed after each step. The minimiser is reached when H stops
+changing (finitely many sets); a few rounds settle it in practice.
+
+All columns share the products with X (one P x (N+1) x L product per round, for the
+pre-activations after the step); only the Gram matrices are per column.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover - optional
+    threadpool_limits = None
+
+# backtracking steps tried along each column's Newton direction (1 is the full step)
+STEPS = (1.0, 0.5, 0.25, 0.125, 0.0625)
+
+
+def misfit(Z: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray) -> np.ndarray:
+    """f_m for every column m, given the pre-activations Z (P x L): the squared eq. 3
+    constraint value per column (active misfit plus inactive violations)."""
+    r = np.where(act, Z - Y, np.maximum(Z - V, 0.0))
+    return np.einsum("pl,pl->l", r, r)
+
+
+def _column_fit(Xa: np.ndarray, rows: np.ndarray, T: np.ndarray, S: np.ndarray,
+                ridge: float) -> np.ndarray:
+    """The least-squares fit of one column on its support S over its rows (targets T)."""
+    r = np.flatnonzero(rows)
+    if S.size == 0 or r.size == 0:
+        return np.zeros(S.size)
+    Xs = np.take(np.take(Xa, r, axis=0), S, axis=1)  # faster than Xa[np.ix_(r, S)]
+    G = (Xs.T @ Xs).astype(np.float64)
+    G[np.diag_indices_from(G)] += ridge * (np.trace(G) / S.size + 1e-300)
+    b = (Xs.T @ T[r].astype(Xs.dtype)).astype(np.float64)
+    try:
+        return np.linalg.solve(G, b)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(G, b, rcond=None)[0]
+
+
+def _newton_points(Xa: np.ndarray, Z: np.ndarray, Y: np.ndarray, V: np.ndarray,
+                   act: np.ndarray, on: np.ndarray, ridge: float, workers: int) -> np.ndarray:
+    """Every column's Newton point: the least-squares fit on its support over its active
+    samples and the inactive samples over the bound (towards Y and V). Returns W^T. The
+    columns are shared among ``workers`` threads, each with one BLAS thread (the Gram
+    matrices are small: more BLAS threads per column only contend). The Gram matrices are
+    formed in ``Xa``'s dtype (float32 halves the gathers on a large layer; its rounding,
+    1e-7 relative, acts as a ridge) and solved in float64."""
+    rows_all = act | (Z > V)
+    T = np.where(act, Y, V)
+    Na, L = on.shape
+    WN = np.zeros((Na, L))
+
+    def fit(cols: range) -> None:
+        with threadpool_limits(1) if threadpool_limits else _null():
+            for m in cols:
+                S = np.flatnonzero(on[:, m])
+                WN[S, m] = _column_fit(Xa, rows_all[:, m], T[:, m], S, ridge)
+
+    chunks = [range(k, L, workers) for k in range(workers)]
+    if workers <= 1:
+        fit(chunks[0])
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fit, chunks))
+    return WN
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def refit_support(Xa: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray,
+                  WT: np.ndarray, bias: bool, rounds: int = 4, ridge: float = 1e-10,
+                  workers: int = 2, tol: float = 1e-3,
+                  gram_dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """Minimise f_m over the support of every column of ``WT`` ((N + bias) x L, the bias as
+    last row, always free), starting from ``WT``. Returns (the refitted W^T, f per column):
+    zeros stay zeros and no column's f ever rises (each accepted step is a descent step).
+    Stops after ``rounds`` Newton steps or when a step lowers the layer's misfit by less than
+    ``tol`` (relative)."""
+    Xa = np.asarray(Xa, dtype=np.float64)
+    Xg = Xa if gram_dtype == np.float64 else Xa.astype(gram_dtype)
+    Y = np.asarray(Y, dtype=np.float64)
+    V = np.asarray(V, dtype=np.float64)
+    W = np.array(WT, dtype=np.float64)
+    on = W != 0
+    if bias:
+        on[-1] = True
+    Z = Xa @ W
+    f = misfit(Z, Y, V, act)
+    for _ in range(rounds):
+        WN = _newton_points(Xg, Z, Y, V, act, on, ridge, workers)
+        D = WN - W
+        DZ = Xa @ D
+        best_t = np.zeros(W.shape[1])
+        best_f = f.copy()
+        for t in STEPS:
+            ft = misfit(Z + t * DZ, Y, V, act)
+            better = ft < best_f * (1.0 - 1e-12)
+            best_t = np.where(better & (best_t == 0), t, best_t)
+            best_f = np.where(better & (best_t == t), ft, best_f)
+        moved = best_t > 0
+        if not moved.any():
+            break
+        W += D * best_t
+        Z += DZ * best_t
+        gain = (f.sum() - best_f.sum()) / max(f.sum(), 1e-300)
+        f = misfit(Z, Y, V, act)
+        if gain < tol:  # the layer's misfit no longer moves: the sets have settled
+            break
+    return W, f

@@ -1,0 +1,138 @@
+"""The fast path of the default solver on a large layer: short ADMM stages on an inflated
+radius, each followed by the exact support refit (``refit.py``).
+
+The l1 answer of program (4) shrinks its kept weights: refitted on the same support (the
+weights with those zeros that minimise the eq. 3 misfit) its misfit is far below eps (on the
+784 -> 500 layer of the bench MLP, 0.6 eps for every radius tried). So the l1 program is
+solved for a *larger* radius k eps, whose support is sparser, and the refit brings that
+support back onto eps: the answer is the refitted weights, feasible for eq. 3 at eps when
+measured on every sample, and sparser than the l1 answer at eps (the relaxed lasso).
+
+Stage by stage: ``stage_iters`` ADMM iterations at the radius k eps (warm started from the
+previous stage), then the refit; k is then moved by the ratio of the refit's misfit to eps
+(aiming at ``aim`` eps; bisected once a feasible and an infeasible radius bracket it), and the
+sparsest feasible refit is kept. ADMM need not converge: the
+support of a few dozen iterations refits as well as that of a converged run (at 100
+iterations on that layer, 77.4% zeros refitting to 0.64 eps, where the converged l1 answer
+at eps has 76.3% zeros after 420 iterations). When no stage gives a feasible refit, the
+caller continues with plain ADMM at eps (``layer.solve_layer``'s stages).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from nettrim_cli.solvers.admm.layer import _Answer, _LayerSolve
+from nettrim_cli.solvers.admm.refit import refit_support
+from nettrim_cli.solvers.admm.repair import _l1
+from nettrim_cli.solvers.admm.settings import ADMMSettings, ADMMSolution
+from nettrim_cli.solvers.base import Progress, SolverSettings, no_progress
+
+
+@dataclass
+class StageSettings:
+    """The staged fast path.
+
+    inflation: the first stage's radius as a multiple of eps (the refit/l1 misfit ratio of
+        0.6 measured on the bench layers puts the answer near 1.6).
+    stage_iters: ADMM iterations per stage.
+    stages: at most this many stages.
+    aim: the refit's misfit the next radius aims at, as a fraction of eps (a margin for the
+        support changing with the radius).
+    settle: stop once a feasible refit was found, the next radius would move by less than this
+        fraction and the support's size moved by less than it since the previous stage.
+    refit_rounds: Newton rounds of each refit (each costs a Gram matrix per column).
+    gram_dtype: dtype of the refit's Gram matrices (float32 on large layers).
+    """
+
+    inflation: float = 1.5
+    stage_iters: int = 50
+    stages: int = 4
+    aim: float = 0.97
+    settle: float = 0.04
+    gram_dtype: str = "float32"
+    refit_rounds: int = 3
+
+
+def _nonzeros(Wa: np.ndarray, n_in: int) -> int:
+    return int(np.count_nonzero(Wa[:, :n_in]))
+
+
+def run_stages(run: _LayerSolve, stage: StageSettings, progress: Progress) -> None:
+    """The stages on a started ``run`` (``run.start``); offers the sparsest feasible refit
+    (fewest nonzeros, then the lowest misfit) to ``run`` and records every stage in its
+    history."""
+    solver, program = run.solver, run.program
+    base = solver.radius
+    live = run.idx
+    rest = np.setdiff1d(np.arange(len(run.Wa)), live)
+    rest2 = program.constraint_value(run.Wa[rest], columns=rest) ** 2 if rest.size else 0.0
+    infl = float(stage.inflation)
+    best: tuple[int, float, np.ndarray] | None = None
+    lo, hi = 0.0, float("inf")  # the largest feasible and the smallest infeasible radius
+    prev_nnz: int | None = None
+    total = stage.stages * stage.stage_iters
+    for k in range(stage.stages):
+        t0 = time.perf_counter()
+        solver.radius = base * infl
+        solver.run(stage.stage_iters, *run.tol,
+                   lambda _w, i, _n, d=k * stage.stage_iters: progress(
+                       "admm stages", d + i, total))
+        WT, _ = solver.result()
+        Wadmm = run.assemble(WT)
+        t1 = time.perf_counter()
+        WF, f = refit_support(program.Xa, run.Yl, run.Vl, run.actl, Wadmm[live].T,
+                              program.bias, rounds=stage.refit_rounds,
+                              gram_dtype=np.dtype(stage.gram_dtype))
+        Wr = run.assemble(WF)
+        misfit = float(np.sqrt(f.sum() + rest2))
+        feasible = run.ok(Wr)
+        nnz = _nonzeros(Wr, run.n_in)
+        run.history.append({"stage": "admm+refit", "k": k + 1, "radius": infl,
+                            "iterations": solver.iterations, "nonzeros": nnz,
+                            "refit_misfit": misfit / run.eps, "feasible": feasible,
+                            "admm_seconds": round(t1 - t0, 3),
+                            "refit_seconds": round(time.perf_counter() - t1, 3)})
+        if feasible and (best is None or (nnz, misfit) < best[:2]):
+            best = (nnz, misfit, Wr)
+        if feasible:
+            lo = max(lo, infl)
+        else:
+            hi = min(hi, infl)
+        nxt = infl * float(np.clip(stage.aim * run.eps / max(misfit, 1e-300), 0.5, 2.0))
+        if not lo < nxt < hi:  # the radii tried bracket the answer: bisect (geometrically)
+            nxt = float(np.sqrt(lo * hi)) if lo > 0 and np.isfinite(hi) else nxt
+        # settled: a feasible refit, a radius that stays, and a support that has stopped
+        # thinning (ADMM stopped early: its support still moves over the first stages)
+        still = prev_nnz is not None and abs(nnz - prev_nnz) <= stage.settle * prev_nnz
+        if best is not None and abs(nxt / infl - 1.0) < stage.settle and still:
+            break
+        prev_nnz = nnz
+        infl = nxt
+    solver.radius = base
+    if best is not None:
+        run.offer(_Answer(best[2], False, _l1(best[2], run.n_in), "refit"))
+
+
+def solve_staged(program, settings: SolverSettings, progress: Progress = no_progress,
+                 admm_settings: ADMMSettings | None = None,
+                 stage: StageSettings | None = None) -> ADMMSolution:
+    """The staged fast path for a relu or no-activation layer with an eps (see the module
+    docstring); ADMM in float32 on the CPU. Falls back to ``solve_layer``'s own stages
+    (ADMM at eps to its residual stop, the repair) when no stage's refit meets eps."""
+    t0 = time.perf_counter()
+    opts = admm_settings or ADMMSettings(polish=False)
+    stage = stage or StageSettings()
+    run = _LayerSolve(program, settings, opts, progress)
+    if run.live:
+        run.start("cpu", "float32")
+        if run.eps is not None and run.eps > 0:
+            run_stages(run, stage, progress)
+        if run.best is None:
+            run.history.append({"stage": "fallback", "why": "no stage's refit met eps"})
+            run.attempt(0, last=True)
+        run.choose()
+    return run.solution(t0)
