@@ -81,6 +81,8 @@ def prune(mode: str, name: str, flags: list[str], model: Path, acts: Path, start
     preset = SH / f"start-{tag}.toml"
     preset.write_text(f"epsilon = {start!r}\n")
     target = ["--sparsity", str(TARGET)] if search else []
+    if Path(f"{out}.nettrim-work").exists():  # an interrupted run continues
+        target.append("--resume")
     timed(tag, run("prune", str(model), "--acts", str(acts), "--mode", mode, *target,
                    "--config", str(preset), *flags, "-o", str(out), "--report", str(report),
                    "-q", out=report))
@@ -136,6 +138,7 @@ def main() -> int:
             # from 1.25 x the plain eps (the refit prunes less at the same eps)
             tables[mode]["refit searched"] = row(prune(
                 mode, "refit searched", ["--refit"], model, acts, 1.25 * start, timed), test_h5)
+            write_doc(dense, tables, held, calib, timed.times)
         for name, flags in list(VARIANTS.items())[1:]:
             tables[mode][name] = row(prune(mode, name, flags, model, acts, start, timed),
                                      test_h5)
