@@ -6,7 +6,7 @@ DEMO ?= demo_out
 NETTRIM := $(BIN)/nettrim
 
 .PHONY: install test demo bench experiments experiments-lc experiments-hs conv-experiments \
-	finetune-recipe resume-check lint clean fashion-mnist
+	finetune-recipe resume-check lint clean fashion-mnist experiments-sharpen
 
 # torch is installed first and pinned to the CPU build that lies on this machine's disk:
 # a loose `torch` requirement would pull a multi-GB CUDA build.
@@ -68,6 +68,13 @@ experiments-lc: install fashion-mnist
 # fine-tune, the one-shot baselines at its counts, LC and HPTD (reuses `make experiments-lc`).
 experiments-hs: install fashion-mnist
 	$(BIN)/python -m experiments.high_sparsity
+
+# Issue 16's support refit (--refit) and reweighted l1 (--reweight K): LeNet300 at 90% pruned in
+# both modes with and without them, and the held-out digits MLP against a magnitude x input-norm
+# selection with a least-squares refit; writes docs/sharpen.md (about an hour on 2 shared cores;
+# cached in exp_out/sharpen, reuses `make experiments-lc`'s network when it is on disk).
+experiments-sharpen: install fashion-mnist
+	nice $(BIN)/python -m experiments.sharpen
 
 # How the default of `nettrim finetune` was chosen: NN2-10K pruned to 90% (Net-Trim and
 # SparseGPT-style), fine-tuned with a grid of recipes; writes docs/finetune-recipe.md (~30 min).

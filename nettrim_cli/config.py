@@ -38,6 +38,8 @@ TOP_KEYS: dict[str, tuple[type, ...]] = {
     "patches": (int,),
     "patch_seed": (int,),
     "allocation": (str,),
+    "refit": (bool,),
+    "reweight": (int,),
 }
 SECTIONS = {"osqp": OSQPSettings, "search": SearchSettings, "admm": ADMMSettings}
 SOLVERS = ("auto", "osqp", "admm")
@@ -242,6 +244,12 @@ def build_settings(config: dict[str, Any], flags: dict[str, Any],
     if allocation not in ALLOCATIONS:
         raise BadInput(f"allocation must be {' or '.join(map(repr, ALLOCATIONS))}, got "
                        f"{allocation!r}", origin("allocation"))
+    refit, rounds = bool(merged.get("refit", True)), int(merged.get("reweight", 0))
+    if rounds < 0:
+        raise BadInput(f"reweight must be >= 0 (0: off), got {rounds}", origin("reweight"))
+    if rounds and lam is not None:
+        raise BadInput("reweight re-solves program (4) at the layer's eps: it needs an "
+                       "epsilon, not a lambda", origin("reweight"))
     solver = merged.get("solver")
     if solver is None:
         solver = "osqp" if any(flags.get(k) is not None for k in OSQP_FLAGS) else "auto"
@@ -252,6 +260,7 @@ def build_settings(config: dict[str, Any], flags: dict[str, Any],
         lam=None if lam is None else float(lam),
         solver=SolverSettings(osqp=osqp, search=search, zero_threshold=zt, workers=workers,
                               memory_budget_mb=budget, admm=admm),
-        patches=patches, seed=int(merged.get("patch_seed", 0)), allocation=allocation)
+        patches=patches, seed=int(merged.get("patch_seed", 0)), allocation=allocation,
+        refit=refit, reweight=rounds)
     _executor_settings(settings.solver, merged, flags, source)
     return settings, solver

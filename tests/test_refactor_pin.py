@@ -4,7 +4,12 @@ sha256 of the checkpoint it writes. The digests were recorded with the code of c
 before any module was moved; a change that alters a single written weight fails here.
 
 Issue 13 made the whole-layer ``auto`` solver the default: the Net-Trim cases pin the OSQP
-column path, so they name ``--solver osqp`` (the invocations were the defaults before)."""
+column path, so they name ``--solver osqp`` (the invocations were the defaults before).
+
+Issue 16 made the support refit (``--refit``, nettrim_cli/solvers/sharpen.py) the default: the
+Net-Trim cases pin the solvers' own answers, so they name ``--no-refit``; the case
+``parallel-osqp-refit`` (recorded when the refit landed) pins the default on top of the
+OSQP answer of ``parallel-osqp``."""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from tests.nt_test_archs import mlp
 
 PINNED = {
     "parallel-osqp": "950384d103af12ef12bb45af8a4f593800b639563bada1d510a4423708e48181",
+    "parallel-osqp-refit": "453702f3362cb504ee4035c1358860616af6a5c7ee708d6fa7af1da305d0c364",
     "cascade-osqp": "62cbbc64cf06ad8afceac10e6d6a38dee389ff674f7bae5250fb2976ef35e1f1",
     "cascade-admm": "3504d0931cfcf1908c04b91d53330c4f6bdd5dcb9e0deb9c8bc02e686404886a",
     "parallel-lambda": "68f597b1cfcc755f14744038ea3003cf7cded2f6d724aa3309292dad9c2df7de",
@@ -30,14 +36,18 @@ PINNED = {
 }
 
 CASES = {
-    "parallel-osqp": ["--mode", "parallel", "--epsilon", "0.05", "--solver", "osqp"],
+    "parallel-osqp": ["--mode", "parallel", "--epsilon", "0.05", "--solver", "osqp",
+                      "--no-refit"],
+    "parallel-osqp-refit": ["--mode", "parallel", "--epsilon", "0.05", "--solver", "osqp"],
     "cascade-osqp": ["--mode", "cascade", "--epsilon", "0.05", "--gamma", "1.1",
-                     "--solver", "osqp"],
-    "cascade-admm": ["--mode", "cascade", "--epsilon", "0.1", "--solver", "admm"],
-    "parallel-lambda": ["--mode", "parallel", "--lambda", "0.02", "--solver", "osqp"],
+                     "--solver", "osqp", "--no-refit"],
+    "cascade-admm": ["--mode", "cascade", "--epsilon", "0.1", "--solver", "admm", "--no-refit"],
+    "parallel-lambda": ["--mode", "parallel", "--lambda", "0.02", "--solver", "osqp",
+                        "--no-refit"],
     "parallel-column-scope": ["--mode", "parallel", "--epsilon", "0.1", "--scope", "column",
-                              "--solver", "osqp"],
-    "sd-cascade-osqp": ["--mode", "cascade", "--epsilon", "0.08", "--solver", "osqp"],
+                              "--solver", "osqp", "--no-refit"],
+    "sd-cascade-osqp": ["--mode", "cascade", "--epsilon", "0.08", "--solver", "osqp",
+                        "--no-refit"],
     "sparsegpt-0.5": ["--method", "sparsegpt", "--sparsity", "0.5"],
     "wanda-match": ["--method", "wanda", "--match", "MATCH"],
     "magnitude-0.6": ["--method", "magnitude", "--sparsity", "0.6"],
@@ -56,7 +66,8 @@ def pin_assets(tmp_path_factory):
     r = invoke("dump", d / "model.pt", "--inputs", d / "calib.npy", "-o", d / "acts.h5")
     assert r.exit_code == 0, r.stderr
     r = invoke("prune", d / "model.pt", "--acts", d / "acts.h5", "--mode", "parallel",
-               "--epsilon", "0.1", "--solver", "osqp", "-o", d / "match.pt", "--report",
+               "--epsilon", "0.1", "--solver", "osqp", "--no-refit", "-o", d / "match.pt",
+               "--report",
                d / "match.json", "-q")
     assert r.exit_code == 0, r.stderr
     return d

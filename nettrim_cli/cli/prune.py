@@ -64,6 +64,14 @@ from nettrim_cli.methods.base import RunHooks
 @click.option("--patches", type=click.IntRange(1),
               help="Conv layers: patches (image x position) sampled for each layer's program "
                    "(default: up to 20000, fewer for wide layers; the preset key 'patches').")
+@click.option("--refit/--no-refit", default=None,
+              help="Net-Trim: refit every layer's kept weights on their support (the layer "
+                   "program with its zeros fixed: lower discrepancy, the same zeros). Default: "
+                   "the preset's 'refit', else on.")
+@click.option("--reweight", type=click.IntRange(0), metavar="K",
+              help="Net-Trim: K rounds of reweighted l1 after each layer's solve (sparser at "
+                   "the same eps, about K more solves; 0: off, the default; preset key "
+                   "'reweight').")
 @click.option("--strict", is_flag=True,
               help="Exit 1 and write nothing if any column is not solved.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
@@ -184,6 +192,7 @@ OPTION_PARAMS = {
     "--dtype": "dtype", "--workers": "workers", "--executor": "executor",
     "--address": "address", "--osqp-algebra": "osqp_algebra", "--strict": "strict",
     "--workdir": "workdir", "--resume": "resume", "--match": "match_path",
-    "--sparsity": "sparsity", "--patches": "patches",
+    "--sparsity": "sparsity", "--patches": "patches", "--refit": "refit",
+    "--reweight": "reweight",
     **{flag: param for flag, param, _ in TRAINING_FLAGS},
 }

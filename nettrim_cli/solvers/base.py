@@ -123,6 +123,8 @@ class LayerSolution:
     eps_reached: bool = True
     history: list[dict] = field(default_factory=list)
     workers: int = 1
+    # what the support refit and the reweighted l1 did (nettrim_cli/solvers/sharpen.py)
+    sharpen: dict | None = None
 
     def common_summary(self, name: str) -> dict:
         """The report fields every solver shares."""
@@ -136,6 +138,7 @@ class LayerSolution:
             "seconds": round(self.seconds, 4),
             "dead_columns": self.dead_columns,
             "epsilon_reached": self.eps_reached,
+            **({"sharpen": self.sharpen} if self.sharpen else {}),
         }
 
     def summary(self) -> dict:

@@ -22,6 +22,7 @@ from nettrim_cli.methods.netrim.settings import (
 )
 from nettrim_cli.solvers import make_solver
 from nettrim_cli.solvers.base import LayerSolver, Progress, no_progress
+from nettrim_cli.solvers.sharpen import sharpened
 from nettrim_cli.workdir import WorkDir, default_workdir
 
 __all__ = ["CASCADE", "PARALLEL", "NetTrim", "PruneSettings", "prune"]
@@ -49,6 +50,7 @@ def prune(ckpt: Checkpoint, dump: DumpReader, settings: PruneSettings, solver: L
         the pruned weights per unit, per-unit results and network-level figures.
     """
     check_settings(settings)
+    solver = sharpened(solver, settings.refit, settings.reweight)
     if settings.mode == PARALLEL and settings.solver.executor == "ray":
         from nettrim_cli.methods.netrim.on_ray import run_on_ray
 
@@ -71,7 +73,7 @@ class NetTrim(ResumableMethod):
     options = ("--config", "--mode", "--epsilon", "--gamma", "--lambda", "--scope", "--solver",
                "--device", "--dtype", "--workers", "--workdir", "--resume", "--strict",
                "--executor", "--address", "--osqp-algebra", "--sparsity", "--patches",
-               "--allocation")
+               "--allocation", "--refit", "--reweight")
     hint = ("--match is for the baselines (--method magnitude, wanda or sparsegpt); Net-Trim "
             "is steered by --epsilon, --lambda or --sparsity")
 
@@ -79,7 +81,8 @@ class NetTrim(ResumableMethod):
                  lam=None, scope=None, solver=None, device: str = "cpu",
                  dtype: str = "float64", workers=None, workdir=None, resume: bool = False,
                  strict: bool = False, executor=None, address=None, osqp_algebra=None,
-                 sparsity: float | None = None, patches=None, allocation=None) -> None:
+                 sparsity: float | None = None, patches=None, allocation=None,
+                 refit=None, reweight=None) -> None:
         if sparsity is not None:
             if not 0.0 < sparsity < 1.0:
                 raise BadInput(f"--sparsity must be in (0, 1), got {sparsity}")
@@ -99,7 +102,7 @@ class NetTrim(ResumableMethod):
                       "gamma": gamma, "lambda": lam,
                       "scope": scope, "solver": solver, "workers": workers,
                       "executor": executor, "address": address, "osqp_algebra": osqp_algebra,
-                      "patches": patches}
+                      "patches": patches, "refit": refit, "reweight": reweight}
         from nettrim_cli.config import resolve_preset
 
         # a preset name is recorded (report inputs, output checks) as the file it names
@@ -170,7 +173,8 @@ class NetTrim(ResumableMethod):
             "mode": s.mode, "epsilon": s.epsilon,
             "gamma": s.gamma if s.mode == CASCADE else None, "lambda": s.lam,
             "solver": self.solver_name, "zero_threshold": s.solver.zero_threshold,
-            "patches": s.patches, "patch_seed": s.seed,
+            "patches": s.patches, "patch_seed": s.seed, "refit": s.refit,
+            "reweight": s.reweight,
             "osqp": asdict(s.solver.osqp), "search": asdict(s.solver.search)}
         if search is not None:
             result.settings["sparsity_search"] = search

@@ -27,6 +27,10 @@ class PruneSettings:
         for every layer) or ``discrepancy`` (per-layer eps, ``allocation.py``).
     epsilons: per-unit relative eps (the allocation's), replacing ``epsilon`` unit by unit;
         in cascade mode a later unit's eps is the larger of its own and eq. 7's.
+    refit: refit every layer's kept weights on their support (nettrim_cli/solvers/sharpen.py);
+        on by default: measured, it lowers the discrepancy and raises the test accuracy at the
+        same sparsity (docs/sharpen.md) for a few seconds a layer.
+    reweight: rounds of reweighted l1 after each layer's solve (0: none; needs an eps).
     """
 
     mode: str = CASCADE
@@ -38,3 +42,5 @@ class PruneSettings:
     seed: int = 0
     allocation: str = UNIFORM
     epsilons: tuple[float, ...] | None = None
+    refit: bool = True
+    reweight: int = 0

@@ -51,7 +51,11 @@ class _ADMM:
         self.act = torch.as_tensor(act, device=self.dev)
         self.actf = self.act.to(self.dt)
         self.Vm = torch.where(self.act, torch.inf, self.V)
-        self.wl1 = self._t((l1mask * self.e)[:, None])  # |W_jm| = s e_j |x_jm|
+        # |W_jm| = s e_j |x_jm|; a 1-D mask weighs every column alike (program (4)), a 2-D
+        # (N + bias, L) one weighs each entry (the reweighted l1 of Candes et al. 2008)
+        l1mask = np.asarray(l1mask, dtype=np.float64)
+        self.wl1 = self._t((l1mask * self.e)[:, None] if l1mask.ndim == 1
+                           else l1mask * self.e[:, None])
         self.radius = None if eps is None else eps / s
         self.lam = None if lam is None else lam * s  # eq. 11 divided by s, in scaled units
         self.r = float(opts.ratio)
@@ -63,7 +67,7 @@ class _ADMM:
         self.uz = torch.zeros_like(self.z)
         self.xh = self.x
         self.c = self.z.clone()
-        wnorm = float(torch.linalg.norm(self.wl1)) * np.sqrt(L)
+        wnorm = float(torch.linalg.norm(self.wl1)) * (np.sqrt(L) if l1mask.ndim == 1 else 1.0)
         xnorm = float(torch.linalg.norm(self.x))
         if opts.rho:
             self.rho = float(opts.rho)

@@ -78,8 +78,10 @@ class _LayerSolve:
     (history, failed columns, counts) they write."""
 
     def __init__(self, program: LayerProgram, settings: SolverSettings, opts: ADMMSettings,
-                 progress: Progress) -> None:
+                 progress: Progress, l1_weights: np.ndarray | None = None,
+                 warm: np.ndarray | None = None) -> None:
         self.program, self.opts, self.progress = program, opts, progress
+        self.l1_weights, self.warm = l1_weights, warm
         self.n_in = program.n_in
         self.Xa = program.Xa
         self.Wa0 = program.Wa0
@@ -124,12 +126,15 @@ class _LayerSolve:
         polish."""
         program, opts, idx, Xa, eps = self.program, self.opts, self.idx, self.Xa, self.eps
         l1mask = np.ones(Xa.shape[1])
+        if self.l1_weights is not None:  # (M, N) per-entry weights: the live columns' (Na, L)
+            l1mask = np.zeros((Xa.shape[1], len(idx)))
+            l1mask[: self.n_in] = np.asarray(self.l1_weights, dtype=np.float64)[idx].T
         if program.bias:
             l1mask[-1] = 0.0  # the bias is not penalised
         self.Yl, self.Vl = self.Y[:, idx], program.bounds[:, idx]
         self.actl = program.active_set[:, idx]  # Omega of eq. 3, as the program stores it
         self.gram = _gram_form(Xa, self.Yl, eps) if program.activation == NONE else None
-        W0T = self.Wa0[idx].T
+        W0T = (self.Wa0 if self.warm is None else np.asarray(self.warm, np.float64))[idx].T
         if self.gram is not None:
             # no activation: the misfit lives in the span of X, so ADMM runs on an
             # (rank x L) sample block instead of (P x L), exactly the same program; every
@@ -312,15 +317,23 @@ class _LayerSolve:
 
 def solve_layer(program: LayerProgram, settings: SolverSettings,
                 progress: Progress = no_progress, device: str = "cpu", dtype: str = "float64",
-                admm_settings: ADMMSettings | None = None) -> ADMMSolution:
+                admm_settings: ADMMSettings | None = None, l1_weights: np.ndarray | None = None,
+                warm: np.ndarray | None = None) -> ADMMSolution:
     """Solve program (4)/(6) -- or eq. 11 for every column at a fixed ``program.lam`` -- for the
     whole layer with ADMM and an active-set polish. ``admm_settings`` (or ``settings.admm``
     when the settings carry one) tunes ADMM; ``device``/``dtype`` are torch's for ADMM (the
     polish runs in float64 numpy). Dead neurons are settled first (``dead_neuron``); when the
-    polish cannot certify the answer, ADMM resumes once (``ADMMSettings.retry``)."""
+    polish cannot certify the answer, ADMM resumes once (``ADMMSettings.retry``).
+
+    ``l1_weights`` (M, N), positive: the objective of (4) becomes sum_mj c_mj |W_mj| (the
+    reweighted l1 of Candes, Wakin and Boyd 2008); the polish, which certifies the unweighted
+    program, is then off. ``warm`` (M, N + bias): ADMM starts there instead of at W0 (W0
+    stays the feasible fallback)."""
     t0 = time.perf_counter()
     opts = admm_settings or getattr(settings, "admm", None) or ADMMSettings()
-    run = _LayerSolve(program, settings, opts, progress)
+    if l1_weights is not None and opts.polish:
+        opts = dataclasses.replace(opts, polish=False)
+    run = _LayerSolve(program, settings, opts, progress, l1_weights, warm)
     if run.live:
         run.start(device, dtype)
         # a retry when the polish cannot certify, or when ADMM stopped on its support and
