@@ -218,7 +218,10 @@ def sharpen(program: LayerProgram, sol: LayerSolution, settings: SolverSettings,
     record: dict = {}
     if rounds > 0 and program.epsilon is not None:
         sol, record["reweight"] = reweight(program, sol, settings, rounds, progress)
-    if refit:
+    if refit and _refitted(sol):
+        record["refit"] = {"skipped": "the answer is already the support refit's (the default "
+                                      "solver's staged fast path, solvers/admm/staged.py)"}
+    elif refit:
         # a column the solver could not settle keeps its original weights (or its mix with
         # them), as the report says; a dead neuron keeps its settled answer
         skip = frozenset([f["column"] for f in sol.failed]
@@ -228,6 +231,13 @@ def sharpen(program: LayerProgram, sol: LayerSolution, settings: SolverSettings,
         reached = sol.eps_reached or (program.epsilon is not None and cv <= program.epsilon)
         sol = dataclasses.replace(sol, Wa=Wa, constraint=cv, eps_reached=reached)
     return dataclasses.replace(sol, sharpen=record) if record else sol
+
+
+def _refitted(sol: LayerSolution) -> bool:
+    """True when the solver's answer is already a support refit (``solvers/admm/refit.py``:
+    the same minimiser, to 1e-3 of the misfit), so a second refit would only cost time."""
+    return any(h.get("stage") == "chosen" and h.get("source") == "refit"
+               for h in getattr(sol, "history", None) or [])
 
 
 class Sharpened:
