@@ -30,8 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import lc_run
-from experiments.run import ROOT, Timings, load_json, run
-from nettrim_cli.datasets import load_fashion_mnist
+from experiments.run import ROOT, Timings, calibration_dump, load_json, run
 
 EXP = Path(os.environ.get("EXP_DIR", ROOT / "exp_out"))
 LC = EXP / "lc"
@@ -132,12 +131,7 @@ def main() -> int:
     timed = Timings(HS / "times.json")
 
     model, train_h5, test_h5 = LC / "model.pt", LC / "train.h5", LC / "test.h5"
-    acts = HS / "acts.h5"
-    if not acts.exists():
-        x, _ = load_fashion_mnist("train")
-        np.save(HS / "calib.npy", x[:CALIB])
-        timed("dump", run("dump", str(model), "--inputs", str(HS / "calib.npy"), "-o",
-                          str(acts), out=acts))
+    acts = calibration_dump(HS, model, CALIB, timed)
     dense = evaluate(model, test_h5)
     results = {s: level(s, model, acts, train_h5, test_h5, timed) for s in LEVELS}
     # the calibration set the (cached) dump was made from, whatever HS_CALIB says now

@@ -102,6 +102,19 @@ def run(*args: str, out: Path | None = None, stdout: Path | None = None) -> floa
     return time.perf_counter() - t0
 
 
+def calibration_dump(folder: Path, model: Path, n: int, timed) -> Path:
+    """`nettrim dump` of ``model`` on the first ``n`` Fashion-MNIST training images into
+    ``folder``/acts.h5 (the images kept as calib.npy), unless it is there; ``timed`` records
+    the dump's time. Returns the dump's path."""
+    acts = folder / "acts.h5"
+    if not acts.exists():
+        x, _ = load_fashion_mnist("train")
+        np.save(folder / "calib.npy", x[:n])
+        timed("dump", run("dump", str(model), "--inputs", str(folder / "calib.npy"), "-o",
+                          str(acts), out=acts))
+    return acts
+
+
 def write_h5(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     if path.exists():
         return

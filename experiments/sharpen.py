@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from experiments import lc_run
-from experiments.run import ROOT, Timings, load_json, run, write_h5
+from experiments.run import ROOT, Timings, calibration_dump, load_json, run, write_h5
 from experiments.sharpen_heldout import heldout
 from nettrim_cli.datasets import load_fashion_mnist, mlp
 from nettrim_cli.training import TrainConfig, train
@@ -117,12 +117,7 @@ def main() -> int:
     SH.mkdir(parents=True, exist_ok=True)
     timed = Timings(SH / "times.json")
     model, test_h5 = network()
-    acts = SH / "acts.h5"
-    if not acts.exists():
-        x, _ = load_fashion_mnist("train")
-        np.save(SH / "calib.npy", x[:CALIB])
-        timed("dump", run("dump", str(model), "--inputs", str(SH / "calib.npy"), "-o",
-                          str(acts), out=acts))
+    acts = calibration_dump(SH, model, CALIB, timed)
     dense = evaluate(model, test_h5)
     held = heldout(SH / "digits", timed)
     calib = int(np.load(SH / "calib.npy", mmap_mode="r").shape[0])
