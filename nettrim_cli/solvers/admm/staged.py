@@ -44,7 +44,10 @@ class StageSettings:
         support changing with the radius).
     settle: stop once a feasible refit was found, the next radius would move by less than this
         fraction and the support's size moved by less than it since the previous stage.
-    refit_rounds: Newton rounds of each refit (each costs a Gram matrix per column).
+    refit_rounds: Newton rounds of each stage's refit (each costs a Gram matrix per column;
+        one round already gives most of the drop, and a feasible one-round refit is feasible
+        after more rounds).
+    final_rounds: more Newton rounds on the answer chosen (a lower misfit, the same zeros).
     gram_dtype: dtype of the refit's Gram matrices (float32 on large layers).
     """
 
@@ -54,7 +57,8 @@ class StageSettings:
     aim: float = 0.97
     settle: float = 0.04
     gram_dtype: str = "float32"
-    refit_rounds: int = 3
+    refit_rounds: int = 1
+    final_rounds: int = 2
 
 
 def _nonzeros(Wa: np.ndarray, n_in: int) -> int:
@@ -71,7 +75,7 @@ def run_stages(run: _LayerSolve, stage: StageSettings, progress: Progress) -> No
     rest = np.setdiff1d(np.arange(len(run.Wa)), live)
     rest2 = program.constraint_value(run.Wa[rest], columns=rest) ** 2 if rest.size else 0.0
     infl = float(stage.inflation)
-    best: tuple[int, float, np.ndarray] | None = None
+    best: tuple | None = None  # (nonzeros, misfit, weights, the live columns' W^T)
     lo, hi = 0.0, float("inf")  # the largest feasible and the smallest infeasible radius
     prev_nnz: int | None = None
     total = stage.stages * stage.stage_iters
@@ -97,7 +101,7 @@ def run_stages(run: _LayerSolve, stage: StageSettings, progress: Progress) -> No
                             "admm_seconds": round(t1 - t0, 3),
                             "refit_seconds": round(time.perf_counter() - t1, 3)})
         if feasible and (best is None or (nnz, misfit) < best[:2]):
-            best = (nnz, misfit, Wr)
+            best = (nnz, misfit, Wr, WF)
         if feasible:
             lo = max(lo, infl)
         else:
@@ -114,7 +118,24 @@ def run_stages(run: _LayerSolve, stage: StageSettings, progress: Progress) -> No
         infl = nxt
     solver.radius = base
     if best is not None:
-        run.offer(_Answer(best[2], False, _l1(best[2], run.n_in), "refit"))
+        run.offer(_Answer(*_final(run, stage, best), "refit"))
+
+
+def _final(run: _LayerSolve, stage: StageSettings, best: tuple) -> tuple[np.ndarray, bool, float]:
+    """The chosen refit after ``stage.final_rounds`` more Newton rounds (kept only when it
+    still meets eps with no more weights), as (weights, certified, l1) for an ``_Answer``."""
+    Wa = best[2]
+    if stage.final_rounds > 0:
+        t0 = time.perf_counter()
+        WF, _ = refit_support(run.program.Xa, run.Yl, run.Vl, run.actl, best[3],
+                              run.program.bias, rounds=stage.final_rounds,
+                              gram_dtype=np.dtype(stage.gram_dtype))
+        Wr = run.assemble(WF)
+        kept = run.ok(Wr) and _nonzeros(Wr, run.n_in) <= best[0]
+        Wa = Wr if kept else Wa
+        run.history.append({"stage": "final refit", "rounds": stage.final_rounds,
+                            "kept": kept, "seconds": round(time.perf_counter() - t0, 3)})
+    return Wa, False, _l1(Wa, run.n_in)
 
 
 def solve_staged(program, settings: SolverSettings, progress: Progress = no_progress,
