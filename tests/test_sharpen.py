@@ -134,7 +134,7 @@ def _prune(d, tmp_path, tag, *flags) -> dict:
 @pytest.mark.parametrize("mode", ["parallel", "cascade"])
 def test_prune_refit_lowers_the_discrepancy_with_the_same_zeros(files, tmp_path, mode):
     plain = _prune(files, tmp_path, "plain", "--mode", mode, "--no-refit")
-    fit = _prune(files, tmp_path, "fit", "--mode", mode)  # the refit is the default
+    fit = _prune(files, tmp_path, "fit", "--mode", mode, "--refit")
     assert plain["settings"]["refit"] is False and fit["settings"]["refit"] is True
     p0, f0 = plain["layers"][0], fit["layers"][0]
     assert f0["nonzeros_after"] == p0["nonzeros_after"]
@@ -196,3 +196,11 @@ def test_bad_preset_value_is_refused(files, tmp_path):
                "-o", tmp_path / "p.pt")
     assert r.exit_code == 2
     assert "refit" in r.stderr and str(preset) in r.stderr
+
+
+@pytest.mark.parametrize("mode,default", [("parallel", True), ("cascade", False)])
+def test_refit_default_is_on_in_parallel_mode_only(files, tmp_path, mode, default):
+    """In cascade mode eq. 7 takes each later layer's eps from its input's misfit: a refit
+    that removes most of it would leave those layers nothing to prune, so it is opt-in."""
+    rep = _prune(files, tmp_path, "dflt", "--mode", mode)
+    assert rep["settings"]["refit"] is default
