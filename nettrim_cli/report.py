@@ -312,9 +312,11 @@ def render_table(report: dict, console) -> None:
     ]
     m = n.get("model")
     if isinstance(m, dict):
+        pruned = m.get("pruned_layers")
+        names = ", ".join(map(str, pruned)) if isinstance(pruned, list) else str(pruned or "")
         lines.insert(1, f"whole model: {m.get('nonzeros_after')} of {m.get('params')} parameters "
                         f"nonzero ({_fmt(m.get('zero_fraction'), True)} zero; every weight, bias "
-                        f"and norm); pruned layers: {', '.join(m.get('pruned_layers') or [])}")
+                        f"and norm); pruned layers: {names}")
     if n.get("flops_dense") is not None:
         lines.insert(2, f"multiply-adds per sample (pruned units): {_count(n['flops_dense'])} "
                         f"dense -> {_count(n.get('flops_pruned'))} with the nonzero weights")

@@ -823,3 +823,16 @@ def test_fuzz_report_structured(seeds, tmp_path):
 
     run()
     check_count("report")
+
+
+def test_report_with_a_damaged_pruned_layers_list_renders(seeds, tmp_path):
+    """Found by the structured fuzz: a report whose network.model.pruned_layers holds a
+    non-string (here null) crashed the table with an internal error."""
+    doc = json.loads(seeds["report"].read_text())
+    doc["network"]["model"]["pruned_layers"] = [None, 3]
+    dest = tmp_path / "report.json"
+    dest.write_text(json.dumps(doc))
+    r = CliRunner().invoke(main, ["report", str(dest)])
+    assert r.exit_code in (0, 2), (r.exit_code, r.stderr)
+    if r.exit_code == 2:
+        assert len(r.stderr.splitlines()) == 1
