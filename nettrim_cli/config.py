@@ -188,6 +188,22 @@ def _check_sections(osqp: OSQPSettings, search: SearchSettings, admm: ADMMSettin
             raise BadInput(msg, source)
 
 
+def _sharpen_options(merged: dict[str, Any], mode: str, lam, origin) -> tuple[bool, int]:
+    """(refit, reweight rounds) from the merged settings, validated; ``origin(key)`` names
+    where a bad value came from. The refit is on by default in parallel mode only: in cascade
+    mode eq. 7 sets each later layer's eps from the misfit its input carries, and a refit that
+    all but removes that misfit leaves the next layers nothing to prune (the demo: layer 0's
+    misfit 0.852 -> 0.016, the 200 x 200 layer's eps 6.83 -> 0.0115 and 0% of it pruned)."""
+    refit = bool(merged.get("refit", mode == PARALLEL))
+    rounds = int(merged.get("reweight", 0))
+    if rounds < 0:
+        raise BadInput(f"reweight must be >= 0 (0: off), got {rounds}", origin("reweight"))
+    if rounds and lam is not None:
+        raise BadInput("reweight re-solves program (4) at the layer's eps: it needs an "
+                       "epsilon, not a lambda", origin("reweight"))
+    return refit, rounds
+
+
 def build_settings(config: dict[str, Any], flags: dict[str, Any],
                    source: str = "config") -> tuple[PruneSettings, str]:
     """Merge a validated config with flags (flags win when not None) into PruneSettings.
@@ -244,17 +260,7 @@ def build_settings(config: dict[str, Any], flags: dict[str, Any],
     if allocation not in ALLOCATIONS:
         raise BadInput(f"allocation must be {' or '.join(map(repr, ALLOCATIONS))}, got "
                        f"{allocation!r}", origin("allocation"))
-    # the refit is on by default in parallel mode only: in cascade mode eq. 7 sets each later
-    # layer's eps from the misfit its input carries, and a refit that all but removes that misfit
-    # leaves the next layers nothing to prune (the demo: layer 0's misfit 0.852 -> 0.016, the
-    # 200 x 200 layer's eps 6.83 -> 0.0115 and 0% of it pruned)
-    refit = bool(merged.get("refit", mode == PARALLEL))
-    rounds = int(merged.get("reweight", 0))
-    if rounds < 0:
-        raise BadInput(f"reweight must be >= 0 (0: off), got {rounds}", origin("reweight"))
-    if rounds and lam is not None:
-        raise BadInput("reweight re-solves program (4) at the layer's eps: it needs an "
-                       "epsilon, not a lambda", origin("reweight"))
+    refit, rounds = _sharpen_options(merged, mode, lam, origin)
     solver = merged.get("solver")
     if solver is None:
         solver = "osqp" if any(flags.get(k) is not None for k in OSQP_FLAGS) else "auto"
