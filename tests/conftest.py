@@ -37,6 +37,24 @@ def invoke(*args: object) -> SimpleNamespace:
                            warnings=[str(w.message) for w in caught])
 
 
+def kill_netrim_prune_at(monkeypatch, n: int):
+    """Make the n-th call of Net-Trim's prune (one per --sparsity trial) raise
+    KeyboardInterrupt, as a user's Ctrl-C would, so a test can resume the search. Returns a
+    function that puts the real prune back."""
+    from nettrim_cli.methods import netrim
+
+    real, calls = netrim.prune, []
+
+    def killed(*a, **kw):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(netrim, "prune", killed)
+    return lambda: monkeypatch.setattr(netrim, "prune", real)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny matrices: one torch and BLAS thread for the module (more only add contention on a

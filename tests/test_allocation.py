@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import invoke
+from conftest import invoke, kill_netrim_prune_at
 from torch import nn
 
 from nettrim_cli.config import build_settings
@@ -101,22 +101,12 @@ def test_discrepancy_allocation_lands_and_is_recorded(small, parallel_run, tmp_p
 def test_discrepancy_allocation_resumes_to_the_same_checkpoint(small, parallel_run, tmp_path,
                                                               monkeypatch):
     args = _args(small, "parallel")
-    from nettrim_cli.methods import netrim
-
-    real, calls = netrim.prune, []
-
-    def killed_at_third_trial(*a, **kw):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(netrim, "prune", killed_at_third_trial)
+    restore = kill_netrim_prune_at(monkeypatch, 3)
     work = tmp_path / "work"
     r = invoke(*args, "-o", tmp_path / "resumed.pt", "--workdir", work)
     assert r.exit_code == 130
     assert {"curve-00", "curve-01"} <= {p.name for p in work.iterdir()}
-    monkeypatch.setattr(netrim, "prune", real)
+    restore()
     r = invoke(*args, "-o", tmp_path / "resumed.pt", "--workdir", work, "--resume")
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "resumed.pt").read_bytes() == parallel_run[0].read_bytes()

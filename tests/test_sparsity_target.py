@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import invoke
+from conftest import invoke, kill_netrim_prune_at
 from torch import nn
 
 from nettrim_cli.methods.netrim import target
@@ -108,23 +108,12 @@ def test_prune_sparsity_resumes_to_the_same_checkpoint(mlp_files, tmp_path, monk
             "--sparsity", "0.7", "--solver", "osqp", "--report", tmp_path / "r.json", "-q"]
     assert invoke(*args, "-o", tmp_path / "whole.pt").exit_code == 0
 
-    from nettrim_cli.methods import netrim
-
-    real = netrim.prune
-    calls = []
-
-    def killed_at_third_trial(*a, **kw):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(netrim, "prune", killed_at_third_trial)
+    restore = kill_netrim_prune_at(monkeypatch, 3)
     work = tmp_path / "work"
     r = invoke(*args, "-o", tmp_path / "resumed.pt", "--workdir", work, "--force")
     assert r.exit_code == 130
     assert {"trial-00", "trial-01"} <= {p.name for p in work.iterdir()}
-    monkeypatch.setattr(netrim, "prune", real)
+    restore()
     r = invoke(*args, "-o", tmp_path / "resumed.pt", "--workdir", work, "--resume", "--force")
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "resumed.pt").read_bytes() == (tmp_path / "whole.pt").read_bytes()
