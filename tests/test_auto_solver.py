@@ -150,3 +150,28 @@ def test_a_settled_support_the_refit_cannot_repair_continues_admm(monkeypatch):
     assert len(admm_runs) == 2 and sol.retries == 1
     assert sol.eps_reached and program.constraint_value(sol.Wa) <= program.epsilon
     assert "mixed_with_original" not in sol.status
+
+
+def test_the_final_refit_keeps_every_zero_of_the_chosen_stage():
+    """The last Newton rounds start from the chosen stage's weights *after* the zero
+    threshold: a weight the threshold removed stays removed (they once started from the
+    weights before it, grew 2 such weights back on the bench's 784 -> 500 layer, and the
+    lower misfit was thrown away for it)."""
+    from nettrim_cli.solvers.admm.layer import _LayerSolve
+    from nettrim_cli.solvers.admm.settings import ADMMSettings
+    from nettrim_cli.solvers.admm.staged import StageSettings, _final
+    from nettrim_cli.solvers.base import no_progress
+
+    program = make_layer(P=400, N=40, M=10, activation="relu", bias=True)
+    run = _LayerSolve(program, SolverSettings(), ADMMSettings(polish=False), no_progress)
+    WT = program.Wa0[run.idx].T.copy()
+    small = np.abs(WT[:-1]) < np.quantile(np.abs(WT[:-1]), 0.5)
+    WT[:-1][small] = 0.0
+    WT[:5, 0] = run.thr * 0.5  # below the zero threshold
+    Wr = run.assemble(WT)
+    assert np.all(Wr[run.idx[0], :5] == 0)  # the threshold removed them
+    nnz = int(np.count_nonzero(Wr[:, : run.n_in]))
+    Wa, certified, _ = _final(run, StageSettings(final_rounds=2), (nnz, 0.0, Wr))
+    assert not certified
+    assert np.all(Wa[:, : run.n_in][Wr[:, : run.n_in] == 0] == 0)
+    assert program.constraint_value(Wa) <= program.constraint_value(Wr) + 1e-12

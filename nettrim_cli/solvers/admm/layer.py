@@ -96,7 +96,9 @@ class _LayerSolve:
         self.eps_ok = (None if eps is None
                        else (eps if eps > 0 else 1e-10 * float(np.linalg.norm(self.Y))))
         self.Wa, self.status, self.live, self.dead = settle_dead_columns(program)
-        self.idx = np.asarray(self.live)
+        self.idx = idx = np.asarray(self.live)
+        self.Yl, self.Vl = self.Y[:, idx], program.bounds[:, idx]
+        self.actl = program.active_set[:, idx]  # Omega of eq. 3, as the program stores it
         self.failed: list[dict] = []
         self.history: list[dict] = []
         self.lam_out: float | None = self.lam
@@ -131,8 +133,6 @@ class _LayerSolve:
             l1mask[: self.n_in] = np.asarray(self.l1_weights, dtype=np.float64)[idx].T
         if program.bias:
             l1mask[-1] = 0.0  # the bias is not penalised
-        self.Yl, self.Vl = self.Y[:, idx], program.bounds[:, idx]
-        self.actl = program.active_set[:, idx]  # Omega of eq. 3, as the program stores it
         self.gram = _gram_form(Xa, self.Yl, eps) if program.activation == NONE else None
         W0T = (self.Wa0 if self.warm is None else np.asarray(self.warm, np.float64))[idx].T
         if self.gram is not None:

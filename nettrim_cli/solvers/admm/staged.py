@@ -75,7 +75,7 @@ def run_stages(run: _LayerSolve, stage: StageSettings, progress: Progress) -> No
     rest = np.setdiff1d(np.arange(len(run.Wa)), live)
     rest2 = program.constraint_value(run.Wa[rest], columns=rest) ** 2 if rest.size else 0.0
     infl = float(stage.inflation)
-    best: tuple | None = None  # (nonzeros, misfit, weights, the live columns' W^T)
+    best: tuple | None = None  # (nonzeros, misfit, weights)
     lo, hi = 0.0, float("inf")  # the largest feasible and the smallest infeasible radius
     prev_nnz: int | None = None
     total = stage.stages * stage.stage_iters
@@ -101,7 +101,7 @@ def run_stages(run: _LayerSolve, stage: StageSettings, progress: Progress) -> No
                             "admm_seconds": round(t1 - t0, 3),
                             "refit_seconds": round(time.perf_counter() - t1, 3)})
         if feasible and (best is None or (nnz, misfit) < best[:2]):
-            best = (nnz, misfit, Wr, WF)
+            best = (nnz, misfit, Wr)
         if feasible:
             lo = max(lo, infl)
         else:
@@ -127,7 +127,8 @@ def _final(run: _LayerSolve, stage: StageSettings, best: tuple) -> tuple[np.ndar
     Wa = best[2]
     if stage.final_rounds > 0:
         t0 = time.perf_counter()
-        WF, _ = refit_support(run.program.Xa, run.Yl, run.Vl, run.actl, best[3],
+        # from the thresholded weights: the stage's refit below the zero threshold stays zero
+        WF, _ = refit_support(run.program.Xa, run.Yl, run.Vl, run.actl, Wa[run.idx].T,
                               run.program.bias, rounds=stage.final_rounds,
                               gram_dtype=np.dtype(stage.gram_dtype))
         Wr = run.assemble(WF)
