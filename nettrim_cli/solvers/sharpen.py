@@ -11,11 +11,12 @@ layer program (eq. 3, the eps of eqs. 4-7):
 
   (the misfit on the active set plus the squared violations of the inactive inequalities, the
   ``LayerProgram.column_error`` that eps bounds; least squares over every sample for a layer
-  without activation). f_m is convex and piecewise quadratic; it is minimised per column by a
-  semismooth Newton method: least squares over the active samples and the inactive samples
-  above their bound (held at the bound), then an exact line search on f_m, until the held set
-  stops changing. Starting from the solver's answer and only ever descending, the refit keeps
-  every zero at zero and never raises the constraint value, so an answer in C_eps stays there.
+  without activation). f_m is convex and piecewise quadratic; it is minimised per column by the
+  semismooth Newton method of ``solvers/admm/refit.py`` (the staged fast path's refit):
+  least squares over the active samples and the inactive samples above their bound (held at
+  the bound), then a backtracking line search on f_m, until the layer's misfit stops moving.
+  Starting from the solver's answer and only ever descending, the refit keeps every zero at
+  zero and never raises the constraint value, so an answer in C_eps stays there.
   In parallel mode (V = 0) f_m is the layer's output discrepancy except on active samples
   driven below zero, where it is larger.
 - **Reweighted l1** (``reweight``; Candes, Wakin and Boyd, "Enhancing sparsity by reweighted
@@ -36,127 +37,38 @@ import dataclasses
 import time
 
 import numpy as np
-import scipy.linalg
 
 from nettrim_cli.execution.threads import fixed_threads
 from nettrim_cli.program import LayerProgram
+from nettrim_cli.solvers.admm.refit import misfit, refit_support
 from nettrim_cli.solvers.base import LayerSolution, Progress, SolverSettings, no_progress
 
 DELTA = 0.1  # delta of the reweighting, relative to the mean |w| of the kept weights
 NEWTON_ROUNDS = 30  # semismooth Newton rounds per column (a few suffice in practice)
 
 
-def _column_f(z_act: np.ndarray, y_act: np.ndarray, z_in: np.ndarray, v_in: np.ndarray) -> float:
-    r = z_act - y_act
-    over = np.maximum(z_in - v_in, 0.0)
-    return float(r @ r + over @ over)
-
-
-def _solve_spd(G: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """G u = h for a positive semidefinite G (a tiny ridge for rank deficiency: inputs that
-    are zero on every sample, duplicated inputs)."""
-    k = G.shape[0]
-    ridge = 1e-12 * (float(np.trace(G)) / max(k, 1) + 1e-300)
-    try:
-        c = scipy.linalg.cho_factor(G + ridge * np.eye(k), check_finite=False)
-        u = scipy.linalg.cho_solve(c, h, check_finite=False)
-        if np.all(np.isfinite(u)):
-            return u
-    except (np.linalg.LinAlgError, ValueError):
-        pass
-    return np.linalg.lstsq(G, h, rcond=None)[0]
-
-
-def _line_search(z: tuple, dz: tuple, y_act: np.ndarray, v_in: np.ndarray) -> float:
-    """argmin over s in [0, 1] of f(u + s d), f convex piecewise quadratic in s: its derivative
-    is monotone, so bisection on its sign. ``z`` and ``dz`` are (active, inactive) parts."""
-    (za, zi), (da, di) = z, dz
-
-    def slope(s: float) -> float:
-        return float((za + s * da - y_act) @ da + np.maximum(zi + s * di - v_in, 0.0) @ di)
-
-    if slope(1.0) <= 0.0:
-        return 1.0
-    lo, hi = 0.0, 1.0
-    for _ in range(50):
-        mid = 0.5 * (lo + hi)
-        if slope(mid) <= 0.0:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-def refit_column(XS: np.ndarray, y: np.ndarray, v: np.ndarray, act: np.ndarray,
-                 u0: np.ndarray, rounds: int = NEWTON_ROUNDS) -> tuple[np.ndarray, float, float]:
-    """Minimise f(u) = ||XS[act] u - y[act]||^2 + ||max(XS[~act] u - v[~act], 0)||^2 from u0.
-
-    Args:
-        XS: (P, k) the design on the column's support (bias column included when kept).
-        y, v: (P,) the target and the inactive bounds; act: (P,) bool, the active set.
-        u0: (k,) the starting weights (the solver's answer on the support).
-    Returns:
-        (u, f(u0), f(u)) with f(u) <= f(u0).
-    """
-    Xa, Xi = XS[act], XS[~act]
-    ya, vi = y[act], v[~act]
-    u = np.array(u0, dtype=np.float64)
-    za, zi = Xa @ u, Xi @ u
-    f0 = f = _column_f(za, ya, zi, vi)
-    Ga, ha = Xa.T @ Xa, Xa.T @ ya
-    held = None
-    for _ in range(rounds):
-        H = zi > vi
-        if held is not None and np.array_equal(H, held):
-            break  # the same held set as the last full step: u is its least-squares point
-        Xh = Xi[H]
-        d = _solve_spd(Ga + Xh.T @ Xh, ha + Xh.T @ vi[H]) - u
-        da, di = Xa @ d, Xi @ d
-        s = _line_search((za, zi), (da, di), ya, vi)
-        za_n, zi_n = za + s * da, zi + s * di
-        f_n = _column_f(za_n, ya, zi_n, vi)
-        if not f_n < f:
-            break
-        u, za, zi, f = u + s * d, za_n, zi_n, f_n
-        held = H if s == 1.0 else None
-    return u, f0, f
-
-
-def _refit_into(program: LayerProgram, out: np.ndarray, m: int, sums: tuple) -> tuple:
-    """Column m of ``out`` refitted in place; (f before, f after, columns improved) summed."""
-    before, after, improved = sums
-    n_in = program.n_in
-    S = np.flatnonzero(out[m] != 0)
-    if program.bias:
-        S = np.union1d(S, [n_in])  # the bias is free, kept or not
-    if len(S) == 0:
-        return sums
-    # Omega_m as the program stores it (every sample for a layer without activation)
-    act = program.active(m)
-    u, f0, f1 = refit_column(program.Xa[:, S], np.asarray(program.Y[:, m], np.float64),
-                             program.bound(m), act, out[m, S])
-    if f1 < f0:
-        out[m, S] = u
-        return before + f0, after + f1, improved + 1
-    return before + f0, after + f0, improved
-
-
 def support_refit(program: LayerProgram, Wa: np.ndarray, skip: frozenset[int] = frozenset()
                   ) -> tuple[np.ndarray, dict]:
     """Every column of ``Wa`` (M, N + bias) but those in ``skip`` refitted on its own support:
     the minimiser of the column's eq.-3 constraint function over the weights it keeps (module
-    docstring). Zeros stay exactly zero; no column's constraint value rises. Returns (weights,
-    record)."""
+    docstring; the semismooth Newton method of ``solvers/admm/refit.py``, run until the
+    layer's misfit stops moving). Zeros stay exactly zero; no column's constraint value
+    rises. Returns (weights, record)."""
     t0 = time.perf_counter()
     out = np.array(Wa, dtype=np.float64, copy=True)
-    before = after = 0.0
-    improved = 0
-    with fixed_threads(1):  # many small dense systems: BLAS threads only add contention
-        for m in (m for m in range(program.n_out) if m not in skip):
-            before, after, improved = _refit_into(program, out, m, (before, after, improved))
-    record = {"columns_improved": improved,
-              "constraint_before": float(np.sqrt(before)),
-              "constraint_after": float(np.sqrt(after)),
+    cols = np.array([m for m in range(program.n_out) if m not in skip], dtype=int)
+    before = after = np.zeros(0)
+    if cols.size:
+        Y = np.asarray(program.Y, dtype=np.float64)[:, cols]
+        V, act = program.bounds[:, cols], program.active_set[:, cols]
+        before = misfit(program.Xa @ out[cols].T, Y, V, act)
+        with fixed_threads(1):  # many small dense systems: BLAS threads only add contention
+            WT, after = refit_support(program.Xa, Y, V, act, out[cols].T, program.bias,
+                                      rounds=NEWTON_ROUNDS, tol=1e-10)
+        out[cols] = WT.T
+    record = {"columns_improved": int(np.count_nonzero(after < before)),
+              "constraint_before": float(np.sqrt(before.sum())),
+              "constraint_after": float(np.sqrt(after.sum())),
               "seconds": round(time.perf_counter() - t0, 4)}
     return out, record
 
