@@ -60,6 +60,19 @@ def test_search_keeps_the_nearest_trial_when_the_target_cannot_be_met():
     assert abs(target.pruned_fraction(search.result) - 0.6) < 1e-9
 
 
+def test_search_stops_once_the_bracket_closes_on_a_step():
+    """A jump from 17.7% to 23.3% pruned at eps 0.2173 (the small ResNet's cascade prune):
+    once the bracket is within 1% the search stops with the nearest trial instead of
+    bisecting the step until its last trial."""
+    fake = _Fake(lambda e: 0.09 * (e / 0.05) ** 0.45 if e < 0.2173 else 0.233)
+    search = prune_to_sparsity(fake, 0.05, 0.2, max_trials=30)
+    below = max(t.epsilon for t in search.trials if t.pruned < 0.2)
+    above = min(t.epsilon for t in search.trials if t.pruned > 0.2)
+    assert above <= below * (1 + target.STEP_RTOL)
+    assert len(search.trials) < 30
+    assert 0.16 < search.chosen.pruned < 0.2  # the nearest: just below the step (0.174)
+
+
 @pytest.fixture(scope="module")
 def mlp_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("sparsity")

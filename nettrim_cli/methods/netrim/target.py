@@ -10,6 +10,8 @@ matters (the experiments' networks gave d log(1 - p) / d log eps between -0.6 an
 the trials are placed by the secant on (log eps, log(1 - p)) (``next_epsilon``): until the
 target is bracketed through the trials nearest to it, then through the bracket's ends (a
 safeguarded regula falsi). eps stays in (0, 1): at eps_r = 1 the all-zero layer is feasible.
+The pruned fraction can jump with eps (a layer's answer moving to a sparser support): once the
+bracket is narrower than ``STEP_RTOL`` the search stops and keeps the nearest trial.
 
 Every trial runs with its own work folder (``trial-K`` inside the run's), kept until the whole
 prune is written: an interrupted search continues with ``--resume``, the finished trials read
@@ -29,6 +31,10 @@ from nettrim_cli.methods.base import MethodResult
 SLOPE_GUESS = -0.65  # d log(1 - p) / d log eps before two trials are known (see above)
 EPS_MIN, EPS_MAX = 1e-6, 0.999
 TOLERANCE = 0.005  # half a point of pruning, the issue's figure
+# a bracket whose ends are closer than this (relative) has closed on a step of the curve: the
+# small ResNet's cascade prune jumps from 17.7% to 23.3% between eps 0.2173 and 0.2174, where
+# the search spent 5 more trials bisecting the step
+STEP_RTOL = 0.01
 
 
 @dataclass
@@ -89,6 +95,14 @@ def next_epsilon(trials: list[Trial], target: float) -> float:
     return min(max(eps, EPS_MIN), EPS_MAX)
 
 
+def _closed(trials: list[Trial], target: float) -> bool:
+    """True when the largest eps below the target and the smallest above it are within
+    ``STEP_RTOL`` of each other."""
+    below = [t.epsilon for t in trials if t.pruned < target]
+    above = [t.epsilon for t in trials if t.pruned > target]
+    return bool(below and above) and min(above) <= max(below) * (1.0 + STEP_RTOL)
+
+
 @dataclass
 class Search:
     """The search's answer: the kept trial (the accepted one, or the nearest), its prune, and
@@ -132,7 +146,8 @@ def prune_to_sparsity(run: Callable[[int, float], MethodResult], start: float, t
         if abs(trial.pruned - target) <= tol:
             break
         nxt = next_epsilon(trials, target)
-        if any(abs(nxt - t.epsilon) <= 1e-9 * t.epsilon for t in trials):
+        if _closed(trials, target) or any(abs(nxt - t.epsilon) <= 1e-9 * t.epsilon
+                                           for t in trials):
             break  # the bracket has closed on a step in the curve: no eps gets closer
         eps = nxt
     assert best is not None
