@@ -59,6 +59,23 @@ def test_off_a_terminal_a_line_per_layer_and_a_heartbeat():
     assert re.fullmatch(r"layer 2/2 \(fc2\): done in [0-9.]+ s", lines[-1])
 
 
+def test_a_step_line_comes_after_its_last_layer_is_done():
+    """Off a terminal, a sparsity-search trial ends with its last layer: that layer's "done"
+    line first, then the trial's line, and no second "done" at the end of the run."""
+    lines: list[str] = []
+    console = Console(file=io.StringIO(), force_terminal=False)
+    with RunProgress(console, quiet=False, interval=30.0, echo=lines.append) as shown:
+        shown.on_layer(0, 1, "fc1")
+        shown.on_step("sparsity search, trial 1: eps 0.05")
+        shown.on_layer(0, 1, "fc1")
+        shown.on_step("sparsity search, trial 2: eps 0.03")
+    assert [ln.split(":")[0] for ln in lines] == [
+        "layer 1/1 (fc1)", "layer 1/1 (fc1)", "sparsity search, trial 1",
+        "layer 1/1 (fc1)", "layer 1/1 (fc1)", "sparsity search, trial 2"]
+    assert lines[1].startswith("layer 1/1 (fc1): done in")
+    assert lines[4].startswith("layer 1/1 (fc1): done in")
+
+
 def test_quiet_prints_nothing():
     lines: list[str] = []
     console = Console(file=io.StringIO(), force_terminal=False)

@@ -105,9 +105,12 @@ class RunProgress:
             self.prog.update(self.ctask, completed=done, total=total, description=stage)
 
     def on_step(self, line: str) -> None:
-        """One line after a stage of a run of many (e.g. a trial of the sparsity search)."""
+        """One line after a stage of a run of many (e.g. a trial of the sparsity search): the
+        stage's last unit has ended, so its "done" line comes first."""
         if self.quiet:
             return
+        self._end_layer()
+        self.layer, self.stage = None, None
         if self.prog is not None:
             self.prog.console.print(f"nettrim: {line}", highlight=False)
         else:
