@@ -37,6 +37,16 @@ def invoke(*args: object) -> SimpleNamespace:
                            warnings=[str(w.message) for w in caught])
 
 
+def dumped(d: Path, model, calib) -> Path:
+    """``model`` saved as d/model.pt, ``calib`` as d/calib.npy and dumped to d/acts.h5 with
+    `nettrim dump`; returns ``d``."""
+    torch.save(model, d / "model.pt")
+    np.save(d / "calib.npy", calib)
+    r = invoke("dump", d / "model.pt", "--inputs", d / "calib.npy", "-o", d / "acts.h5")
+    assert r.exit_code == 0, r.stderr
+    return d
+
+
 def kill_netrim_prune_at(monkeypatch, n: int):
     """Make the n-th call of Net-Trim's prune (one per --sparsity trial) raise
     KeyboardInterrupt, as a user's Ctrl-C would, so a test can resume the search. Returns a

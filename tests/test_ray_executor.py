@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import invoke
+from conftest import dumped, invoke
 from threadpoolctl import threadpool_limits
 
 from nettrim_cli.execution import ray_columns, ray_layers
@@ -248,11 +248,7 @@ def deep(tmp_path_factory):
     net = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 14),
                               torch.nn.ReLU(), torch.nn.Linear(14, 12), torch.nn.ReLU(),
                               torch.nn.Linear(12, 3))
-    torch.save(net, d / "model.pt")
-    np.save(d / "calib.npy", np.random.default_rng(5).standard_normal((80, 10)).astype("f4"))
-    r = invoke("dump", d / "model.pt", "--inputs", d / "calib.npy", "-o", d / "acts.h5")
-    assert r.exit_code == 0, r.stderr
-    return d
+    return dumped(d, net, np.random.default_rng(5).standard_normal((80, 10)).astype("f4"))
 
 
 def _deep_prune(deep, out, *extra):

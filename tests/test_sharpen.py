@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import invoke
+from conftest import dumped, invoke
 from torch import nn
 
 from nettrim_cli.program import NONE, RELU, LayerProgram
@@ -123,12 +123,8 @@ def files(tmp_path_factory):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(),
                           nn.Linear(12, 3))
-    torch.save(model, d / "model.pt")
-    np.save(d / "calib.npy", np.random.default_rng(0).standard_normal((150, 10))
-            .astype(np.float32))
-    r = invoke("dump", d / "model.pt", "--inputs", d / "calib.npy", "-o", d / "acts.h5")
-    assert r.exit_code == 0, r.stderr
-    return d
+    return dumped(d, model, np.random.default_rng(0).standard_normal((150, 10))
+                  .astype(np.float32))
 
 
 def _prune(d, tmp_path, tag, *flags) -> dict:

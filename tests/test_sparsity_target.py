@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import invoke, kill_netrim_prune_at
+from conftest import dumped, invoke, kill_netrim_prune_at
 from torch import nn
 
 from nettrim_cli.methods.netrim import target
@@ -83,12 +83,8 @@ def mlp_files(tmp_path_factory):
         for layer in model[::2]:
             keep = (torch.rand_like(layer.weight) < 0.4).float()
             layer.weight.mul_(keep).add_(0.01 * torch.randn_like(layer.weight))
-    torch.save(model, d / "model.pt")
-    rng = np.random.default_rng(0)
-    np.save(d / "calib.npy", rng.standard_normal((200, 12)).astype(np.float32))
-    r = invoke("dump", d / "model.pt", "--inputs", d / "calib.npy", "-o", d / "acts.h5")
-    assert r.exit_code == 0, r.stderr
-    return d
+    return dumped(d, model, np.random.default_rng(0).standard_normal((200, 12))
+                  .astype(np.float32))
 
 
 def _pruned(report: dict) -> float:
