@@ -44,7 +44,7 @@ from nettrim_cli.solvers.admm.refit import misfit, refit_support
 from nettrim_cli.solvers.base import LayerSolution, Progress, SolverSettings, no_progress
 
 DELTA = 0.1  # delta of the reweighting, relative to the mean |w| of the kept weights
-NEWTON_ROUNDS = 30  # semismooth Newton rounds per column (a few suffice in practice)
+NEWTON_ROUNDS = 30  # at most this many Newton rounds of the layer's refit (a few suffice)
 
 
 def support_refit(program: LayerProgram, Wa: np.ndarray, skip: frozenset[int] = frozenset()

@@ -75,7 +75,7 @@ def run_stages(run: _LayerSolve, stage: StageSettings, progress: Progress) -> No
     rest = np.setdiff1d(np.arange(len(run.Wa)), live)
     rest2 = program.constraint_value(run.Wa[rest], columns=rest) ** 2 if rest.size else 0.0
     infl = float(stage.inflation)
-    best: tuple | None = None  # (nonzeros, misfit, weights)
+    best: tuple[int, float, np.ndarray] | None = None  # (nonzeros, misfit, weights)
     lo, hi = 0.0, float("inf")  # the largest feasible and the smallest infeasible radius
     prev_nnz: int | None = None
     total = stage.stages * stage.stage_iters
@@ -121,7 +121,8 @@ def run_stages(run: _LayerSolve, stage: StageSettings, progress: Progress) -> No
         run.offer(_Answer(*_final(run, stage, best), "refit"))
 
 
-def _final(run: _LayerSolve, stage: StageSettings, best: tuple) -> tuple[np.ndarray, bool, float]:
+def _final(run: _LayerSolve, stage: StageSettings, best: tuple[int, float, np.ndarray]
+           ) -> tuple[np.ndarray, bool, float]:
     """The chosen refit after ``stage.final_rounds`` more Newton rounds (kept only when it
     still meets eps with no more weights), as (weights, certified, l1) for an ``_Answer``."""
     Wa = best[2]
