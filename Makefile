@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO ?= demo_out
 NETTRIM := $(BIN)/nettrim
 
-.PHONY: install test demo bench experiments experiments-lc experiments-hs conv-experiments \
+.PHONY: install test demo bench experiments experiments-lc experiments-hs experiments-hs-nets conv-experiments \
 	finetune-recipe resume-check lint clean fashion-mnist experiments-sharpen
 
 # torch is installed first and pinned to the CPU build that lies on this machine's disk:
@@ -68,6 +68,11 @@ experiments-lc: install fashion-mnist
 # fine-tune, the one-shot baselines at its counts, LC and HPTD (reuses `make experiments-lc`).
 experiments-hs: install fashion-mnist
 	$(BIN)/python -m experiments.high_sparsity
+
+# Issue 16's networks (NN2-10K, LeNet-5, NN3-60K, CNN-60K) at 90% and 95% pruned: Net-Trim with
+# and without the default fine-tune, the one-shot baselines at its counts (docs/high-sparsity-nets.md).
+experiments-hs-nets: install fashion-mnist
+	nice $(BIN)/python -m experiments.hs_nets
 
 # Issue 16's support refit (--refit) and reweighted l1 (--reweight K): LeNet300 at 90% pruned in
 # both modes with and without them, and the held-out digits MLP against a magnitude x input-norm

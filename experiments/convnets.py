@@ -173,10 +173,12 @@ class Summary(dict):
         tmp.replace(self.path)
 
 
-def prepare(name: str, d: Path, data: dict, s: Summary) -> tuple[Path, list[str], Path]:
+def prepare(name: str, d: Path, data: dict, s: Summary, spec: tuple | None = None
+            ) -> tuple[Path, list[str], Path]:
     """Train the network (unless cached), write its calibration and training files, dump
-    its activations (unless cached); returns (checkpoint, --arch args, dump)."""
-    factory, n_train, epochs, whole, _ = NETS[name]
+    its activations (unless cached); returns (checkpoint, --arch args, dump). ``spec``: the
+    network's NETS entry when it is not one of NETS (experiments/hs_nets.py)."""
+    factory, n_train, epochs, whole, _ = spec or NETS[name]
     (xtr, ytr), (xte, yte) = data["train"], data["test"]
     xtr, ytr = xtr[:n_train], ytr[:n_train]
     model, arch = d / "model.pt", ([] if whole else ["--arch", ARCH])

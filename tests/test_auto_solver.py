@@ -175,3 +175,47 @@ def test_the_final_refit_keeps_every_zero_of_the_chosen_stage():
     assert not certified
     assert np.all(Wa[:, : run.n_in][Wr[:, : run.n_in] == 0] == 0)
     assert program.constraint_value(Wa) <= program.constraint_value(Wr) + 1e-12
+
+
+def _zero_weights_misfit(program) -> float:
+    """The eq. 3 misfit with every weight zero and each column's bias at its best value."""
+    from nettrim_cli.solvers.admm.layer import _LayerSolve
+    from nettrim_cli.solvers.admm.settings import ADMMSettings
+    from nettrim_cli.solvers.admm.staged import _zero_weights
+    from nettrim_cli.solvers.base import no_progress
+
+    run = _LayerSolve(program, SolverSettings(), ADMMSettings(polish=False), no_progress)
+    return float(np.sqrt(_zero_weights(run)[1].sum()))
+
+
+@pytest.mark.parametrize("eps_r", [0.5, 0.6])
+def test_the_fast_path_stays_below_the_radius_where_every_weight_vanishes(eps_r):
+    """At a large eps the first stage's radius (1.5 eps) lies above the misfit of the zero
+    weights, where the l1 answer is all zeros; ADMM warm started from such a stage kept its
+    weights at zero later on, and the layer kept its first, far too dense stage (LeNet300 at
+    eps 0.7: 90% pruned at every eps from 0.66 to 0.77). Every stage's radius now stays at or
+    under 0.97 of that misfit, and a larger eps never gives a denser layer."""
+    nonzeros = []
+    for r in (eps_r, eps_r + 0.05):
+        program = make_layer(P=400, N=40, M=10, activation="relu", bias=True, eps_r=r)
+        r0 = _zero_weights_misfit(program)
+        sol = AutoSolver(small=0.0).solve(program, SolverSettings())
+        assert sol.eps_reached and program.constraint_value(sol.Wa) <= program.epsilon
+        stages = [h for h in sol.history if h["stage"] == "admm+refit"]
+        assert stages
+        assert all(h["radius"] * program.epsilon <= 0.97 * r0 * (1 + 1e-9) for h in stages)
+        nonzeros.append(int((sol.Wa[:, : program.n_in] != 0).sum()))
+    assert nonzeros[1] <= nonzeros[0], nonzeros
+
+
+def test_zero_weights_that_meet_eps_are_the_answer():
+    """eps above the zero weights' misfit: the layer keeps no weight (its bias set to its
+    best value), without an ADMM stage."""
+    program = make_layer(P=400, N=40, M=10, activation="relu", bias=True, eps_r=0.99)
+    r0 = _zero_weights_misfit(program)
+    assert r0 <= program.epsilon  # the case this test needs
+    sol = AutoSolver(small=0.0).solve(program, SolverSettings())
+    assert sol.eps_reached and program.constraint_value(sol.Wa) <= program.epsilon
+    assert not sol.Wa[:, : program.n_in].any()
+    assert any(h["stage"] == "zero weights" for h in sol.history)
+    assert not any(h["stage"] == "admm+refit" for h in sol.history)

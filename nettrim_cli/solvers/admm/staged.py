@@ -16,6 +16,12 @@ support of a few dozen iterations refits as well as that of a converged run (at 
 iterations on that layer, 77.4% zeros refitting to 0.64 eps, where the converged l1 answer
 at eps has 76.3% zeros after 420 iterations). When no stage gives a feasible refit, the
 caller continues with plain ADMM at eps (``layer.solve_layer``'s stages).
+
+The radius stays below the misfit of the zero weights (with the best bias): at or above it the
+l1 program's answer is all zeros, and ADMM warm started from a collapsed stage does not grow
+its weights back within a stage (found on LeNet300 at eps 0.7: stages at 3 eps and 2.6 eps
+left 22 and 0 weights, and the layer kept its first, far too dense, stage). When the zero
+weights themselves meet eps they are the answer.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nettrim_cli.solvers.admm.layer import _Answer, _LayerSolve
+from nettrim_cli.solvers.admm.refit import misfit as column_misfit
 from nettrim_cli.solvers.admm.refit import refit_support
 from nettrim_cli.solvers.admm.repair import _l1
 from nettrim_cli.solvers.admm.settings import ADMMSettings, ADMMSolution
@@ -49,6 +56,7 @@ class StageSettings:
         after more rounds).
     final_rounds: more Newton rounds on the answer chosen (a lower misfit, the same zeros).
     gram_dtype: dtype of the refit's Gram matrices (float32 on large layers).
+    cap: the largest radius as a fraction of the zero weights' misfit.
     """
 
     inflation: float = 1.5
@@ -59,10 +67,25 @@ class StageSettings:
     gram_dtype: str = "float32"
     refit_rounds: int = 1
     final_rounds: int = 2
+    cap: float = 0.97
 
 
 def _nonzeros(Wa: np.ndarray, n_in: int) -> int:
     return int(np.count_nonzero(Wa[:, :n_in]))
+
+
+def _zero_weights(run: _LayerSolve) -> tuple[np.ndarray, np.ndarray]:
+    """The live columns' W^T with every weight zero and the bias (if any) at its best value,
+    and each column's squared misfit there: the l1 program's answer at any radius above
+    that misfit."""
+    na, n_live = run.program.Xa.shape[1], len(run.idx)
+    WT = np.zeros((na, n_live))
+    if not run.program.bias:
+        return WT, column_misfit(np.zeros_like(run.Yl), run.Yl, run.Vl, run.actl)
+    b, f = refit_support(run.program.Xa[:, -1:], run.Yl, run.Vl, run.actl,
+                         np.zeros((1, n_live)), True, rounds=10, tol=1e-9)
+    WT[-1] = b[0]
+    return WT, f
 
 
 def run_stages(run: _LayerSolve, stage: StageSettings, progress: Progress) -> None:
@@ -74,7 +97,15 @@ def run_stages(run: _LayerSolve, stage: StageSettings, progress: Progress) -> No
     live = run.idx
     rest = np.setdiff1d(np.arange(len(run.Wa)), live)
     rest2 = program.constraint_value(run.Wa[rest], columns=rest) ** 2 if rest.size else 0.0
-    infl = float(stage.inflation)
+    WZ, f0 = _zero_weights(run)
+    if np.sqrt(f0.sum() + rest2) <= run.eps_ok:
+        Wz = run.assemble(WZ)
+        run.history.append({"stage": "zero weights", "misfit": float(np.sqrt(f0.sum()
+                                                                          + rest2)) / run.eps})
+        run.offer(_Answer(Wz, False, _l1(Wz, run.n_in), "refit"))
+        return
+    kmax = stage.cap * float(np.sqrt(f0.sum())) / run.eps
+    infl = min(float(stage.inflation), kmax)
     best: tuple[int, float, np.ndarray] | None = None  # (nonzeros, misfit, weights)
     lo, hi = 0.0, float("inf")  # the largest feasible and the smallest infeasible radius
     prev_nnz: int | None = None
@@ -107,6 +138,7 @@ def run_stages(run: _LayerSolve, stage: StageSettings, progress: Progress) -> No
         else:
             hi = min(hi, infl)
         nxt = infl * float(np.clip(stage.aim * run.eps / max(misfit, 1e-300), 0.5, 2.0))
+        nxt = min(nxt, kmax)
         if not lo < nxt < hi:  # the radii tried bracket the answer: bisect (geometrically)
             nxt = float(np.sqrt(lo * hi)) if lo > 0 and np.isfinite(hi) else nxt
         # settled: a feasible refit, a radius that stays, and a support that has stopped

@@ -1,0 +1,217 @@
+"""`make experiments-hs-nets`: issue 16's networks at 90% and 95% of their weights pruned.
+
+NN2-10K (784-300-300-10 on 10,000 training images), LeNet-5 (conv, 30,000), NN3-60K
+(784-300-1000-300-10, 60,000) and CNN-60K (the paper's CNN, conv layers pruned too, 60,000),
+trained dense once (seeded; LeNet-5's and CNN-60K's networks, calibration sets and dumps are
+those of `make conv-experiments` when they are on disk). At each level:
+- Net-Trim: `nettrim prune --sparsity S` (HSN_HOW: the mode flags, default cascade; the eps
+  search is part of the timed command), evaluated without fine-tuning;
+- the one-shot baselines (magnitude, Wanda-style, SparseGPT-style) at its per-layer counts
+  (`--match`), without fine-tuning;
+- `nettrim finetune` with the default recipe (no flags: 10 epochs, Adam, lr 3e-3, cosine) on
+  the network's training images for Net-Trim and for the baselines in HSN_FT_BASELINES
+  (default sparsegpt, the strongest one-shot baseline);
+- LC (l0 constraint) and iterative HPTD (`nettrim prune --method lc / magnitude-iterative`,
+  make experiments-lc's 20-epoch settings) on the networks in HSN_LC (default nn2-10k).
+Every model is evaluated on the 10,000 test images; docs/high-sparsity-nets.md is written from
+the files on disk. Each step is cached (EXP_DIR/hsnets/<net>); a rerun resumes.
+
+Environment: EXP_DIR (default exp_out), HSN_NETS (default nn2-10k,lenet5,nn3-60k,cnn60k),
+HSN_LEVELS (default 0.9,0.95), HSN_HOW, HSN_FT_BASELINES, HSN_LC, CALIB (default 5000).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+from experiments import convnets, lc_run
+from experiments.convnets import BASELINES, Summary, accuracy, load, nettrim
+from experiments.run import cnn
+from nettrim_cli.datasets import load_fashion_mnist, mlp
+
+ROOT = Path(__file__).resolve().parent.parent
+EXP = Path(os.environ.get("EXP_DIR", ROOT / "exp_out"))
+HSN = EXP / "hsnets"
+DOC = ROOT / "docs" / "high-sparsity-nets.md"
+NETS = {  # name: (label, factory, training images, epochs, whole-module checkpoint)
+    "nn2-10k": ("NN2-10K", lambda: mlp((784, 300, 300, 10)), 10_000, 30, True),
+    "lenet5": ("LeNet-5", convnets.lenet5, 30_000, 5, True),
+    "nn3-60k": ("NN3-60K", lambda: mlp((784, 300, 1000, 300, 10)), 60_000, 10, True),
+    "cnn60k": ("CNN-60K", cnn, 60_000, 5, True),
+}
+SHARED = ("model.pt", "train.h5", "calib.npy", "acts.h5", "original-ft.pt")
+
+
+def _env_list(name: str, default: str) -> list[str]:
+    return [v for v in os.environ.get(name, default).split(",") if v]
+
+
+LEVELS = tuple(float(v) for v in _env_list("HSN_LEVELS", "0.9,0.95"))
+HOW = os.environ.get("HSN_HOW", "--mode cascade").split()
+FT_BASELINES = _env_list("HSN_FT_BASELINES", "sparsegpt")
+LC_NETS = _env_list("HSN_LC", "nn2-10k")
+
+
+def reuse_conv_run(name: str, d: Path) -> None:
+    """Copy `make conv-experiments`' trained network, calibration set and dump when present
+    (the same seeded network: both experiments then prune the same weights)."""
+    src = EXP / "conv" / name
+    if (d / "model.pt").exists() or not (src / "model.pt").exists():
+        return
+    for f in SHARED:
+        if (src / f).exists():
+            shutil.copy2(src / f, d / f)
+
+
+def finetune(model: Path, arch: list[str], out: Path) -> float:
+    """`nettrim finetune` with the default recipe (no recipe flags); wall seconds."""
+    return nettrim("finetune", str(model), *arch, "--data", str(model.parent / "train.h5"),
+                   "-o", str(out), "--summary", str(out.with_suffix(".json")), "--force", "-q",
+                   threads=convnets.TRAIN_THREADS)
+
+
+def _prune(model: Path, arch: list[str], acts: Path, how: list[str], out: Path,
+           rep: Path) -> float:
+    if Path(f"{out}.nettrim-work").exists():
+        how = [*how, "--resume"]  # a stopped run: go on from its finished trials
+    return nettrim("prune", str(model), *arch, "--acts", str(acts), *how, "-o", str(out),
+                   "--report", str(rep), "--force", "-q")
+
+
+def one_level(name: str, level: float, d: Path, files: tuple, test, s: Summary) -> None:
+    """Net-Trim at ``level``, the baselines at its counts, the fine-tunes, LC and HPTD."""
+    _, factory, *_, whole = NETS[name]
+    model, arch, acts = files
+    tag = f"{level:g}"
+    r = s.setdefault("levels", {}).setdefault(tag, {"accuracy": {}, "ft_accuracy": {},
+                                                     "seconds": {}})
+    report = d / f"netrim-{tag}.json"
+    for method in ("netrim", *BASELINES):
+        out, rep = d / f"{method}-{tag}.pt", d / f"{method}-{tag}.json"
+        if not rep.exists():
+            how = (["--sparsity", tag, *HOW] if method == "netrim"
+                   else ["--method", method, "--match", str(report)])
+            r["seconds"][method] = _prune(model, arch, acts, how, out, rep)
+            r["accuracy"].pop(method, None)
+            r["ft_accuracy"].pop(method, None)
+            (d / f"{method}-{tag}-ft.pt").unlink(missing_ok=True)
+            if method == "netrim":  # new counts: the baselines matched the old ones
+                for b in BASELINES:
+                    (d / f"{b}-{tag}.json").unlink(missing_ok=True)
+        if method not in r["accuracy"]:
+            r["accuracy"][method] = accuracy(load(out, factory, whole), *test)
+        s.save()
+        ft = d / f"{method}-{tag}-ft.pt"
+        if method != "netrim" and method not in FT_BASELINES:
+            continue
+        if not ft.exists():
+            r["seconds"][f"{method}_ft"] = finetune(out, arch, ft)
+            r["ft_accuracy"].pop(method, None)
+        if method not in r["ft_accuracy"]:
+            r["ft_accuracy"][method] = accuracy(load(ft, factory, whole), *test)
+        s.save()
+    if name in LC_NETS:
+        training(name, level, d, files, test, r, s)
+
+
+def training(name: str, level: float, d: Path, files: tuple, test, r: dict,
+             s: Summary) -> None:
+    """LC (the schedule `make experiments-lc` chose) and HPTD, 20 training epochs each."""
+    _, factory, *_, whole = NETS[name]
+    model, arch, _ = files
+    tag = f"{level:g}"
+    lc_flags = lc_run.lc_run(lc_run.chosen(EXP / "lc"), level)[2]
+    hptd = ["--method", "magnitude-iterative", *lc_run.HPTD]
+    for method, flags in (("lc", lc_flags), ("hptd", hptd)):
+        out, rep = d / f"{method}-{tag}.pt", d / f"{method}-{tag}.json"
+        if not rep.exists():
+            if Path(f"{out}.nettrim-work").exists():
+                flags = [*flags, "--resume"]
+            r["seconds"][method] = nettrim("prune", str(model), *arch, "--data",
+                                           str(d / "train.h5"), "--sparsity", tag, *flags,
+                                           "-o", str(out), "--report", str(rep), "--force",
+                                           "-q", threads=convnets.TRAIN_THREADS)
+            r["accuracy"].pop(method, None)
+        if method not in r["accuracy"]:
+            r["accuracy"][method] = accuracy(load(out, factory, whole), *test)
+        s.save()
+
+
+def main() -> int:
+    nets = _env_list("HSN_NETS", ",".join(NETS))
+    unknown = [n for n in nets if n not in NETS]
+    if unknown:
+        print(f"error: HSN_NETS: unknown network(s) {', '.join(unknown)} (known: "
+              f"{', '.join(NETS)})", file=sys.stderr)
+        return 2
+    data = {"train": load_fashion_mnist("train"), "test": load_fashion_mnist("test")}
+    for name in nets:
+        d = HSN / name
+        d.mkdir(parents=True, exist_ok=True)
+        reuse_conv_run(name, d)
+        s = Summary(d / "summary.json")
+        files = convnets.prepare(name, d, data, s, spec=NETS[name][1:] + (LEVELS,))
+        for level in LEVELS:
+            one_level(name, level, d, files, data["test"], s)
+        write_doc()
+    return 0
+
+
+ROWS = (("netrim", "Net-Trim"), ("magnitude", "magnitude"), ("wanda", "Wanda-style"),
+        ("sparsegpt", "SparseGPT-style"), ("lc", "LC (l0 constraint), 20 epochs"),
+        ("hptd", "iterative HPTD, 20 epochs"))
+
+
+def _level_rows(d: Path, tag: str, r: dict, dense: float) -> list[str]:
+    rep = convnets.json.loads((d / f"netrim-{tag}.json").read_text())
+    search = rep["settings"].get("sparsity_search", {})
+    lines = [f"Net-Trim: {100 * rep['network']['pruned_fraction']:.2f}% of the pruned layers' "
+             f"weights zero, eps {search.get('epsilon', float('nan')):.4g}, relative output "
+             f"discrepancy {rep['network']['relative_discrepancy']:.4f}, per layer "
+             + ", ".join(f"{la['name']} {100 * la['sparsity']:.1f}%" for la in rep["layers"])
+             + f"; search {r['seconds'].get('netrim', float('nan'))} s.", "",
+             "| method | test accuracy | vs dense | + default FT (10 epochs) | vs dense |",
+             "|---|---|---|---|---|"]
+    for key, label in ROWS:
+        if key not in r["accuracy"]:
+            continue
+        acc = r["accuracy"][key]
+        ft = r["ft_accuracy"].get(key)
+        ft_cells = (f"{ft:.2f}% | {ft - dense:+.2f}" if ft is not None
+                    else "not run | ")
+        if key in ("lc", "hptd"):
+            ft_cells = "(trains itself) | "
+        lines.append(f"| {label} | {acc:.2f}% | {acc - dense:+.2f} | {ft_cells} |")
+    return lines + [""]
+
+
+def write_doc() -> None:
+    """docs/high-sparsity-nets.md from the summaries on disk."""
+    lines = ["# Issue 16's networks at 90% and 95% pruned (`make experiments-hs-nets`)", "",
+             f"Net-Trim: `nettrim prune --sparsity S {' '.join(HOW)}` (the default solver) on "
+             "the network's calibration images; the baselines at its per-layer counts "
+             "(`--match`); FT: `nettrim finetune` with the default recipe (10 epochs, Adam, lr "
+             "3e-3, cosine) on the network's training images. Test accuracy on the 10,000 test "
+             f"images. One seed (0). Machine: {platform.machine()}, {os.cpu_count()} cores.", ""]
+    for name, (label, *_rest) in NETS.items():
+        d = HSN / name
+        if not (d / "summary.json").exists():
+            continue
+        s = Summary(d / "summary.json")
+        dense = s["accuracy_original"]
+        lines += [f"## {label}", "",
+                  f"{s['n_train']} training images, {s['epochs']} dense epochs, "
+                  f"{s['calib']} calibration images; dense test accuracy **{dense:.2f}%**.", ""]
+        for tag, r in s.get("levels", {}).items():
+            if (d / f"netrim-{tag}.json").exists():
+                lines += [f"### {100 * float(tag):.0f}%", "", *_level_rows(d, tag, r, dense)]
+    DOC.write_text("\n".join(lines) + "\n")
+    print(f"wrote {DOC}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
