@@ -7,16 +7,16 @@ from dataclasses import dataclass
 
 from nettrim_cli.errors import BadInput
 
-# the default recipe, chosen by measurement (docs/results.md, "The default fine-tune")
+# the default recipe, chosen by measurement (`make finetune-recipe`, docs/finetune-recipe.md)
 DEFAULT_EPOCHS = 10
-DEFAULT_LR = 3e-3
+DEFAULT_LR = 1e-2
 SCHEDULES = ("cosine", "constant")
 
 
 @dataclass(frozen=True)
 class Recipe:
     """How `nettrim finetune` trains; the defaults are the recipe measured in docs/results.md
-    ("The default fine-tune"): Adam at lr 3e-3 with a cosine decay to 0 over the epochs.
+    ("The default fine-tune"): Adam at lr 1e-2 with a cosine decay to 0 over the epochs.
 
     schedule: "cosine" (torch.optim.lr_scheduler.CosineAnnealingLR over ``epochs``) or
         "constant".
