@@ -219,3 +219,36 @@ def test_zero_weights_that_meet_eps_are_the_answer():
     assert not sol.Wa[:, : program.n_in].any()
     assert any(h["stage"] == "zero weights" for h in sol.history)
     assert not any(h["stage"] == "admm+refit" for h in sol.history)
+
+
+def test_the_column_mix_meets_eps_with_fewer_weights_than_any_single_stage():
+    """Two stages, a dense one that meets eps and a sparse one that misses it: the refit is
+    column by column, so taking each column from one of them gives a layer whose misfit^2 is
+    the sum of the chosen columns'; the mix meets eps when measured with fewer weights than
+    the dense stage, and every column is one stage's column unchanged."""
+    from nettrim_cli.solvers.admm.layer import _LayerSolve
+    from nettrim_cli.solvers.admm.refit import refit_support
+    from nettrim_cli.solvers.admm.settings import ADMMSettings
+    from nettrim_cli.solvers.admm.staged import _mix_columns, _nonzeros
+    from nettrim_cli.solvers.base import no_progress
+
+    program = make_layer(P=400, N=40, M=10, activation="relu", bias=True, eps_r=0.3)
+    run = _LayerSolve(program, SolverSettings(), ADMMSettings(polish=False), no_progress)
+    live, n_in = run.idx, run.n_in
+    stages = []
+    for q in (0.3, 0.9):  # zero the smallest q of each column's weights, then refit
+        WT = program.Wa0[live].T.copy()
+        WT[:-1][np.abs(WT[:-1]) < np.quantile(np.abs(WT[:-1]), q, axis=0)] = 0.0
+        WF, f = refit_support(program.Xa, run.Yl, run.Vl, run.actl, WT, True, rounds=4)
+        stages.append((run.assemble(WF), f))
+    dense, sparse = stages
+    assert run.ok(dense[0]) and not run.ok(sparse[0])  # the case this test needs
+    nnz_dense = _nonzeros(dense[0], n_in)
+    best = (nnz_dense, float(np.sqrt(dense[1].sum())), dense[0])
+    nnz, misfit, W = _mix_columns(run, stages, 0.0, best)
+    assert run.ok(W) and program.constraint_value(W) <= program.epsilon
+    assert nnz < nnz_dense and nnz == _nonzeros(W, n_in)
+    for m in live:
+        assert any(np.array_equal(W[m], s[0][m]) for s in stages)
+    assert any(np.array_equal(W[m], sparse[0][m]) for m in live)
+    assert run.history[-1]["stage"] == "column mix" and run.history[-1]["feasible"]

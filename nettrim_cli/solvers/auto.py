@@ -10,9 +10,10 @@ lambda -- for the whole layer, chosen by the layer's size.
   (one factorisation of the (N+1) x (N+1) Gram matrix per layer) on the l1 program at an
   inflated radius k eps, each followed by the exact support refit over all samples
   (``solvers/admm/refit.py``: the weights with ADMM's zeros that minimise the eq. 3 misfit);
-  k follows the refit's misfit, and the sparsest refit that meets eps when measured is the
-  answer. It is not (4)'s l1 optimum -- the relaxed lasso: fewer weights than the optimum at
-  the same eps and a lower discrepancy (tests/test_auto_solver.py) -- and its columns are
+  k follows the refit's misfit, and the sparsest refit that meets eps when measured (each
+  column taken from the stage that suits it) is the answer. It is not (4)'s l1 optimum --
+  the relaxed lasso: fewer weights than the optimum at the same eps and a lower discrepancy
+  (tests/test_auto_solver.py) -- and its columns are
   ``solved_inaccurate`` (no certificate). When no stage meets eps, ADMM goes on at eps to its
   residual stop (``large_layer_settings``) and the older repair follows.
 
