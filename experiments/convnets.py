@@ -221,10 +221,15 @@ def finetune(model: Path, arch: list[str], out: Path) -> float:
                    threads=TRAIN_THREADS)
 
 
-def one_level(name: str, level: float, d: Path, files: tuple, data: dict, s: Summary) -> None:
+def one_level(name: str, level: float, d: Path, files: tuple, data: dict, s: Summary,
+              spec: tuple | None = None, netrim_flags: tuple[str, ...] = (),
+              finetune_fn=None, ft_methods: tuple[str, ...] | None = None) -> None:
     """Net-Trim at --sparsity ``level`` (the search timed as one command, with the load
-    average before and after), the baselines at its counts, fine-tuning, test accuracies."""
-    factory, _, _, whole, _ = NETS[name]
+    average before and after), the baselines at its counts, fine-tuning, test accuracies.
+    experiments/hs_nets.py passes its own network ``spec``, Net-Trim's mode flags, its
+    fine-tune and the baselines to fine-tune (``ft_methods``; None: BASELINE_FT's rule)."""
+    factory, _, _, whole, _ = spec or NETS[name]
+    finetune_fn = finetune_fn or finetune
     model, arch, acts = files
     xte, yte = data["test"]
     tag = f"{level:g}"
@@ -235,7 +240,7 @@ def one_level(name: str, level: float, d: Path, files: tuple, data: dict, s: Sum
         out, rep = d / f"{method}-{tag}.pt", d / f"{method}-{tag}.json"
         if not rep.exists():
             load_before = os.getloadavg()[0]
-            how = (["--sparsity", tag] if method == "netrim" else
+            how = (["--sparsity", tag, *netrim_flags] if method == "netrim" else
                    ["--method", method, "--match", str(report)])
             resumed = Path(f"{out}.nettrim-work").exists()
             if resumed:  # a stopped run: go on from its finished trials (time not whole)
@@ -256,22 +261,33 @@ def one_level(name: str, level: float, d: Path, files: tuple, data: dict, s: Sum
             r["accuracy"][method] = accuracy(load(out, factory, whole), xte, yte)
         s.save()
         ft = d / f"{method}-{tag}-ft.pt"
-        if method != "netrim" and not (BASELINE_FT and level == levels(name)[0]):
+        wanted = (method in ft_methods if ft_methods is not None
+                  else BASELINE_FT and level == levels(name)[0])
+        if method != "netrim" and not wanted:
             continue
         if not ft.exists():
-            r["seconds"][f"{method}_ft"] = finetune(out, arch, ft)
+            r["seconds"][f"{method}_ft"] = finetune_fn(out, arch, ft)
             r["ft_accuracy"].pop(method, None)
         if method not in r["ft_accuracy"]:
             r["ft_accuracy"][method] = accuracy(load(ft, factory, whole), xte, yte)
         s.save()
 
 
-def main() -> int:
-    nets = [n for n in os.environ.get("CONV_NETS", ",".join(NETS)).split(",") if n]
-    unknown = [n for n in nets if n not in NETS]
+def chosen_nets(var: str, known: dict) -> list[str] | None:
+    """The networks the environment variable ``var`` names (comma list; all of ``known``
+    when unset), or None after one error line when it names an unknown one."""
+    nets = [n for n in os.environ.get(var, ",".join(known)).split(",") if n]
+    unknown = [n for n in nets if n not in known]
     if unknown:
-        print(f"error: CONV_NETS: unknown network(s) {', '.join(unknown)} (known: "
-              f"{', '.join(NETS)})", file=sys.stderr)
+        print(f"error: {var}: unknown network(s) {', '.join(unknown)} (known: "
+              f"{', '.join(known)})", file=sys.stderr)
+        return None
+    return nets
+
+
+def main() -> int:
+    nets = chosen_nets("CONV_NETS", NETS)
+    if nets is None:
         return 2
     data = {"train": load_fashion_mnist("train"), "test": load_fashion_mnist("test")}
     for name in nets:

@@ -75,48 +75,15 @@ def finetune(model: Path, arch: list[str], out: Path) -> float:
                    threads=convnets.TRAIN_THREADS)
 
 
-def _prune(model: Path, arch: list[str], acts: Path, how: list[str], out: Path,
-           rep: Path) -> float:
-    if Path(f"{out}.nettrim-work").exists():
-        how = [*how, "--resume"]  # a stopped run: go on from its finished trials
-    return nettrim("prune", str(model), *arch, "--acts", str(acts), *how, "-o", str(out),
-                   "--report", str(rep), "--force", "-q")
-
-
-def one_level(name: str, level: float, d: Path, files: tuple, test, s: Summary) -> None:
-    """Net-Trim at ``level``, the baselines at its counts, the fine-tunes, LC and HPTD."""
-    _, factory, *_, whole = NETS[name]
-    model, arch, acts = files
-    tag = f"{level:g}"
-    r = s.setdefault("levels", {}).setdefault(tag, {"accuracy": {}, "ft_accuracy": {},
-                                                     "seconds": {}})
-    report = d / f"netrim-{tag}.json"
-    for method in ("netrim", *BASELINES):
-        out, rep = d / f"{method}-{tag}.pt", d / f"{method}-{tag}.json"
-        if not rep.exists():
-            how = (["--sparsity", tag, *HOW] if method == "netrim"
-                   else ["--method", method, "--match", str(report)])
-            r["seconds"][method] = _prune(model, arch, acts, how, out, rep)
-            r["accuracy"].pop(method, None)
-            r["ft_accuracy"].pop(method, None)
-            (d / f"{method}-{tag}-ft.pt").unlink(missing_ok=True)
-            if method == "netrim":  # new counts: the baselines matched the old ones
-                for b in BASELINES:
-                    (d / f"{b}-{tag}.json").unlink(missing_ok=True)
-        if method not in r["accuracy"]:
-            r["accuracy"][method] = accuracy(load(out, factory, whole), *test)
-        s.save()
-        ft = d / f"{method}-{tag}-ft.pt"
-        if method != "netrim" and method not in FT_BASELINES:
-            continue
-        if not ft.exists():
-            r["seconds"][f"{method}_ft"] = finetune(out, arch, ft)
-            r["ft_accuracy"].pop(method, None)
-        if method not in r["ft_accuracy"]:
-            r["ft_accuracy"][method] = accuracy(load(ft, factory, whole), *test)
-        s.save()
+def one_level(name: str, level: float, d: Path, files: tuple, data: dict, s: Summary) -> None:
+    """Net-Trim at ``level`` with HOW's flags, the baselines at its counts, the default
+    fine-tunes (`make conv-experiments`' steps, convnets.one_level), then LC and HPTD."""
+    convnets.one_level(name, level, d, files, data, s, spec=NETS[name][1:] + (LEVELS,),
+                       netrim_flags=tuple(HOW), finetune_fn=finetune,
+                       ft_methods=tuple(FT_BASELINES))
     if name in LC_NETS:
-        training(name, level, d, files, test, r, s)
+        r = s["levels"][f"{level:g}"]
+        training(name, level, d, files, data["test"], r, s)
 
 
 def training(name: str, level: float, d: Path, files: tuple, test, r: dict,
@@ -148,11 +115,8 @@ def training(name: str, level: float, d: Path, files: tuple, test, r: dict,
 
 
 def main() -> int:
-    nets = _env_list("HSN_NETS", ",".join(NETS))
-    unknown = [n for n in nets if n not in NETS]
-    if unknown:
-        print(f"error: HSN_NETS: unknown network(s) {', '.join(unknown)} (known: "
-              f"{', '.join(NETS)})", file=sys.stderr)
+    nets = convnets.chosen_nets("HSN_NETS", NETS)
+    if nets is None:
         return 2
     data = {"train": load_fashion_mnist("train"), "test": load_fashion_mnist("test")}
     for name in nets:
@@ -162,7 +126,7 @@ def main() -> int:
         s = Summary(d / "summary.json")
         files = convnets.prepare(name, d, data, s, spec=NETS[name][1:] + (LEVELS,))
         for level in LEVELS:
-            one_level(name, level, d, files, data["test"], s)
+            one_level(name, level, d, files, data, s)
         write_doc()
     return 0
 
