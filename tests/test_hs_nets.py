@@ -19,8 +19,10 @@ def _net(tmp_path, name, levels):
             "network": {"pruned_fraction": float(tag), "relative_discrepancy": 0.1},
             "layers": [{"name": "0", "sparsity": float(tag)}]}))
         summary["levels"][tag] = {
-            "accuracy": {"netrim": nt, "magnitude": 40.0, "wanda": 41.0, "sparsegpt": sgpt},
-            "ft_accuracy": {"netrim": ft}, "seconds": {"netrim": 12.5}}
+            "accuracy": {"netrim": nt, "magnitude": 40.0, "wanda": 41.0, "sparsegpt": sgpt,
+                         "lc": 84.0},
+            "ft_accuracy": {"netrim": ft}, "ft_short_accuracy": ft - 0.5,
+            "seconds": {"netrim": 12.5}}
     (d / "summary.json").write_text(json.dumps(summary))
 
 
@@ -37,4 +39,8 @@ def test_the_doc_reports_each_level_and_its_verdict(tmp_path, monkeypatch):
     assert "(goal: within 0.5): met" in nine and "+10.00 points" in nine and "ahead" in nine
     assert "-1.50 points from dense (goal: within 1.0): NOT met" in five
     assert "-5.00 points against the best one-shot baseline: NOT ahead" in five
+    assert "| Net-Trim + FT, 4 epochs | | | 84.10% | -0.90 |" in text
+    assert "| LC (l0 constraint), 20 epochs | 84.00% | -1.00 | (trains itself) |  |" in text
+    assert "4 epochs of FT +0.10 points against LC with 20: reached" in nine
+    assert "4 epochs of FT -1.00 points against LC with 20: NOT reached" in five
     assert "LeNet-5" not in text  # a network not run yet gets no section
