@@ -12,7 +12,7 @@ def _net(tmp_path, name, levels):
     d = tmp_path / name
     d.mkdir(parents=True)
     summary = {"n_train": 10000, "epochs": 30, "calib": 5000, "accuracy_original": 85.0,
-               "levels": {}}
+               "accuracy_dense_ft": 86.0, "levels": {}}
     for tag, (nt, ft, sgpt) in levels.items():
         (d / f"netrim-{tag}.json").write_text(json.dumps({
             "settings": {"sparsity_search": {"epsilon": 0.2}},
@@ -36,6 +36,8 @@ def test_the_doc_reports_each_level_and_its_verdict(tmp_path, monkeypatch):
     assert "| Net-Trim | 80.00% | -5.00 | 84.60% | -0.40 |" in text
     assert "| SparseGPT-style | 70.00% | -15.00 | not run |  |" in text
     nine, five = text.split("### 95%")
+    assert "(86.00% after the same default fine-tune" in text
+    assert "(goal: within 0.5): met (-1.40 from the dense network with the same fine-tune)" in nine
     assert "(goal: within 0.5): met" in nine and "+10.00 points" in nine and "ahead" in nine
     assert "-1.50 points from dense (goal: within 1.0): NOT met" in five
     assert "-5.00 points against the best one-shot baseline: NOT ahead" in five
