@@ -73,6 +73,18 @@ def test_search_stops_once_the_bracket_closes_on_a_step():
     assert 0.16 < search.chosen.pruned < 0.2  # the nearest: just below the step (0.174)
 
 
+def test_a_trial_that_prunes_everything_does_not_slow_the_search():
+    """CNN-60K at 0.95: the first step from eps 0.05 (47% pruned) went to 0.999, where every
+    weight is pruned; the secant through that end (log(1 - p) = -inf there) then crept up
+    15% of the bracket a trial and the search ended after 12 trials at 91.4%. With the secant
+    through the trials below the target it lands within half a point in a few trials."""
+    fake = _Fake(lambda e: 1.0 if e >= 0.9 else 1 - min(1.0, 0.53 * (e / 0.05) ** -1.0))
+    search = prune_to_sparsity(fake, 0.05, 0.95, max_trials=12)
+    assert any(t.pruned == 1.0 for t in search.trials)  # the case this test needs
+    assert abs(search.chosen.pruned - 0.95) <= target.TOLERANCE
+    assert len(search.trials) <= 6
+
+
 @pytest.fixture(scope="module")
 def mlp_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("sparsity")
