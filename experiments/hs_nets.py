@@ -167,7 +167,10 @@ def _level_rows(d: Path, tag: str, r: dict, dense: float, dense_ft: float | None
              f"weights zero, eps {search.get('epsilon', float('nan')):.4g}, relative output "
              f"discrepancy {rep['network']['relative_discrepancy']:.4f}, per layer "
              + ", ".join(f"{la['name']} {100 * la['sparsity']:.1f}%" for la in rep["layers"])
-             + f"; search {r['seconds'].get('netrim', float('nan'))} s.", "",
+             + f"; search {r['seconds'].get('netrim', float('nan'))} s."
+             + (" **The search did not land within half a point of the level: every row "
+                "below is at this fraction.**"
+                if abs(rep["network"]["pruned_fraction"] - float(tag)) > 0.005 else ""), "",
              "| method | test accuracy | vs dense | + default FT (10 epochs) | vs dense |",
              "|---|---|---|---|---|"]
     for key, label in ROWS:
