@@ -252,3 +252,27 @@ def test_the_column_mix_meets_eps_with_fewer_weights_than_any_single_stage():
         assert any(np.array_equal(W[m], s[0][m]) for s in stages)
     assert any(np.array_equal(W[m], sparse[0][m]) for m in live)
     assert run.history[-1]["stage"] == "column mix" and run.history[-1]["feasible"]
+
+
+def test_an_answer_far_under_eps_is_tightened():
+    """A stage answer at 0.5 eps (its weights those of the original layer refitted): _tighten
+    drops its least weights and refits, keeping eps, with fewer weights than it started."""
+    from nettrim_cli.solvers.admm.layer import _LayerSolve
+    from nettrim_cli.solvers.admm.refit import refit_support
+    from nettrim_cli.solvers.admm.settings import ADMMSettings
+    from nettrim_cli.solvers.admm.staged import StageSettings, _nonzeros, _tighten
+    from nettrim_cli.solvers.base import no_progress
+
+    program = make_layer(P=400, N=40, M=10, activation="relu", bias=True, eps_r=0.5)
+    run = _LayerSolve(program, SolverSettings(), ADMMSettings(polish=False), no_progress)
+    WF, f = refit_support(program.Xa, run.Yl, run.Vl, run.actl, program.Wa0[run.idx].T, True)
+    W = run.assemble(WF)
+    misfit = float(np.sqrt(f.sum()))
+    assert misfit < 0.9 * program.epsilon  # the case this test needs
+    nnz0 = _nonzeros(W, run.n_in)
+    nnz, m, Wt = _tighten(run, StageSettings(), (nnz0, misfit, W), 0.0)
+    assert nnz < nnz0 and nnz == _nonzeros(Wt, run.n_in)
+    assert program.constraint_value(Wt) <= program.epsilon and m <= program.epsilon
+    assert run.history[-1]["stage"] == "tighten"
+    # an answer already near eps is left alone
+    assert _tighten(run, StageSettings(), (nnz, 0.95 * program.epsilon, Wt), 0.0)[2] is Wt

@@ -62,6 +62,9 @@ class StageSettings:
     final_rounds: more Newton rounds on the answer chosen (a lower misfit, the same zeros).
     gram_dtype: dtype of the refit's Gram matrices (float32 on large layers).
     cap: the largest radius as a fraction of the zero weights' misfit.
+    tighten_below, tighten_rounds: an answer whose misfit is under ``tighten_below`` eps drops
+        its least weights (|w| times its input's norm) and is refitted, the count bisected
+        over ``tighten_rounds`` refits (``_tighten``).
     """
 
     inflation: float = 1.5
@@ -73,6 +76,8 @@ class StageSettings:
     refit_rounds: int = 1
     final_rounds: int = 2
     cap: float = 0.97
+    tighten_below: float = 0.9
+    tighten_rounds: int = 6
 
 
 def _nonzeros(Wa: np.ndarray, n_in: int) -> int:
@@ -156,7 +161,7 @@ def run_stages(run: _LayerSolve, stage: StageSettings, progress: Progress) -> No
         prev_nnz = nnz
         infl = nxt
     solver.radius = base
-    best = _mix_columns(run, seen, rest2, best)
+    best = _tighten(run, stage, _mix_columns(run, seen, rest2, best), rest2)
     if best is not None:
         run.offer(_Answer(*_final(run, stage, best), "refit"))
 
@@ -202,6 +207,39 @@ def _mix_columns(run: _LayerSolve, seen: list[tuple[np.ndarray, np.ndarray]], re
                         "columns_per_stage": np.bincount(choice, minlength=len(seen)).tolist()})
     if feasible and (best is None or total < best[0]):
         return total, float(np.sqrt(F[choice, cols].sum() + rest2)), W
+    return best
+
+
+def _tighten(run: _LayerSolve, stage: StageSettings,
+             best: tuple[int, float, np.ndarray] | None, rest2: float
+             ) -> tuple[int, float, np.ndarray] | None:
+    """An answer far under eps loses its least weights (|w| times the norm of its input over
+    the samples), refitted on what is left; the fraction dropped is bisected so that the
+    refit still meets eps. Near the zero weights' misfit r0 the stages' ADMM, stopped after a
+    few dozen iterations, gives the same support at every eps from about 0.65 r0 to r0
+    (CNN-60K's cascade prune: 91.4% pruned at eps 0.554 and at 0.798, every weight at 0.848;
+    LeNet300's 784 -> 300 layer at 0.61 eps and 0.78 eps alike)."""
+    if best is None or best[1] >= stage.tighten_below * run.eps:
+        return best
+    live, n_in, W = run.idx, run.n_in, best[2]
+    score = np.abs(W[live, :n_in]) * np.linalg.norm(run.program.Xa[:, :n_in], axis=0)
+    order = np.sort(score[score > 0])
+    lo, hi = 0.0, 1.0  # fractions of the kept weights dropped: lo meets eps, hi need not
+    for _ in range(stage.tighten_rounds):
+        mid = 0.5 * (lo + hi)
+        cut = order[min(int(mid * order.size), order.size - 1)]
+        WT = np.where(score > cut, W[live, :n_in], 0.0)
+        WT = np.hstack([WT, W[live, n_in:]]).T
+        WF, f = refit_support(run.program.Xa, run.Yl, run.Vl, run.actl, WT, run.program.bias,
+                              rounds=stage.refit_rounds, gram_dtype=np.dtype(stage.gram_dtype))
+        Wr = run.assemble(WF)
+        nnz = _nonzeros(Wr, n_in)
+        if run.ok(Wr) and nnz < best[0]:
+            lo, best = mid, (nnz, float(np.sqrt(f.sum() + rest2)), Wr)
+        else:
+            hi = mid
+    run.history.append({"stage": "tighten", "dropped": lo, "nonzeros": best[0],
+                        "misfit": best[1] / run.eps})
     return best
 
 
