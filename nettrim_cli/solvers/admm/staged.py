@@ -84,6 +84,15 @@ def _nonzeros(Wa: np.ndarray, n_in: int) -> int:
     return int(np.count_nonzero(Wa[:, :n_in]))
 
 
+def _refit(run: _LayerSolve, stage: StageSettings, WT: np.ndarray, rounds: int
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """The live columns' weights ``WT`` (W^T, bias last) refitted on their support over every
+    sample: (the layer's weights, thresholded, and each live column's squared misfit)."""
+    WF, f = refit_support(run.program.Xa, run.Yl, run.Vl, run.actl, WT, run.program.bias,
+                          rounds=rounds, gram_dtype=np.dtype(stage.gram_dtype))
+    return run.assemble(WF), f
+
+
 def _zero_weights(run: _LayerSolve) -> tuple[np.ndarray, np.ndarray]:
     """The live columns' W^T with every weight zero and the bias (if any) at its best value,
     and each column's squared misfit there: the l1 program's answer at any radius above
@@ -130,10 +139,7 @@ def run_stages(run: _LayerSolve, stage: StageSettings, progress: Progress) -> No
         WT, _ = solver.result()
         Wadmm = run.assemble(WT)
         t1 = time.perf_counter()
-        WF, f = refit_support(program.Xa, run.Yl, run.Vl, run.actl, Wadmm[live].T,
-                              program.bias, rounds=stage.refit_rounds,
-                              gram_dtype=np.dtype(stage.gram_dtype))
-        Wr = run.assemble(WF)
+        Wr, f = _refit(run, stage, Wadmm[live].T, stage.refit_rounds)
         misfit = float(np.sqrt(f.sum() + rest2))
         feasible = run.ok(Wr)
         nnz = _nonzeros(Wr, run.n_in)
@@ -224,15 +230,15 @@ def _tighten(run: _LayerSolve, stage: StageSettings,
     live, n_in, W = run.idx, run.n_in, best[2]
     score = np.abs(W[live, :n_in]) * np.linalg.norm(run.program.Xa[:, :n_in], axis=0)
     order = np.sort(score[score > 0])
+    if order.size == 0:  # no weight left to drop
+        return best
     lo, hi = 0.0, 1.0  # fractions of the kept weights dropped: lo meets eps, hi need not
     for _ in range(stage.tighten_rounds):
         mid = 0.5 * (lo + hi)
         cut = order[min(int(mid * order.size), order.size - 1)]
         WT = np.where(score > cut, W[live, :n_in], 0.0)
         WT = np.hstack([WT, W[live, n_in:]]).T
-        WF, f = refit_support(run.program.Xa, run.Yl, run.Vl, run.actl, WT, run.program.bias,
-                              rounds=stage.refit_rounds, gram_dtype=np.dtype(stage.gram_dtype))
-        Wr = run.assemble(WF)
+        Wr, f = _refit(run, stage, WT, stage.refit_rounds)
         nnz = _nonzeros(Wr, n_in)
         if run.ok(Wr) and nnz < best[0]:
             lo, best = mid, (nnz, float(np.sqrt(f.sum() + rest2)), Wr)
@@ -251,10 +257,7 @@ def _final(run: _LayerSolve, stage: StageSettings, best: tuple[int, float, np.nd
     if stage.final_rounds > 0:
         t0 = time.perf_counter()
         # from the thresholded weights: the stage's refit below the zero threshold stays zero
-        WF, _ = refit_support(run.program.Xa, run.Yl, run.Vl, run.actl, Wa[run.idx].T,
-                              run.program.bias, rounds=stage.final_rounds,
-                              gram_dtype=np.dtype(stage.gram_dtype))
-        Wr = run.assemble(WF)
+        Wr, _ = _refit(run, stage, Wa[run.idx].T, stage.final_rounds)
         kept = run.ok(Wr) and _nonzeros(Wr, run.n_in) <= best[0]
         Wa = Wr if kept else Wa
         run.history.append({"stage": "final refit", "rounds": stage.final_rounds,
