@@ -276,3 +276,27 @@ def test_an_answer_far_under_eps_is_tightened():
     assert run.history[-1]["stage"] == "tighten"
     # an answer already near eps is left alone
     assert _tighten(run, StageSettings(), (nnz, 0.95 * program.epsilon, Wt), 0.0)[2] is Wt
+
+
+@pytest.mark.parametrize("cascade", [False, True])
+def test_admm_on_a_subset_of_the_samples_still_meets_eps_on_all(cascade):
+    """The stages' ADMM on a random subset of the rows (staged.rows) chooses the support; the
+    refits and the eps check use every sample, so the answer meets eps on all of them and is
+    about as sparse as with ADMM on all rows."""
+    from nettrim_cli.solvers.admm.settings import ADMMSettings
+    from nettrim_cli.solvers.admm.staged import StageSettings, rows, solve_staged
+
+    program = make_layer(P=1500, N=30, M=8, cascade=cascade, eps_r=0.3, seed=3)
+    opts = ADMMSettings(polish=False, eps_rel=1e-3, eps_abs=1e-6)
+    sub = StageSettings(rows_per_input=10, min_rows=300)
+    chosen = rows((1500, 31), sub)
+    assert len(chosen) == 310 and np.all(np.diff(chosen) > 0)  # sorted, no repeats
+    assert np.array_equal(chosen, rows((1500, 31), sub))  # the same rows every run
+    assert rows((300, 31), sub) is None and rows((1500, 31), StageSettings()) is None
+    sol = solve_staged(program, SolverSettings(), admm_settings=opts, stage=sub)
+    assert {"stage": "admm_rows", "rows": 310, "samples": 1500} in sol.history
+    assert program.constraint_value(sol.Wa) <= program.epsilon
+    full = solve_staged(program, SolverSettings(), admm_settings=opts)
+    assert not any(h["stage"] == "admm_rows" for h in full.history)
+    nnz, nnz_full = (int(np.count_nonzero(s.Wa[:, :30])) for s in (sol, full))
+    assert nnz < 240 and nnz <= 1.25 * nnz_full, (nnz, nnz_full)

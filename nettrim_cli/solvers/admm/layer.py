@@ -106,6 +106,7 @@ class _LayerSolve:
         self.rounds = self.retries = 0
         self.admm_conv = self.pol_conv = True
         self.best: _Answer | None = None
+        self.Xg: np.ndarray | None = None  # X_a in the refits' Gram dtype (staged.py)
 
     def ok(self, W: np.ndarray) -> bool:
         """W in C_eps (eq. 3); with a fixed lambda, the inactive inequalities hold."""
@@ -123,9 +124,10 @@ class _LayerSolve:
         if answer.beats(self.best):
             self.best = answer
 
-    def start(self, device: str, dtype: str) -> None:
+    def start(self, device: str, dtype: str, rows: np.ndarray | None = None) -> None:
         """The live columns' program for ADMM (in Gram form without activation) and the
-        polish."""
+        polish. ``rows``: ADMM on these samples only, its eps scaled by the share of ||Y||
+        they hold (the staged path's support search; its refits use every sample)."""
         program, opts, idx, Xa, eps = self.program, self.opts, self.idx, self.Xa, self.eps
         l1mask = np.ones(Xa.shape[1])
         if self.l1_weights is not None:  # (M, N) per-entry weights: the live columns' (Na, L)
@@ -143,6 +145,13 @@ class _LayerSolve:
             self.solver = _ADMM(Rg, Bg, np.zeros_like(Bg), np.ones_like(Bg, dtype=bool), W0T,
                                 l1mask, eps_g, self.lam, opts, device, dtype)
             self.history.append({"stage": "gram_form", "rows": int(Rg.shape[0]),
+                                 "samples": int(Xa.shape[0])})
+        elif rows is not None:
+            Yr = self.Yl[rows]
+            eps_r = eps * float(np.linalg.norm(Yr) / max(np.linalg.norm(self.Yl), 1e-300))
+            self.solver = _ADMM(Xa[rows], Yr, self.Vl[rows], self.actl[rows], W0T, l1mask,
+                                eps_r, self.lam, opts, device, dtype)
+            self.history.append({"stage": "admm_rows", "rows": int(len(rows)),
                                  "samples": int(Xa.shape[0])})
         else:
             self.solver = _ADMM(Xa, self.Yl, self.Vl, self.actl, W0T, l1mask, eps, self.lam,

@@ -99,17 +99,20 @@ def _newton_points(Xa: np.ndarray, Z: np.ndarray, Y: np.ndarray, V: np.ndarray,
     WN = np.zeros((Na, L))
 
     def fit(cols: range) -> None:
-        with threadpool_limits(1) if threadpool_limits else _null():
-            for m in cols:
-                S = np.flatnonzero(on[:, m])
-                WN[S, m] = _column_fit(Xa, rows_all[:, m], T[:, m], S, ridge)
+        for m in cols:
+            S = np.flatnonzero(on[:, m])
+            WN[S, m] = _column_fit(Xa, rows_all[:, m], T[:, m], S, ridge)
 
     chunks = [range(k, L, workers) for k in range(workers)]
-    if workers <= 1:
-        fit(chunks[0])
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(fit, chunks))
+    # one BLAS thread per worker, set once around the pool: threadpoolctl's limits are
+    # process-wide, and a limit entered and left in each worker raced with the other's (and
+    # with an outer limit, ``execution.threads.fixed_threads``: the refit ran 2x slower there)
+    with threadpool_limits(1) if threadpool_limits else _null():
+        if workers <= 1:
+            fit(chunks[0])
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(fit, chunks))
     return WN
 
 
@@ -124,14 +127,16 @@ class _null:
 def refit_support(Xa: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray,
                   WT: np.ndarray, bias: bool, rounds: int = 4, ridge: float = 1e-10,
                   workers: int = 2, tol: float = 1e-3,
-                  gram_dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+                  gram_dtype=np.float64, Xg: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Minimise f_m over the support of every column of ``WT`` ((N + bias) x L, the bias as
     last row, always free), starting from ``WT``. Returns (the refitted W^T, f per column):
     zeros stay zeros and no column's f ever rises (each accepted step is a descent step).
     Stops after ``rounds`` Newton steps or when a step lowers the layer's misfit by less than
-    ``tol`` (relative)."""
+    ``tol`` (relative). ``Xg``: ``Xa`` already in ``gram_dtype`` (a caller's cached copy)."""
     Xa = np.asarray(Xa, dtype=np.float64)
-    Xg = Xa if gram_dtype == np.float64 else Xa.astype(gram_dtype)
+    if Xg is None or Xg.dtype != gram_dtype:
+        Xg = Xa if gram_dtype == np.float64 else Xa.astype(gram_dtype)
     Y = np.asarray(Y, dtype=np.float64)
     V = np.asarray(V, dtype=np.float64)
     W = np.array(WT, dtype=np.float64)
