@@ -300,3 +300,27 @@ def test_admm_on_a_subset_of_the_samples_still_meets_eps_on_all(cascade):
     assert not any(h["stage"] == "admm_rows" for h in full.history)
     nnz, nnz_full = (int(np.count_nonzero(s.Wa[:, :30])) for s in (sol, full))
     assert nnz < 240 and nnz <= 1.25 * nnz_full, (nnz, nnz_full)
+
+
+def test_best_bias_is_the_minimiser_of_the_zero_weights_misfit():
+    """staged.best_bias against a bounded scalar minimisation of the same f, column by column
+    (relu targets, cascade bounds, a column with no active sample)."""
+    from scipy.optimize import minimize_scalar
+
+    from nettrim_cli.solvers.admm.refit import misfit
+    from nettrim_cli.solvers.admm.staged import best_bias
+
+    rng = np.random.default_rng(5)
+    P, L = 300, 6
+    Y = np.maximum(rng.standard_normal((P, L)) + 0.3, 0.0)
+    V = rng.standard_normal((P, L))
+    act = Y > 0
+    act[:, 2] = False  # no active sample: f = 0 for every b at or under min(V)
+    b = best_bias(Y, V, act)
+    f = misfit(np.broadcast_to(b, Y.shape), Y, V, act)
+    for m in range(L):
+        ref = minimize_scalar(lambda c, m=m: misfit(np.full((P, 1), c), Y[:, m:m + 1],
+                                                     V[:, m:m + 1], act[:, m:m + 1])[0],
+                              bounds=(-10, 10), method="bounded", options={"xatol": 1e-10})
+        assert f[m] <= ref.fun + 1e-8 * max(1.0, ref.fun)
+    assert f[2] == 0.0

@@ -59,7 +59,9 @@ class StageSettings:
     refit_rounds: Newton rounds of each stage's refit (each costs a Gram matrix per column;
         one round already gives most of the drop, and a feasible one-round refit is feasible
         after more rounds).
-    final_rounds: more Newton rounds on the answer chosen (a lower misfit, the same zeros).
+    final_rounds: more Newton rounds on the answer chosen (a lower misfit, the same zeros; on
+        the bench MLP at 20,000 samples one round gave 0.942 eps and 88.01% test accuracy,
+        two 0.937 eps and 88.02%, 3.5 s more).
     gram_dtype: dtype of the refit's Gram matrices (float32 on large layers).
     cap: the largest radius as a fraction of the zero weights' misfit.
     tighten_below, tighten_rounds: an answer whose misfit is under ``tighten_below`` eps drops
@@ -77,7 +79,7 @@ class StageSettings:
     settle: float = 0.04
     gram_dtype: str = "float32"
     refit_rounds: int = 1
-    final_rounds: int = 2
+    final_rounds: int = 1
     cap: float = 0.97
     tighten_below: float = 0.9
     tighten_rounds: int = 6
@@ -121,12 +123,27 @@ def _zero_weights(run: _LayerSolve) -> tuple[np.ndarray, np.ndarray]:
     that misfit."""
     na, n_live = run.program.Xa.shape[1], len(run.idx)
     WT = np.zeros((na, n_live))
-    if not run.program.bias:
-        return WT, column_misfit(np.zeros_like(run.Yl), run.Yl, run.Vl, run.actl)
-    b, f = refit_support(run.program.Xa[:, -1:], run.Yl, run.Vl, run.actl,
-                         np.zeros((1, n_live)), True, rounds=10, tol=1e-9)
-    WT[-1] = b[0]
-    return WT, f
+    if run.program.bias:
+        WT[-1] = best_bias(run.Yl, run.Vl, run.actl)
+    return WT, column_misfit(np.broadcast_to(WT[-1], run.Yl.shape), run.Yl, run.Vl, run.actl)
+
+
+def best_bias(Y: np.ndarray, V: np.ndarray, act: np.ndarray, rounds: int = 100) -> np.ndarray:
+    """Per column the b minimising f(b) = sum over the active samples of (b - y)^2 plus over
+    the others of (b - v)_+^2, by Newton's method on f' (convex, piecewise linear and
+    increasing): from the right of its zero every step lands at or right of it, and the set
+    of samples with b over the bound only shrinks, so the steps end after finitely many. All
+    columns at once; a column with f' = 0 on a whole interval keeps its left end's value."""
+    T = np.where(act, Y, V)
+    b = np.max(T, axis=0) if T.size else np.zeros(Y.shape[1])
+    for _ in range(rounds):
+        R = act | (b[None, :] > V)
+        n = np.count_nonzero(R, axis=0)
+        nxt = np.where(n > 0, np.where(R, T, 0.0).sum(axis=0) / np.maximum(n, 1), b)
+        if np.array_equal(nxt, b) or np.all(nxt >= b - 1e-12 * (1.0 + np.abs(b))):
+            return np.minimum(nxt, b)
+        b = nxt
+    return b
 
 
 def run_stages(run: _LayerSolve, stage: StageSettings, progress: Progress) -> None:
