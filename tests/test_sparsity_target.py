@@ -85,6 +85,29 @@ def test_a_trial_that_prunes_everything_does_not_slow_the_search():
     assert len(search.trials) <= 6
 
 
+@pytest.mark.parametrize("target_s", [0.9, 0.97, 0.98])
+def test_a_bracket_end_kept_for_many_trials_is_down_weighted(target_s):
+    """CNN-60K's recorded cascade curve (eps -> pruned, with the tighten step; flat at 90-93%
+    from eps 0.42 to 0.57, then 99.998% at 0.798), interpolated in log-log: the plain regula
+    falsi kept one end of the bracket for up to 8 trials and crept up from the other (at 0.95
+    the real search ended after 12 trials at 93.0%; on this curve 0.9 took 11 trials, 0.97 and
+    0.98 ended 0.75 and 0.47 points off). With the Illinois weighting they land within half a
+    point (0.9 in 6 trials)."""
+    pts = [(0.05, 0.4683), (0.2235, 0.7104), (0.2835, 0.7912), (0.3336, 0.8229),
+           (0.3803, 0.8697), (0.4250, 0.9024), (0.4671, 0.9100), (0.5420, 0.9221),
+           (0.5744, 0.9304), (0.7980, 0.99998), (0.999, 1.0)]
+    E = np.log([e for e, _ in pts])
+    K = np.log(np.maximum([1 - p for _, p in pts], 1e-9))
+    fake = _Fake(lambda e: 1 - math.exp(np.interp(math.log(e), E, K)))
+    search = prune_to_sparsity(fake, 0.05, target_s, max_trials=12)
+    assert abs(search.chosen.pruned - target_s) <= target.TOLERANCE
+    assert target_s != 0.9 or len(search.trials) <= 7
+    trials = [Trial(0.3, 0.80, 0.0), Trial(0.8, 0.99, 0.0), Trial(0.35, 0.82, 0.0),
+              Trial(0.4, 0.85, 0.0)]
+    plain = math.exp(math.log(0.4) + 0.15 * math.log(0.8 / 0.4))  # the old rule's clip
+    assert next_epsilon(trials, 0.95) > plain  # three trials below: the upper end weighs less
+
+
 @pytest.fixture(scope="module")
 def mlp_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("sparsity")
