@@ -8,7 +8,7 @@ those of `make conv-experiments` when they are on disk). At each level:
   search is part of the timed command), evaluated without fine-tuning;
 - the one-shot baselines (magnitude, Wanda-style, SparseGPT-style) at its per-layer counts
   (`--match`), without fine-tuning;
-- `nettrim finetune` with the default recipe (no flags: 10 epochs, Adam, lr 3e-3, cosine) on
+- `nettrim finetune` with the default recipe (no flags: 10 epochs, Adam, lr 1e-2, cosine) on
   the network's training images for Net-Trim and for the baselines in HSN_FT_BASELINES
   (default sparsegpt, the strongest one-shot baseline);
 - LC (l0 constraint) and iterative HPTD (`nettrim prune --method lc / magnitude-iterative`,
