@@ -9,7 +9,8 @@ The search. The fraction kept, 1 - p, falls with eps like a power law over the r
 matters (the experiments' networks gave d log(1 - p) / d log eps between -0.6 and -0.7), so
 the trials are placed by the secant on (log eps, log(1 - p)) (``next_epsilon``): until the
 target is bracketed through the trials nearest to it, then through the bracket's ends (a
-safeguarded regula falsi with the Illinois weighting). eps stays in (0, 1): at eps_r = 1 the all-zero layer is feasible.
+safeguarded regula falsi with the Illinois weighting). eps stays in (0, 1): at eps_r = 1 the
+all-zero layer is feasible.
 The pruned fraction can jump with eps (a layer's answer moving to a sparser support): once the
 bracket is narrower than ``STEP_RTOL`` the search stops and keeps the nearest trial.
 

@@ -9,10 +9,11 @@ support back onto eps: the answer is the refitted weights, feasible for eq. 3 at
 measured on every sample, and sparser than the l1 answer at eps (the relaxed lasso).
 
 Stage by stage: ``stage_iters`` ADMM iterations at the radius k eps (warm started from the
-previous stage), then the refit; k is then moved by the ratio of the refit's misfit to eps
-(aiming at ``aim`` eps; bisected once a feasible and an infeasible radius bracket it), and the
-sparsest feasible refit is kept. ADMM need not converge: the
-support of a few dozen iterations refits as well as that of a converged run (at 100
+previous stage; on a layer with many samples ADMM sees a fixed random subset of them, ``rows``,
+with eps scaled to their share of ||Y||), then the refit on every sample; k is then moved by
+the ratio of the refit's misfit to eps (aiming at ``aim`` eps; bisected once a feasible and an
+infeasible radius bracket it), and the sparsest feasible refit is kept. ADMM need not
+converge: the support of a few dozen iterations refits as well as that of a converged run (at 100
 iterations on that layer, 77.4% zeros refitting to 0.64 eps, where the converged l1 answer
 at eps has 76.3% zeros after 420 iterations). When no stage gives a feasible refit, the
 caller continues with plain ADMM at eps (``layer.solve_layer``'s stages).
@@ -91,9 +92,9 @@ def rows(shape: tuple[int, int], stage: StageSettings) -> np.ndarray | None:
     """The samples the stages' ADMM runs on (sorted; a fixed seed, so a run repeats), or None
     for all of them. ADMM only chooses the support here (Theorem 3: an s-sparse column is fixed
     by O(s log N) samples); the refits meet eps on every sample. On the 784 -> 500 layer of the
-    bench MLP at 20,000 samples, ADMM on 8,000 gave 118,477 weights at 0.965 eps in 52 s
-    against 116,166 at 0.98 eps in 93 s on all; on its 500 -> 200 layer, 5,000 rows gave 20,516
-    weights in 10 s against 21,022 in 21 s."""
+    bench MLP at 20,000 samples, ADMM on 7,850 rows gave 118,302 weights at 0.965 eps in 53 s
+    against 116,166 at 0.98 eps in 93 s on all; on its 500 -> 200 layer, 5,010 rows gave
+    20,516 weights in 10 s against 21,022 in 21 s."""
     P, Na = shape
     keep = max(int(stage.min_rows), int(stage.rows_per_input) * Na)
     if P <= keep:
