@@ -60,15 +60,18 @@ def _blas_threads(n: int | None):
 @dataclass
 class _Answer:
     """A feasible answer for the layer's weights: whether the polish certified it (the KKT
-    conditions of (4) hold), its l1 norm (weights only) and where it came from."""
+    conditions of (4) hold), its l1 norm (weights only; at a fixed lambda eq. 11's objective,
+    ``_LayerSolve.score``) and where it came from."""
 
     Wa: np.ndarray
     certified: bool
     l1: float
     source: str  # "polish" or "admm"
+    col_certified: np.ndarray | None = None  # at a fixed lambda: per live column
 
     def beats(self, other: _Answer | None) -> bool:
-        """Certified first, then the smaller l1 norm; a tie keeps the earlier answer."""
+        """Certified first, then the smaller l1 norm (objective); a tie keeps the earlier
+        answer."""
         return other is None or (self.certified, -self.l1) > (other.certified, -other.l1)
 
 
@@ -120,7 +123,50 @@ class _LayerSolve:
         out[self.idx] = WT.T
         return _threshold(out, self.n_in, self.thr)
 
+    def column_scores(self, W: np.ndarray) -> np.ndarray:
+        """Per column (all M): the l1 norm of its weights, plus lambda times its active misfit
+        at a fixed lambda (eq. 14's objective)."""
+        l1 = np.abs(W[:, : self.n_in]).sum(axis=1)
+        if self.lam is None:
+            return l1
+        r = np.where(self.program.active_set, self.Xa @ W.T - self.Y, 0.0)
+        return l1 + self.lam * np.einsum("pm,pm->m", r, r)
+
+    def score(self, W: np.ndarray) -> float:
+        """What the answers compete on: the l1 norm of the weights (eq. 11's objective at a
+        fixed lambda)."""
+        return _l1(W, self.n_in) if self.lam is None else float(self.column_scores(W).sum())
+
+    def merge(self, a: _Answer, b: _Answer) -> _Answer:
+        """At a fixed lambda the columns are independent: each live column from the answer
+        with the lower eq. 14 objective (``a`` on a tie)."""
+        sa, sb = self.column_scores(a.Wa)[self.idx], self.column_scores(b.Wa)[self.idx]
+        take = sb < sa * (1.0 - 1e-12)
+        W = a.Wa.copy()
+        W[self.idx[take]] = b.Wa[self.idx[take]]
+
+        def cert(x: _Answer) -> np.ndarray:
+            return (x.col_certified if x.col_certified is not None
+                    else np.full(len(self.idx), x.certified))
+        mask = np.where(take, cert(b), cert(a))
+        source = a.source if not take.any() else b.source if take.all() else (
+            f"{a.source}+{b.source}")
+        return _Answer(W, bool(mask.all()), float(np.where(take, sb, sa).sum()), source, mask)
+
+    def shift_bias(self, W: np.ndarray) -> np.ndarray:
+        """At a fixed lambda, ADMM's answer meets the inactive inequalities of eq. 3 only to
+        its tolerance: every column's bias lowered by its largest violation meets them exactly
+        (each sample's pre-activation drops by the same amount), at a cost in the objective
+        of the order of that violation."""
+        Z = self.Xa @ W.T
+        over = np.where(self.program.active_set, -np.inf, Z - self.program.bounds).max(axis=0)
+        out = W.copy()
+        out[:, -1] -= np.maximum(over, 0.0)
+        return out
+
     def offer(self, answer: _Answer) -> None:
+        if self.lam is not None and self.best is not None:
+            answer = self.merge(self.best, answer)
         if answer.beats(self.best):
             self.best = answer
 
@@ -217,7 +263,8 @@ class _LayerSolve:
                 _, Wc = _bisect(lambda s, c=cand: self.assemble(_Polish.at(c, s)), self.ok,
                                 0.0, cand.t)
             if Wc is not None and self.ok(Wc):
-                self.offer(_Answer(Wc, cand.certified, _l1(Wc, self.n_in), "polish"))
+                self.offer(_Answer(Wc, cand.certified, self.score(Wc), "polish",
+                                   cand.col_certified))
                 if self.lam is None and cand.t > 0:
                     self.lam_out = 1.0 / (2.0 * cand.t)  # t = 1 / (2 lambda)
         self.history.append({"stage": "polish", "attempt": attempt + 1, "rounds": len(res.log),
@@ -233,6 +280,9 @@ class _LayerSolve:
         else towards the polish's first fit."""
         Wadmm = self.assemble(WT)
         feasible = self.ok(Wadmm)  # each check is a product with X: kept, not recomputed
+        if not feasible and self.lam is not None and self.program.bias:
+            Wadmm = self.shift_bias(Wadmm)
+            feasible = self.ok(Wadmm)
         if not feasible and self.eps is not None and self.eps > 0:
             Wadmm, feasible = self.repair(WT, tight, Wadmm)
         if not feasible and first is None:
@@ -245,7 +295,7 @@ class _LayerSolve:
                 s * a + (1 - s) * b, self.n_in, self.thr), self.ok, 0.0, 1.0)
             feasible = Wadmm is not None
         if feasible:
-            self.offer(_Answer(Wadmm, False, _l1(Wadmm, self.n_in), "admm"))
+            self.offer(_Answer(Wadmm, False, self.score(Wadmm), "admm"))
 
     def repair(self, WT: np.ndarray, tight: np.ndarray,
                Wadmm: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -284,6 +334,10 @@ class _LayerSolve:
             st = SOLVED if best.certified else INACCURATE
             self.history.append({"stage": "chosen", "source": best.source,
                                  "certified": best.certified})
+            if best.col_certified is not None:  # a fixed lambda: column by column
+                for m, ok in zip(self.live, best.col_certified, strict=True):
+                    self.status[m] = SOLVED if ok else INACCURATE
+                return
         elif self.ok(self.Wa0):
             st = self.mix_with_original()
         else:
