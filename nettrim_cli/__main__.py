@@ -1,3 +1,3 @@
-from nettrim_cli.cli import main
+from nettrim_cli.cli import run
 
-main()
+run()

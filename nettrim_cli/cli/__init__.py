@@ -22,6 +22,7 @@ from nettrim_cli.cli.progress import QUIET, add_verbosity_options
 from nettrim_cli.cli.prune import prune
 from nettrim_cli.cli.report import report
 from nettrim_cli.errors import EXIT_BAD_INPUT
+from nettrim_cli.execution.memory import keep_freed_memory
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,4 +46,13 @@ def main(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 for _command in (dump, prune, report, eval_cmd, finetune, export):
     main.add_command(add_verbosity_options(_command))
 
-__all__ = ["main", "EXIT_BAD_INPUT"]
+
+
+def run() -> None:
+    """The ``nettrim`` command: a process of its own, so freed memory is kept for reuse
+    (``execution/memory.py``) before the commands run."""
+    keep_freed_memory()
+    main()
+
+
+__all__ = ["main", "run", "EXIT_BAD_INPUT"]
