@@ -147,8 +147,7 @@ def sharpen(program: LayerProgram, sol: LayerSolution, settings: SolverSettings,
 
 def _refitted(sol: LayerSolution) -> bool:
     """True when the solver's answer is already a support refit (``solvers/admm/refit.py``:
-    three Newton rounds towards the same minimiser), so a second refit would mostly cost
-    time."""
+    Newton rounds towards the same minimiser), so a second refit would mostly cost time."""
     return any(h.get("stage") == "chosen" and h.get("source") == "refit"
                for h in getattr(sol, "history", None) or [])
 
