@@ -112,6 +112,25 @@ def test_a_fixed_lambda_on_a_large_layer_matches_osqp_column_by_column(case):
     assert set(sol.status) <= {"solved", "solved_inaccurate", "dead_neuron"}
 
 
+def test_uncertified_columns_at_a_fixed_lambda_get_one_warning_line():
+    from nettrim_cli.graph import LayerInfo
+    from nettrim_cli.methods.base import LayerResult, MethodResult
+    from nettrim_cli.methods.netrim import NetTrim
+
+    program = make_layer(activation="relu", bias=True, lam=2.0, seed=3)
+    sol = AutoSolver(small=0.0).solve(program, SolverSettings())
+    sol.status[:3] = ["solved_inaccurate"] * 3  # as when the polish runs out of time
+    sol.status[3:] = ["solved"] * (len(sol.status) - 3)
+    layer = LayerResult(info=LayerInfo("c1", "conv", "relu"), W=sol.Wa[:, :-1],
+                        b=sol.Wa[:, -1], W0=program.W0, discrepancy=0.0, y_norm=1.0,
+                        epsilon=None, solution=sol)
+    lines = NetTrim().warnings(MethodResult("netrim", "cascade", {}, [layer], {}))
+    assert lines == [f"layer c1: 3 of {len(sol.status)} columns at the fixed lambda not "
+                     "certified optimal (ADMM's answer to its tolerance, or the polish's best)"]
+    sol.status[:3] = ["solved"] * 3
+    assert NetTrim().warnings(MethodResult("netrim", "cascade", {}, [layer], {})) == []
+
+
 def test_a_layer_that_misses_eps_gets_one_warning_line():
     from nettrim_cli.graph import LayerInfo
     from nettrim_cli.methods.base import LayerResult, MethodResult

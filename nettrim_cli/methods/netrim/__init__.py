@@ -327,6 +327,16 @@ class NetTrim(ResumableMethod):
                  f"eps {o.epsilon:.4g} (the pruned weights are the solver's best answer)"
                  for o in result.layers if o.solution is not None and o.epsilon is not None
                  and not o.solution.eps_reached]
+        # a fixed lambda: columns the polish could not certify are ADMM's answer to its
+        # tolerance (solvers/auto.py: lambda_layer_settings), one line per layer
+        for o in result.layers:
+            if o.solution is None or o.epsilon is not None:
+                continue
+            n = sum(1 for st in o.solution.status if st == "solved_inaccurate")
+            if n:
+                lines.append(f"layer {o.info.name}: {n} of {len(o.solution.status)} columns at "
+                             "the fixed lambda not certified optimal (ADMM's answer to its "
+                             "tolerance, or the polish's best)")
         if len(failed) > mixed:
             lines.append(f"{len(failed) - mixed} column(s) kept their original weights (see "
                          "failed_columns in the report)")
