@@ -347,3 +347,32 @@ def test_best_bias_is_the_minimiser_of_the_zero_weights_misfit():
                               bounds=(-10, 10), method="bounded", options={"xatol": 1e-10})
         assert f[m] <= ref.fun + 1e-8 * max(1.0, ref.fun)
     assert f[2] == 0.0
+
+
+def test_extra_stages_run_only_where_the_layer_would_fall_back():
+    """A first stage at a radius far too large misses eps: without extra stages the layer
+    falls back to ADMM at eps on all rows; with them more stages run until one meets it. A
+    stage that meets eps stops the extra ones."""
+    from nettrim_cli.solvers.admm.settings import ADMMSettings
+    from nettrim_cli.solvers.admm.staged import StageSettings, solve_staged
+
+    program = make_layer(P=600, N=30, M=8, cascade=True, seed=3)
+    opts = ADMMSettings(polish=False, eps_rel=1e-3, eps_abs=1e-6)
+
+    def stages(sol):
+        return [h for h in sol.history if h["stage"] == "admm+refit"]
+
+    def fell_back(sol):
+        return any(h["stage"] == "fallback" for h in sol.history)
+
+    far = dict(stages=1, inflation=3.0)
+    alone = solve_staged(program, SolverSettings(), admm_settings=opts,
+                         stage=StageSettings(**far, extra_stages=0))
+    assert len(stages(alone)) == 1 and not stages(alone)[0]["feasible"] and fell_back(alone)
+    more = solve_staged(program, SolverSettings(), admm_settings=opts,
+                        stage=StageSettings(**far, extra_stages=4))
+    assert 1 < len(stages(more)) <= 5 and stages(more)[-1]["feasible"]
+    assert not fell_back(more) and program.constraint_value(more.Wa) <= program.epsilon
+    near = solve_staged(program, SolverSettings(), admm_settings=opts,
+                        stage=StageSettings(stages=1, inflation=1.0, extra_stages=4))
+    assert len(stages(near)) == 1 and stages(near)[0]["feasible"]
