@@ -318,7 +318,7 @@ class NetTrim(ResumableMethod):
             raise NettrimError(f"{len(failed)} column(s) not solved; --strict: nothing written")
 
     def warnings(self, result: MethodResult) -> list[str]:
-        from nettrim_cli.solvers.admm import MIXED
+        from nettrim_cli.solvers.admm import INACCURATE, MIXED
 
         failed = result.failed
         mixed = sum(1 for _, f in failed if f["status"] == MIXED)
@@ -332,7 +332,7 @@ class NetTrim(ResumableMethod):
         for o in result.layers:
             if o.solution is None or o.epsilon is not None:
                 continue
-            n = sum(1 for st in o.solution.status if st == "solved_inaccurate")
+            n = sum(1 for st in o.solution.status if st == INACCURATE)
             if n:
                 lines.append(f"layer {o.info.name}: {n} of {len(o.solution.status)} columns at "
                              "the fixed lambda not certified optimal (ADMM's answer to its "
