@@ -194,7 +194,7 @@ def test_the_final_refit_keeps_every_zero_of_the_chosen_stage():
     Wr = run.assemble(WT)
     assert np.all(Wr[run.idx[0], :5] == 0)  # the threshold removed them
     nnz = int(np.count_nonzero(Wr[:, : run.n_in]))
-    Wa, certified, _ = _final(run, StageSettings(final_rounds=2), (nnz, 0.0, Wr))
+    Wa, certified, _ = _final(run, StageSettings(final_rounds=2), (nnz, 0.0, Wr), 0.0)
     assert not certified
     assert np.all(Wa[:, : run.n_in][Wr[:, : run.n_in] == 0] == 0)
     assert program.constraint_value(Wa) <= program.constraint_value(Wr) + 1e-12

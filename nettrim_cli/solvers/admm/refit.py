@@ -38,8 +38,28 @@ STEPS = (1.0, 0.5, 0.25, 0.125, 0.0625)
 def misfit(Z: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray) -> np.ndarray:
     """f_m for every column m, given the pre-activations Z (P x L): the squared eq. 3
     constraint value per column (active misfit plus inactive violations)."""
-    r = np.where(act, Z - Y, np.maximum(Z - V, 0.0))
-    return np.einsum("pl,pl->l", r, r)
+    return _Targets(Y, V, act).misfit(Z)
+
+
+class _Targets:
+    """A layer's eq. 3 targets for its P x L pre-activations: T (y on the active entries, the
+    bound v on the others) and the floor Lo (-inf on the active entries, 0 on the others), so
+    that the residual is max(Z - T, Lo): two passes over P x L instead of np.where's four (the
+    misfit is evaluated after every refit round on arrays of 10^7 entries)."""
+
+    def __init__(self, Y: np.ndarray, V: np.ndarray, act: np.ndarray) -> None:
+        self.act = act
+        self.T = np.where(act, Y, V)
+        self.Lo = np.where(act, -np.inf, 0.0)
+        self.actf = act.astype(np.float64)
+
+    def residual(self, Z: np.ndarray) -> np.ndarray:
+        r = Z - self.T
+        return np.maximum(r, self.Lo, out=r)
+
+    def misfit(self, Z: np.ndarray) -> np.ndarray:
+        r = self.residual(Z)
+        return np.einsum("pl,pl->l", r, r)
 
 
 def _column_fit(Xa: np.ndarray, rows: np.ndarray, T: np.ndarray, S: np.ndarray,
@@ -58,21 +78,23 @@ def _column_fit(Xa: np.ndarray, rows: np.ndarray, T: np.ndarray, S: np.ndarray,
         return np.linalg.lstsq(G, b, rcond=None)[0]
 
 
-def _line_search(Z: np.ndarray, DZ: np.ndarray, Y: np.ndarray, V: np.ndarray,
-                 act: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _line_search(Z: np.ndarray, DZ: np.ndarray, tg: _Targets,
+                 f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For every column, the first of ``STEPS`` t along DZ that lowers f (0 when none) and f
     there. f(Z + t DZ) without forming it for each t: on the active samples a quadratic in t
     (three sums), on the inactive ones only the entries over the bound at t = 0 or t = 1
     count (Z - V + t DZ is linear in t), a small set once the bound set has settled."""
-    R = np.where(act, Z - Y, 0.0)
-    D = np.where(act, DZ, 0.0)
-    a = np.einsum("pl,pl->l", R, R)
-    b = np.einsum("pl,pl->l", R, D)
-    c = np.einsum("pl,pl->l", D, D)
-    G = Z - V
-    np.putmask(G, act, -np.inf)
-    p, m = np.nonzero((G > 0) | (G + DZ > 0))
-    g, d = G[p, m], DZ[p, m]
+    R = Z - tg.T  # Z - Y on the active entries, Z - V on the others
+    M = R * tg.actf
+    a = np.einsum("pl,pl->l", M, M)
+    b = np.einsum("pl,pl->l", M, DZ)
+    np.multiply(DZ, tg.actf, out=M)
+    c = np.einsum("pl,pl->l", M, DZ)
+    np.add(R, DZ, out=M)
+    np.maximum(M, R, out=M)
+    M += tg.Lo
+    p, m = np.nonzero(M > 0)
+    g, d = R[p, m], DZ[p, m]
     L = Z.shape[1]
     best_t = np.zeros(L)
     best_f = f.copy()
@@ -85,16 +107,16 @@ def _line_search(Z: np.ndarray, DZ: np.ndarray, Y: np.ndarray, V: np.ndarray,
     return best_t, best_f
 
 
-def _newton_points(Xa: np.ndarray, Z: np.ndarray, Y: np.ndarray, V: np.ndarray,
-                   act: np.ndarray, on: np.ndarray, ridge: float, workers: int) -> np.ndarray:
+def _newton_points(Xa: np.ndarray, Z: np.ndarray, tg: _Targets, on: np.ndarray,
+                   ridge: float, workers: int) -> np.ndarray:
     """Every column's Newton point: the least-squares fit on its support over its active
     samples and the inactive samples over the bound (towards Y and V). Returns W^T. The
     columns are shared among ``workers`` threads, each with one BLAS thread (the Gram
     matrices are small: more BLAS threads per column only contend). The Gram matrices are
     formed in ``Xa``'s dtype (float32 halves the gathers on a large layer; its rounding,
     1e-7 relative, acts as a ridge) and solved in float64."""
-    rows_all = act | (Z > V)
-    T = np.where(act, Y, V)
+    rows_all = (Z - tg.T) > tg.Lo  # the active samples and the inactive ones over the bound
+    T = tg.T
     Na, L = on.shape
     WN = np.zeros((Na, L))
 
@@ -144,19 +166,20 @@ def refit_support(Xa: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray,
     if bias:
         on[-1] = True
     Z = Xa @ W
-    f = misfit(Z, Y, V, act)
+    tg = _Targets(Y, V, act)
+    f = tg.misfit(Z)
     for _ in range(rounds):
-        WN = _newton_points(Xg, Z, Y, V, act, on, ridge, workers)
+        WN = _newton_points(Xg, Z, tg, on, ridge, workers)
         D = WN - W
         DZ = Xa @ D
-        best_t, best_f = _line_search(Z, DZ, Y, V, act, f)
+        best_t, best_f = _line_search(Z, DZ, tg, f)
         moved = best_t > 0
         if not moved.any():
             break
         W += D * best_t
         Z += DZ * best_t
         gain = (f.sum() - best_f.sum()) / max(f.sum(), 1e-300)
-        f = misfit(Z, Y, V, act)
+        f = tg.misfit(Z)
         if gain < tol:  # the layer's misfit no longer moves: the sets have settled
             break
     return W, f
