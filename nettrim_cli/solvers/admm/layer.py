@@ -109,7 +109,7 @@ class _LayerSolve:
         self.rounds = self.retries = 0
         self.admm_conv = self.pol_conv = True
         self.best: _Answer | None = None
-        self.Xg: np.ndarray | None = None  # X_a in the refits' Gram dtype (staged.py)
+        self.Xg = None  # X_a in the refits' Gram dtype, a refit.GramSource (staged.py)
 
     def ok(self, W: np.ndarray) -> bool:
         """W in C_eps (eq. 3); with a fixed lambda, the inactive inequalities hold."""

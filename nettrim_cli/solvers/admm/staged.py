@@ -38,8 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from nettrim_cli.solvers.admm.layer import _Answer, _LayerSolve
+from nettrim_cli.solvers.admm.refit import GramSource, refit_support
 from nettrim_cli.solvers.admm.refit import misfit as column_misfit
-from nettrim_cli.solvers.admm.refit import refit_support
 from nettrim_cli.solvers.admm.repair import _l1
 from nettrim_cli.solvers.admm.settings import ADMMSettings, ADMMSolution
 from nettrim_cli.solvers.base import Progress, SolverSettings, no_progress
@@ -122,7 +122,7 @@ def _refit(run: _LayerSolve, stage: StageSettings, WT: np.ndarray, rounds: int
     measured again)."""
     dt = np.dtype(stage.gram_dtype)
     if run.Xg is None or run.Xg.dtype != dt:  # the Gram matrices' copy of X
-        run.Xg = run.program.Xa.astype(dt, copy=False)
+        run.Xg = GramSource(run.program.Xa.astype(dt, copy=False))
     WF, f = refit_support(run.program.Xa, run.Yl, run.Vl, run.actl, WT, run.program.bias,
                           rounds=rounds, gram_dtype=dt, Xg=run.Xg)
     W = run.assemble(WF)
