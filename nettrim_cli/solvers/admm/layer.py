@@ -109,6 +109,7 @@ class _LayerSolve:
         self.rounds = self.retries = 0
         self.admm_conv = self.pol_conv = True
         self.best: _Answer | None = None
+        self.targets = None  # the refits' refit.Targets on the live columns (staged.py)
         self.Xg = None  # X_a in the refits' Gram dtype, a refit.GramSource (staged.py)
 
     def ok(self, W: np.ndarray) -> bool:

@@ -40,10 +40,10 @@ STEPS = (1.0, 0.5, 0.25, 0.125, 0.0625)
 def misfit(Z: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray) -> np.ndarray:
     """f_m for every column m, given the pre-activations Z (P x L): the squared eq. 3
     constraint value per column (active misfit plus inactive violations)."""
-    return _Targets(Y, V, act).misfit(Z)
+    return Targets(Y, V, act).misfit(Z)
 
 
-class _Targets:
+class Targets:
     """A layer's eq. 3 targets for its P x L pre-activations: T (y on the active entries, the
     bound v on the others) and the floor Lo (-inf on the active entries, 0 on the others), so
     that the residual is max(Z - T, Lo): two passes over P x L instead of np.where's four (the
@@ -107,7 +107,7 @@ def _column_fit(src: GramSource, rows: np.ndarray, T: np.ndarray, S: np.ndarray,
         return np.linalg.lstsq(G, b, rcond=None)[0]
 
 
-def _line_search(Z: np.ndarray, DZ: np.ndarray, tg: _Targets,
+def _line_search(Z: np.ndarray, DZ: np.ndarray, tg: Targets,
                  f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For every column, the first of ``STEPS`` t along DZ that lowers f (0 when none) and f
     there. f(Z + t DZ) without forming it for each t: on the active samples a quadratic in t
@@ -136,7 +136,7 @@ def _line_search(Z: np.ndarray, DZ: np.ndarray, tg: _Targets,
     return best_t, best_f
 
 
-def _newton_points(src: GramSource, Z: np.ndarray, tg: _Targets, on: np.ndarray,
+def _newton_points(src: GramSource, Z: np.ndarray, tg: Targets, on: np.ndarray,
                    ridge: float, workers: int) -> np.ndarray:
     """Every column's Newton point: the least-squares fit on its support over its active
     samples and the inactive samples over the bound (towards Y and V). Returns W^T. The
@@ -178,13 +178,14 @@ class _null:
 def refit_support(Xa: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray,
                   WT: np.ndarray, bias: bool, rounds: int = 4, ridge: float = 1e-10,
                   workers: int = 2, tol: float = 1e-3,
-                  gram_dtype=np.float64, Xg: GramSource | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  gram_dtype=np.float64, Xg: GramSource | None = None,
+                  targets: Targets | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Minimise f_m over the support of every column of ``WT`` ((N + bias) x L, the bias as
     last row, always free), starting from ``WT``. Returns (the refitted W^T, f per column):
     zeros stay zeros and no column's f ever rises (each accepted step is a descent step).
     Stops after ``rounds`` Newton steps or when a step lowers the layer's misfit by less than
-    ``tol`` (relative). ``Xg``: ``Xa`` already in ``gram_dtype`` (a caller's cached source)."""
+    ``tol`` (relative). ``Xg``: ``Xa`` already in ``gram_dtype`` (a caller's cached source);
+    ``targets``: ``Targets(Y, V, act)`` (a caller's, kept across refits of one layer)."""
     Xa = np.asarray(Xa, dtype=np.float64)
     if Xg is None or Xg.dtype != np.dtype(gram_dtype):
         Xg = GramSource(Xa if gram_dtype == np.float64 else Xa.astype(gram_dtype))
@@ -195,7 +196,7 @@ def refit_support(Xa: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray,
     if bias:
         on[-1] = True
     Z = Xa @ W
-    tg = _Targets(Y, V, act)
+    tg = targets if targets is not None else Targets(Y, V, act)
     f = tg.misfit(Z)
     for _ in range(rounds):
         WN = _newton_points(Xg, Z, tg, on, ridge, workers)

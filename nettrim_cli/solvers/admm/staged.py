@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nettrim_cli.solvers.admm.layer import _Answer, _LayerSolve
-from nettrim_cli.solvers.admm.refit import GramSource, refit_support
+from nettrim_cli.solvers.admm.refit import GramSource, Targets, refit_support
 from nettrim_cli.solvers.admm.refit import misfit as column_misfit
 from nettrim_cli.solvers.admm.repair import _l1
 from nettrim_cli.solvers.admm.settings import ADMMSettings, ADMMSolution
@@ -130,8 +130,10 @@ def _refit(run: _LayerSolve, stage: StageSettings, WT: np.ndarray, rounds: int
     dt = np.dtype(stage.gram_dtype)
     if run.Xg is None or run.Xg.dtype != dt:  # the Gram matrices' copy of X
         run.Xg = GramSource(run.program.Xa.astype(dt, copy=False))
+    if run.targets is None:  # the refits' targets and floors, once per layer
+        run.targets = Targets(run.Yl, run.Vl, run.actl)
     WF, f = refit_support(run.program.Xa, run.Yl, run.Vl, run.actl, WT, run.program.bias,
-                          rounds=rounds, gram_dtype=dt, Xg=run.Xg)
+                          rounds=rounds, gram_dtype=dt, Xg=run.Xg, targets=run.targets)
     W = run.assemble(WF)
     n_in = run.n_in
     cut = np.flatnonzero(np.any((WF[:n_in] != 0) & (W[run.idx, :n_in].T == 0), axis=0))
