@@ -13,9 +13,12 @@ ratio to the default's, the fraction of weights pruned, the test accuracy (10,00
 images), and the largest ||Yhat_l - Y_l||_F / eps_l over the layers (eps_l the default's;
 <= 1 means every layer's eps holds).
 
-Usage: python benchmarks/bench_default.py [--quick] [--out benchmarks/results_default.md]
+In parallel mode the default also runs at the fast preset's pruning (`--sparsity`, its eps
+searched), to compare the two at the same sparsity.
+
+Usage: python benchmarks/bench_default.py [--quick] [--no-preset] [--out FILE]
 (--quick: the first network, parallel mode only; --samples N: N calibration samples instead
-of 20,000)
+of 20,000; --no-preset: without the fast preset and the same-sparsity run)
 """
 
 from __future__ import annotations
@@ -84,7 +87,10 @@ def figures(out: Path, report: dict, eps: dict[str, float]) -> dict:
             "eps_ratio": ratio}
 
 
-def run_case(tag: str, mode: str, n_calib: int) -> list[str]:
+def run_case(tag: str, mode: str, n_calib: int, preset: bool = True) -> list[str]:
+    """The commands on one network and mode; ``preset``: also the fast preset and, in
+    parallel mode, the default at the preset's pruning (``--sparsity``, the eps searched): the
+    two answers compared at the same sparsity."""
     ckpt, acts, acc0 = network(tag, n_calib)
     work = CACHE / f"run_{tag}_{mode}_{n_calib}"
     work.mkdir(exist_ok=True)
@@ -93,9 +99,14 @@ def run_case(tag: str, mode: str, n_calib: int) -> list[str]:
     t, rep = prune(ckpt, acts, work / "default.pt", base)
     eps = {la["name"]: la["epsilon"] for la in rep["layers"]}
     rows["default"] = (t, figures(work / "default.pt", rep, eps))
-    t, rep = prune(ckpt, acts, work / "fast.pt", [*base, "--config", "fast", "--dtype",
-                                                  "float32"])
-    rows["fast preset"] = (t, figures(work / "fast.pt", rep, eps))
+    if preset:
+        t, rep = prune(ckpt, acts, work / "fast.pt", [*base, "--config", "fast", "--dtype",
+                                                      "float32"])
+        rows["fast preset"] = (t, figures(work / "fast.pt", rep, eps))
+        if mode == "parallel":
+            s = f"{rows['fast preset'][1]['pruned']:.4f}"
+            t, rep = prune(ckpt, acts, work / "same.pt", ["--mode", mode, "--sparsity", s])
+            rows[f"default --sparsity {s}"] = (t, figures(work / "same.pt", rep, eps))
     t, rep = prune(ckpt, acts, work / "sparsegpt.pt", ["--method", "sparsegpt", "--match",
                                                        str(work / "default.json")])
     rows["sparsegpt"] = (t, figures(work / "sparsegpt.pt", rep, eps))
@@ -116,6 +127,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="benchmarks/results_default.md")
     ap.add_argument("--samples", type=int, default=N_CALIB, help="calibration samples")
+    ap.add_argument("--no-preset", action="store_true",
+                    help="skip the fast preset (most of the bench's 40 minutes)")
     a = ap.parse_args()
     cases = [("784-500-200-10", "parallel")]
     if not a.quick:
@@ -125,7 +138,7 @@ def main() -> None:
              "", f"Machine: {machine()}; load average at the start {load[0]:.1f} (other jobs "
              "on the same cores inflate every time alike; the ratios are side by side)."]
     for tag, mode in cases:
-        lines += run_case(tag, mode, a.samples)
+        lines += run_case(tag, mode, a.samples, preset=not a.no_preset)
     lines.append(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
     Path(a.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {a.out}")
