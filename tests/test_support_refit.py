@@ -60,3 +60,32 @@ def test_refit_reaches_the_restricted_minimum():
         res = qp.solve()
         best = res.info.obj_val + float(Y[a, m] @ Y[a, m])
         assert after[m] == pytest.approx(best, rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.parametrize("limit", [None, 0])
+def test_gram_source_gathers_the_same_block_from_either_layout(monkeypatch, limit):
+    """X[r, S] is the same whether gathered from the rows of X or of X^T (many rows and a
+    small support picks X^T; with the transposed copy capped at 0 bytes, X itself)."""
+    from nettrim_cli.solvers.admm import refit
+
+    if limit is not None:
+        monkeypatch.setattr(refit, "TRANSPOSE_MAX", limit)
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((500, 40)).astype(np.float32)
+    src = refit.GramSource(X)
+    for r, S in [(np.arange(0, 500, 2), np.array([3, 7])),          # X^T reads less
+                 (np.array([5, 9, 11]), np.arange(0, 40, 3))]:      # X reads less
+        block = src.take(r, S)
+        assert np.array_equal(block, X[np.ix_(r, S)])
+    assert (src._tT is None) == (limit == 0)
+
+
+def test_misfit_matches_its_definition():
+    """f_m = sum over the active samples of (z - y)^2 plus over the others of (z - v)_+^2."""
+    rng = np.random.default_rng(2)
+    Z, Y, V = (rng.standard_normal((60, 4)) for _ in range(3))
+    act = rng.random((60, 4)) < 0.5
+    want = [float(np.sum((Z[act[:, m], m] - Y[act[:, m], m]) ** 2)
+                  + np.sum(np.maximum(Z[~act[:, m], m] - V[~act[:, m], m], 0.0) ** 2))
+            for m in range(4)]
+    assert np.allclose(misfit(Z, Y, V, act), want, rtol=1e-12)

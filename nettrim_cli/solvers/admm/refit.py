@@ -64,11 +64,17 @@ class Targets:
         return np.einsum("pl,pl->l", r, r)
 
 
+# the transposed copy of X is made only up to this size (a conv layer's patches at 5,000
+# images can hold 10^6 - 10^7 rows; the gathers from X itself then do)
+TRANSPOSE_MAX = 512 * 2**20
+
+
 class GramSource:
     """X (P x N) in the Gram matrices' dtype, from which each column's X[r, S] is gathered.
     The gathers, not the Gram products, took most of a refit (one core, the bench MLP at
     20,000 samples: 2.6 s of 4.1 s on the 785 -> 500 layer). Each takes its rows from the
-    layout that reads less: rows of X (|r| N values) or, made on first use, rows of X^T
+    layout that reads less: rows of X (|r| N values) or, made on first use and when X holds at
+    most ``TRANSPOSE_MAX`` bytes, rows of X^T
     (|S| P values; on the 501 -> 200 layer, 100 of 501 inputs kept and 9,000 of 20,000 rows:
     1.05 -> 0.35 s), with torch's index_select (1.6 s against numpy's take, 2.6 s, there)."""
 
@@ -83,7 +89,7 @@ class GramSource:
         """X[r, S] (|r| x |S|; a transposed view when gathered from X^T)."""
         P, N = self.X.shape
         ri, si = torch.from_numpy(r), torch.from_numpy(S)
-        if S.size * P >= r.size * N:
+        if S.size * P >= r.size * N or self.X.nbytes > TRANSPOSE_MAX:
             return self._t.index_select(0, ri).index_select(1, si).numpy()
         with self._lock:
             if self._tT is None:
