@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.linalg
-import scipy.optimize
 
 
 def _try_solve(Kmat: np.ndarray, rhs: np.ndarray) -> np.ndarray | None:
@@ -297,6 +296,8 @@ class _Polish:
         # equalities as two-sided inequalities with the same small slack
         A_ub = np.vstack([A_ub, A_eq, -A_eq])
         b_ub = np.concatenate([b_ub, b_eq + tol, -b_eq + tol])
+        import scipy.optimize  # on first use: 0.2 s of every prune's start-up otherwise
+
         res = scipy.optimize.linprog(np.zeros(len(T)), A_ub=A_ub, b_ub=b_ub,
                                      bounds=(0, None), method="highs-ipm")
         self.lp_cache[m] = (key, res.status == 0)
