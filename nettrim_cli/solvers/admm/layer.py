@@ -111,12 +111,21 @@ class _LayerSolve:
         self.best: _Answer | None = None
         self.targets = None  # the refits' refit.Targets on the live columns (staged.py)
         self.Xg = None  # X_a in the refits' Gram dtype, a refit.GramSource (staged.py)
+        self._measured: tuple[np.ndarray, float] | None = None  # the last constraint value
+
+    def constraint(self, W: np.ndarray) -> float:
+        """The eq. 3 constraint value of W; the last one is kept for the same array object
+        (the answer chosen is checked, then measured for the solution: one product with X on
+        a 20,000 x 785 layer takes 0.1 s). Weights are never changed in place once built."""
+        if self._measured is None or self._measured[0] is not W:
+            self._measured = (W, self.program.constraint_value(W))
+        return self._measured[1]
 
     def ok(self, W: np.ndarray) -> bool:
         """W in C_eps (eq. 3); with a fixed lambda, the inactive inequalities hold."""
         if self.eps_ok is None:
             return self.program.inactive_violation(W) <= 1e-8 * self.ytop
-        return self.program.constraint_value(W) <= self.eps_ok
+        return self.constraint(W) <= self.eps_ok
 
     def assemble(self, WT: np.ndarray) -> np.ndarray:
         """The layer's weights from the live columns' W^T, small weights set to exact zeros."""
@@ -367,7 +376,7 @@ class _LayerSolve:
         return MIXED
 
     def solution(self, t0: float) -> ADMMSolution:
-        constraint = self.program.constraint_value(self.Wa)
+        constraint = self.constraint(self.Wa)
         reached = self.ok(self.Wa)
         iterations = self.solver.iterations if self.solver is not None else 0
         return ADMMSolution(
