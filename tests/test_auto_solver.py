@@ -376,3 +376,25 @@ def test_extra_stages_run_only_where_the_layer_would_fall_back():
     near = solve_staged(program, SolverSettings(), admm_settings=opts,
                         stage=StageSettings(stages=1, inflation=1.0, extra_stages=4))
     assert len(stages(near)) == 1 and stages(near)[0]["feasible"]
+
+
+def test_the_refit_reports_the_misfit_of_the_weights_it_returns():
+    """The staged path decides each stage on the refit's per-column misfits: they must be
+    those of the thresholded weights returned, as a direct measurement gives them (columns
+    whose small weights the zero threshold removed are measured again)."""
+    from nettrim_cli.solvers.admm.layer import _LayerSolve
+    from nettrim_cli.solvers.admm.settings import ADMMSettings
+    from nettrim_cli.solvers.admm.staged import StageSettings, _refit
+    from nettrim_cli.solvers.base import no_progress
+
+    program = make_layer(P=400, N=40, M=10, activation="relu", bias=True)
+    run = _LayerSolve(program, SolverSettings(), ADMMSettings(polish=False), no_progress)
+    WT = program.Wa0[run.idx].T.copy()
+    WT[:-1][np.abs(WT[:-1]) < np.quantile(np.abs(WT[:-1]), 0.4)] = 0.0
+    run.thr = float(np.quantile(np.abs(WT[:-1][WT[:-1] != 0]), 0.05))  # the refit's smallest
+    W, f = _refit(run, StageSettings(), WT, 2)
+    assert np.count_nonzero(W[run.idx, :-1]) < np.count_nonzero(WT[:-1])  # some cut
+    assert program.constraint_value(W) ** 2 == pytest.approx(f.sum(), rel=1e-9)
+    for m, col in enumerate(run.idx):
+        direct = program.column_error(col, W[col])
+        assert direct == pytest.approx(f[m], rel=1e-9, abs=1e-12)
