@@ -398,3 +398,50 @@ def test_the_refit_reports_the_misfit_of_the_weights_it_returns():
     for m, col in enumerate(run.idx):
         direct = program.column_error(col, W[col])
         assert direct == pytest.approx(f[m], rel=1e-9, abs=1e-12)
+
+
+def test_the_first_stage_probe_equals_a_full_refit_unless_it_stops_early():
+    """The first stage's refit on one column in three first: near eps the other columns are
+    refitted too and the answer is that of one refit of all; far from eps (the radius guess
+    missed) the stage stops with the probe's estimate, the other columns out of the mix."""
+    from nettrim_cli.solvers.admm.layer import _LayerSolve
+    from nettrim_cli.solvers.admm.settings import ADMMSettings
+    from nettrim_cli.solvers.admm.staged import StageSettings, _first_refit, _refit
+    from nettrim_cli.solvers.base import no_progress
+
+    program = make_layer(P=400, N=40, M=12, activation="relu", bias=True)
+    run = _LayerSolve(program, SolverSettings(), ADMMSettings(polish=False), no_progress)
+    WT = program.Wa0[run.idx].T.copy()
+    WT[:-1][np.abs(WT[:-1]) < np.quantile(np.abs(WT[:-1]), 0.5)] = 0.0
+    stage = StageSettings(probe_min=6)
+    W_all, f_all = _refit(run, stage, WT, stage.refit_rounds)
+    misfit = float(np.sqrt(f_all.sum()))
+    run.eps = run.eps_ok = 2.0 * misfit  # near: all columns refitted
+    W, f, m, estimated = _first_refit(run, stage, WT, 0.0)
+    assert not estimated
+    assert np.allclose(W, W_all, rtol=1e-12, atol=1e-14)
+    assert np.allclose(f, f_all, rtol=1e-12) and m == pytest.approx(misfit, rel=1e-12)
+    run.eps = run.eps_ok = 0.5 * misfit  # far: the probe's estimate, the rest out of the mix
+    W, f, m, estimated = _first_refit(run, stage, WT, 0.0)
+    probe = np.arange(0, len(run.idx), stage.probe_every)
+    assert estimated and np.all(np.isfinite(f[probe]))
+    assert np.all(np.isinf(np.delete(f, probe)))
+    assert m == pytest.approx(np.sqrt(f[probe].sum() * len(run.idx) / probe.size))
+
+
+def test_a_probed_first_stage_that_stops_early_still_gives_an_answer_within_eps():
+    """Through the whole staged path: a first radius far too large (the probe stops the first
+    stage there), the later stages and the column mix (the probe's unrefitted columns carry an
+    infinite misfit) still give weights within eps, sparser than the original ones."""
+    from nettrim_cli.solvers.admm.settings import ADMMSettings
+    from nettrim_cli.solvers.admm.staged import StageSettings, solve_staged
+
+    program = make_layer(P=600, N=30, M=24, eps_r=0.3, seed=4)
+    opts = ADMMSettings(polish=False, eps_rel=1e-3, eps_abs=1e-6)
+    sol = solve_staged(program, SolverSettings(), admm_settings=opts,
+                       stage=StageSettings(probe_min=12, inflation=2.5))
+    stages = [h for h in sol.history if h["stage"] == "admm+refit"]
+    assert stages[0]["estimated"] and not any(h["estimated"] for h in stages[1:])
+    assert program.constraint_value(sol.Wa) <= program.epsilon
+    assert np.isfinite(sol.Wa).all()
+    assert np.count_nonzero(sol.Wa[:, :30]) < 0.8 * program.W0.size
