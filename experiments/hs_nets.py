@@ -10,9 +10,9 @@ those of `make conv-experiments` when they are on disk). At each level:
   (`--match`), without fine-tuning;
 - `nettrim finetune` with the default recipe (no flags: 10 epochs, Adam, lr 1e-2, cosine) on
   the network's training images for Net-Trim and for the baselines in HSN_FT_BASELINES
-  (default sparsegpt, the strongest one-shot baseline);
+  (default all three);
 - LC (l0 constraint) and iterative HPTD (`nettrim prune --method lc / magnitude-iterative`,
-  make experiments-lc's 20-epoch settings) on the networks in HSN_LC (default nn2-10k,lenet5).
+  make experiments-lc's 20-epoch settings) on the networks in HSN_LC (default all four).
 Every model is evaluated on the 10,000 test images; docs/high-sparsity-nets.md is written from
 the files on disk. Each step is cached (EXP_DIR/hsnets/<net>); a rerun resumes.
 
@@ -54,8 +54,8 @@ def _env_list(name: str, default: str) -> list[str]:
 
 LEVELS = tuple(float(v) for v in _env_list("HSN_LEVELS", "0.9,0.95"))
 HOW = os.environ.get("HSN_HOW", "--mode cascade").split()
-FT_BASELINES = _env_list("HSN_FT_BASELINES", "sparsegpt")
-LC_NETS = _env_list("HSN_LC", "nn2-10k,lenet5")
+FT_BASELINES = _env_list("HSN_FT_BASELINES", "magnitude,wanda,sparsegpt")
+LC_NETS = _env_list("HSN_LC", "nn2-10k,lenet5,cnn60k,nn3-60k")
 LC_EPOCHS = 20  # make experiments-lc's budget (lc_run.LC_BASE / HPTD): 20 epochs each
 FT_SHORT = 4  # Net-Trim is also fine-tuned for a fifth of them
 
