@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -49,18 +50,15 @@ class Targets:
     that the residual is max(Z - T, Lo): two passes over P x L instead of np.where's four (the
     misfit is evaluated after every refit round on arrays of 10^7 entries)."""
 
-    def __init__(self, Y: np.ndarray | None, V: np.ndarray | None, act: np.ndarray) -> None:
+    def __init__(self, Y: np.ndarray, V: np.ndarray, act: np.ndarray) -> None:
         self.act = act
-        if Y is not None:
-            self.T = np.where(act, Y, V)
-            self.Lo = np.where(act, -np.inf, 0.0)
-            self.actf = act.astype(np.float64)
+        self.T = np.where(act, Y, V)
+        self.Lo = np.where(act, -np.inf, 0.0)
 
-    def columns(self, idx: np.ndarray) -> Targets:
-        """The same for the columns ``idx`` only."""
-        sub = Targets(None, None, self.act[:, idx])
-        sub.T, sub.Lo, sub.actf = self.T[:, idx], self.Lo[:, idx], self.actf[:, idx]
-        return sub
+    @cached_property
+    def actf(self) -> np.ndarray:
+        """The active set as 0/1 floats (the line search's sums only)."""
+        return self.act.astype(np.float64)
 
     def residual(self, Z: np.ndarray) -> np.ndarray:
         r = Z - self.T

@@ -139,16 +139,18 @@ def _refit(run: _LayerSolve, stage: StageSettings, WT: np.ndarray, rounds: int,
         run.Xg = GramSource(run.program.Xa.astype(dt, copy=False))
     if run.targets is None:  # the refits' targets and floors, once per layer
         run.targets = Targets(run.Yl, run.Vl, run.actl)
-    sel = np.arange(WT.shape[1]) if cols is None else cols
-    part = cols is not None
-    tg = run.targets.columns(sel) if part else run.targets
-    Yl, Vl, actl = (run.Yl[:, sel], run.Vl[:, sel], run.actl[:, sel]) if part else (
-        run.Yl, run.Vl, run.actl)
+    if cols is None:
+        sel, Yl, Vl, actl, tg = np.arange(WT.shape[1]), run.Yl, run.Vl, run.actl, run.targets
+    else:  # (the refit makes these columns' targets itself)
+        sel, Yl, Vl, actl, tg = cols, run.Yl[:, cols], run.Vl[:, cols], run.actl[:, cols], None
     WF, fs = refit_support(run.program.Xa, Yl, Vl, actl, WT[:, sel], run.program.bias,
                            rounds=rounds, gram_dtype=dt, Xg=run.Xg, targets=tg)
-    WT2 = WT.copy()
-    WT2[:, sel] = WF
-    W = run.assemble(WT2)
+    if cols is None:
+        W = run.assemble(WF)
+    else:  # the other columns keep WT's weights
+        Wall = WT.copy()
+        Wall[:, sel] = WF
+        W = run.assemble(Wall)
     n_in, rows = run.n_in, run.idx[sel]
     cut = np.flatnonzero(np.any((WF[:n_in] != 0) & (W[rows, :n_in].T == 0), axis=0))
     if cut.size:
@@ -321,7 +323,7 @@ def _mix_columns(run: _LayerSolve, seen: list[tuple[np.ndarray, np.ndarray]], re
     F = np.stack([f for _, f in seen])
     budget = run.eps_ok ** 2 * (1.0 - 1e-6) - rest2
     cols = np.arange(F.shape[1])
-    if _mix_budget(run, seen, rest2) < 0:
+    if F.min(axis=0).sum() > budget:  # no column mix meets eps (``_mix_budget`` < 0)
         return best
 
     def pick(mu: float) -> np.ndarray:
