@@ -74,13 +74,28 @@ def split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
     return x[tr], y[tr], x[val], y[val]
 
 
+class EpochReport(Callback):
+    """``fn(epoch, loss, validation_accuracy or None)`` after every epoch (after the
+    validation callback ``watch`` measured it)."""
+
+    def __init__(self, fn: Callable[[int, float, float | None], None],
+                 watch: BestOnValidation | None) -> None:
+        self.fn, self.watch = fn, watch
+
+    def on_epoch(self, epoch: int, result) -> None:
+        val = self.watch.accuracy[-1] if self.watch is not None else None
+        self.fn(epoch, result.loss_per_epoch[-1], val)
+
+
 def finetune(model: nn.Module, x: np.ndarray, y: np.ndarray, recipe: Recipe | None = None,
-             progress: Callable[[int, int, int, float], None] | None = None) -> dict:
+             progress: Callable[[int, int, int, float], None] | None = None,
+             on_epoch: Callable[[int, float, float | None], None] | None = None) -> dict:
     """Train ``model`` in place on (x, y) with cross-entropy, its pruned weights frozen at 0.
 
     Seeded: torch's generator (dropout), the shuffling and the validation split are fixed, so
     two runs on the same machine give the same weights. ``progress(epoch, done, total,
-    running_loss)`` is called after every batch. Returns the figures of the summary (see the
+    running_loss)`` is called after every batch, ``on_epoch(epoch, loss, validation accuracy or
+    None)`` after every epoch. Returns the figures of the summary (see the
     README): masked layers, nonzeros before/after, loss per epoch, training accuracy and loss
     before and after, the cost (epochs x samples) and, with a validation split, the
     validation accuracy per epoch and the epoch kept.
@@ -94,6 +109,8 @@ def finetune(model: nn.Module, x: np.ndarray, y: np.ndarray, recipe: Recipe | No
     watch = BestOnValidation(model, xv, yv, recipe.patience) if len(xv) else None
     if watch is not None:
         callbacks.append(watch)
+    if on_epoch is not None:
+        callbacks.append(EpochReport(on_epoch, watch))
     figures = train(model, xt, yt, recipe.train_config(),
                     masks={f"{name}.weight": m for name, m in masks.items()},
                     callbacks=callbacks)

@@ -98,3 +98,19 @@ def test_bad_recipes_are_refused(pruned, tmp_path, extra, needle):
     assert r.exit_code == 2, r.stderr
     assert needle in r.stderr
     assert not (tmp_path / "t.pt").exists()
+
+
+def test_off_a_terminal_one_line_per_epoch_with_validation(pruned, tmp_path):
+    d, *_ = pruned
+    args = ("finetune", d / "pruned.pt", "--data", d / "train.npz", "--epochs", "3",
+            "--val-split", "0.2", "-o", tmp_path / "t.pt", "--summary", tmp_path / "s.json")
+    r = invoke(*args)
+    assert r.exit_code == 0, r.stderr
+    s = json.loads((tmp_path / "s.json").read_text())
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("nettrim: epoch ")]
+    assert [ln.split(":")[1] for ln in lines] == [" epoch 1/3", " epoch 2/3", " epoch 3/3"]
+    for ln, loss, acc in zip(lines, s["loss_per_epoch"],
+                             s["validation"]["accuracy_per_epoch"], strict=True):
+        assert f"loss {loss:.4f}" in ln and f"validation accuracy {100 * acc:.2f}%" in ln
+    quiet = invoke(*args, "--force", "-q")
+    assert quiet.exit_code == 0 and "epoch" not in quiet.stderr

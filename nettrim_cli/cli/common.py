@@ -15,11 +15,19 @@ from nettrim_cli.atomic import atomic_path, check_output_path, sha256_file
 from nettrim_cli.errors import EXIT_FAILURE, BadInput, NettrimError
 
 
-def stderr_console():
+def text_console(stderr: bool = False):
+    """rich's console for stderr or stdout; off a terminal 140 columns for tables (no number
+    truncated) and no hard wrapping of text lines (a log line stays one line for grep)."""
     from rich.console import Console
 
-    console = Console(stderr=True)
-    return console if console.is_terminal else Console(stderr=True, width=140)
+    console = Console(stderr=stderr)
+    if console.is_terminal:
+        return console
+    return Console(stderr=stderr, width=140, soft_wrap=True)
+
+
+def stderr_console():
+    return text_console(stderr=True)
 
 
 def _fail(message: str, code: int) -> None:

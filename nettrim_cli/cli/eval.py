@@ -11,6 +11,7 @@ from nettrim_cli.atomic import check_output_path, sha256_file
 from nettrim_cli.cli.common import (
     handle_errors,
     load_ckpt,
+    text_console,
     with_ckpt_options,
 )
 
@@ -95,11 +96,7 @@ def eval_cmd(model, data_path, noise, seed, batch_size, fmt, output, force, spar
                   "samples": int(len(x)), "seed": seed, "results": results,
                   **({"inference": inference} if inference else {})})
     if fmt == "table" and not output:
-        from rich.console import Console
-
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=140)
+        console = text_console()
         console.print(_eval_text(doc, "table", width=console.width), end="")
         return
     text = _eval_text(doc, fmt)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import click
 
 from nettrim_cli import __version__
@@ -73,7 +75,15 @@ def finetune(pruned, data_path, epochs, output, lr, schedule, val_split, patienc
             prog.update(task, completed=epoch * n + done,
                         description=f"epoch {epoch + 1}/{epochs} loss {loss:.4f}")
 
-        figures = run_finetune(ckpt.model, x, y, recipe, on_batch)
+        started = time.perf_counter()
+
+        def epoch_line(epoch, loss, val):  # off a terminal: one log line per epoch
+            click.echo(f"nettrim: epoch {epoch + 1}/{epochs}: loss {loss:.4f}"
+                       + ("" if val is None else f", validation accuracy {100 * val:.2f}%")
+                       + f" ({time.perf_counter() - started:.1f} s)", err=True)
+
+        lines = None if quiet or console.is_terminal else epoch_line
+        figures = run_finetune(ckpt.model, x, y, recipe, on_batch, lines)
     summary = {
         "format": "nettrim-finetune", "version": 1, "nettrim_version": __version__,
         "inputs": {"model": {"path": pruned, "sha256": ckpt.sha256},

@@ -8,6 +8,7 @@ import click
 
 from nettrim_cli.cli.common import (
     handle_errors,
+    text_console,
 )
 from nettrim_cli.errors import BadInput
 from nettrim_cli.report import read_report_file
@@ -47,11 +48,7 @@ def report(report_path, fmt, plot_dir, ckpt_path, trust_checkpoint, force):
     elif fmt == "csv":
         sys.stdout.write(render_csv(data))
     else:
-        from rich.console import Console
-
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=140)
+        console = text_console()
         render_table(data, console)
 
 
