@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO ?= demo_out
 NETTRIM := $(BIN)/nettrim
 
-.PHONY: install test demo bench experiments experiments-lc experiments-hs experiments-hs-nets conv-experiments \
+.PHONY: install test demo bench experiments experiments-lc experiments-hs experiments-hs-nets experiments-hs-alloc conv-experiments \
 	finetune-recipe resume-check lint clean fashion-mnist experiments-sharpen
 
 # torch is installed first and pinned to the CPU build that lies on this machine's disk:
@@ -73,6 +73,12 @@ experiments-hs: install fashion-mnist
 # and without the default fine-tune, the one-shot baselines at its counts (docs/high-sparsity-nets.md).
 experiments-hs-nets: install fashion-mnist
 	nice $(BIN)/python -m experiments.hs_nets
+
+# the same networks and levels with Net-Trim's per-layer eps (--allocation discrepancy): the
+# prune, its default and 4-epoch fine-tunes, the one-shot baselines at its counts; needs
+# experiments-hs-nets' networks (about an hour on 2 cores); adds to docs/high-sparsity-nets.md
+experiments-hs-alloc: install fashion-mnist
+	nice $(BIN)/python -m experiments.hs_alloc
 
 # Issue 16's support refit (--refit) and reweighted l1 (--reweight K): LeNet300 at 90% pruned in
 # both modes with and without them, and the held-out digits MLP against a magnitude x input-norm

@@ -159,15 +159,24 @@ ROWS = (("netrim", "Net-Trim"), ("magnitude", "magnitude"), ("wanda", "Wanda-sty
         ("hptd", f"iterative HPTD, {LC_EPOCHS} epochs"))
 
 
-def _level_rows(d: Path, tag: str, r: dict, dense: float, dense_ft: float | None
-                ) -> list[str]:
-    rep = convnets.json.loads((d / f"netrim-{tag}.json").read_text())
+def _eps_text(search: dict) -> str:
+    """The eps the search kept: one, or one per layer (``--allocation discrepancy``)."""
+    per_layer = search.get("epsilons")
+    if per_layer:
+        return "eps per layer " + ", ".join(f"{k} {v:.3g}" for k, v in per_layer.items())
+    return f"eps {search.get('epsilon', float('nan')):.4g}"
+
+
+def _level_rows(d: Path, tag: str, r: dict, dense: float, dense_ft: float | None,
+                prefix: str = "", title: str = "Net-Trim") -> list[str]:
+    rep = convnets.json.loads((d / f"{prefix}netrim-{tag}.json").read_text())
     search = rep["settings"].get("sparsity_search", {})
-    lines = [f"Net-Trim: {100 * rep['network']['pruned_fraction']:.2f}% of the pruned layers' "
-             f"weights zero, eps {search.get('epsilon', float('nan')):.4g}, relative output "
+    seconds = r["seconds"].get("netrim")
+    lines = [f"{title}: {100 * rep['network']['pruned_fraction']:.2f}% of the pruned layers' "
+             f"weights zero, {_eps_text(search)}, relative output "
              f"discrepancy {rep['network']['relative_discrepancy']:.4f}, per layer "
              + ", ".join(f"{la['name']} {100 * la['sparsity']:.1f}%" for la in rep["layers"])
-             + f"; search {r['seconds'].get('netrim', float('nan'))} s."
+             + (f"; search {seconds} s." if seconds is not None else ".")
              + (" **The search did not land within half a point of the level: every row "
                 "below is at this fraction.**"
                 if abs(rep["network"]["pruned_fraction"] - float(tag)) > 0.005 else ""), "",
@@ -188,6 +197,20 @@ def _level_rows(d: Path, tag: str, r: dict, dense: float, dense_ft: float | None
             lines.append(f"| Net-Trim + FT, {FT_SHORT} epochs | | | {short:.2f}% | "
                          f"{short - dense:+.2f} |")
     return lines + ["", verdict(tag, r, dense, dense_ft), ""]
+
+
+def _allocation_rows(d: Path, tag: str, r: dict, dense: float, dense_ft: float | None
+                     ) -> list[str]:
+    """The level with `--allocation discrepancy` (experiments/hs_alloc.py): Net-Trim and the
+    one-shot baselines at its counts, LC and HPTD repeated from the uniform table."""
+    a = r["allocation"]
+    merged = {"accuracy": {**a["accuracy"], **{k: r["accuracy"][k] for k in ("lc", "hptd")
+                                              if k in r.get("accuracy", {})}},
+              "ft_accuracy": a.get("ft_accuracy", {}), "seconds": a.get("seconds", {})}
+    if "ft_short_accuracy" in a:
+        merged["ft_short_accuracy"] = a["ft_short_accuracy"]
+    return [f"#### {100 * float(tag):.0f}% with `--allocation discrepancy`", "",
+            *_level_rows(d, tag, merged, dense, dense_ft, "alloc-", "Net-Trim, allocation")]
 
 
 def verdict(tag: str, r: dict, dense: float, dense_ft: float | None = None) -> str:
@@ -241,6 +264,8 @@ def write_doc() -> None:
             if (d / f"netrim-{tag}.json").exists():
                 lines += [f"### {100 * float(tag):.0f}%", "",
                           *_level_rows(d, tag, r, dense, s.get("accuracy_dense_ft"))]
+            if "allocation" in r and (d / f"alloc-netrim-{tag}.json").exists():
+                lines += _allocation_rows(d, tag, r, dense, s.get("accuracy_dense_ft"))
     DOC.write_text("\n".join(lines) + "\n")
     print(f"wrote {DOC}", file=sys.stderr)
 

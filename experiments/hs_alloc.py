@@ -1,0 +1,80 @@
+"""`make experiments-hs-alloc`: issue 16's networks pruned with the per-layer eps allocation.
+
+The same networks, levels and caches as `make experiments-hs-nets` (experiments/hs_nets.py,
+which must have prepared them), with Net-Trim's eps spread by `--allocation discrepancy`
+(nettrim_cli/methods/netrim/allocation.py) instead of one eps for every layer:
+- Net-Trim: `nettrim prune --sparsity S HSN_HOW --allocation discrepancy`, evaluated without
+  fine-tuning, with the default fine-tune (10 epochs) and with 4 epochs of it;
+- the one-shot baselines at its per-layer counts (`--match`), without fine-tuning.
+Recorded in the network's summary.json under levels.<S>.allocation (files alloc-*.pt/json);
+docs/high-sparsity-nets.md shows them beside the uniform eps (hs_nets.write_doc).
+
+Environment: as experiments/hs_nets.py (EXP_DIR, HSN_NETS, HSN_LEVELS, HSN_HOW).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from experiments import convnets, hs_nets
+from experiments.convnets import BASELINES, Summary, accuracy, load, nettrim
+
+FLAGS = ("--allocation", "discrepancy")
+
+
+def allocated(name: str, level: float, d: Path, test) -> None:
+    """Net-Trim with the allocation at ``level``, the baselines at its counts, its fine-tunes."""
+    factory = hs_nets.NETS[name][1]
+    s = Summary(d / "summary.json")
+    tag = f"{level:g}"
+    a = s.setdefault("levels", {}).setdefault(tag, {}).setdefault(
+        "allocation", {"accuracy": {}, "ft_accuracy": {}, "seconds": {}})
+    report = d / f"alloc-netrim-{tag}.json"
+    for method in ("netrim", *BASELINES):
+        out, rep = d / f"alloc-{method}-{tag}.pt", d / f"alloc-{method}-{tag}.json"
+        if not rep.exists():
+            how = (["--sparsity", tag, *hs_nets.HOW, *FLAGS] if method == "netrim" else
+                   ["--method", method, "--match", str(report)])
+            if Path(f"{out}.nettrim-work").exists():
+                how.append("--resume")
+            a["seconds"][method] = nettrim("prune", str(d / "model.pt"), "--acts",
+                                           str(d / "acts.h5"), *how, "-o", str(out),
+                                           "--report", str(rep), "--force", "-q")
+            a["accuracy"].pop(method, None)
+        if method not in a["accuracy"]:
+            a["accuracy"][method] = accuracy(load(out, factory, True), *test)
+        s.save()
+    for epochs, key in ((None, "ft_accuracy"), (hs_nets.FT_SHORT, "ft_short_accuracy")):
+        ft = d / f"alloc-netrim-{tag}-ft{'' if epochs is None else epochs}.pt"
+        if not ft.exists():
+            a["seconds"][f"netrim_{key}"] = hs_nets.finetune(d / f"alloc-netrim-{tag}.pt", [],
+                                                             ft, epochs)
+            a.pop(key, None) if key == "ft_short_accuracy" else a[key].pop("netrim", None)
+        acc = accuracy(load(ft, factory, True), *test)
+        if key == "ft_accuracy":
+            a[key]["netrim"] = acc
+        else:
+            a[key] = acc
+        s.save()
+
+
+def main() -> int:
+    nets = convnets.chosen_nets("HSN_NETS", hs_nets.NETS)
+    if nets is None:
+        return 2
+    test = hs_nets.load_fashion_mnist("test")
+    for name in nets:
+        d = hs_nets.HSN / name
+        if not (d / "acts.h5").exists():
+            print(f"error: {d}: run `make experiments-hs-nets` first (its networks and dumps)",
+                  file=sys.stderr)
+            return 2
+        for level in hs_nets.LEVELS:
+            allocated(name, level, d, test)
+        hs_nets.write_doc()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
