@@ -119,6 +119,9 @@ NETS = {
 CPU = {}  # the last command's CPU seconds (user + system, its processes together)
 
 
+UNIFORM = ("--allocation", "uniform")  # one eps for every layer, as docs/results.md says
+
+
 def nettrim(*args: str, threads: int | None = None) -> float:
     """Run `nettrim ARGS` from the repository root (with ``threads`` torch/BLAS threads, else
     their defaults); returns its wall time (its CPU time in CPU)."""
@@ -173,21 +176,22 @@ class Summary(dict):
         tmp.replace(self.path)
 
 
-def prepare(name: str, d: Path, data: dict, s: Summary, spec: tuple | None = None
-            ) -> tuple[Path, list[str], Path]:
+def prepare(name: str, d: Path, data: dict, s: Summary, spec: tuple | None = None,
+            seed: int = 0) -> tuple[Path, list[str], Path]:
     """Train the network (unless cached), write its calibration and training files, dump
     its activations (unless cached); returns (checkpoint, --arch args, dump). ``spec``: the
-    network's NETS entry when it is not one of NETS (experiments/hs_nets.py)."""
+    network's NETS entry when it is not one of NETS (experiments/hs_nets.py); ``seed``: the
+    dense training's (its initialisation and shuffling)."""
     factory, n_train, epochs, whole, _ = spec or NETS[name]
     (xtr, ytr), (xte, yte) = data["train"], data["test"]
     xtr, ytr = xtr[:n_train], ytr[:n_train]
     model, arch = d / "model.pt", ([] if whole else ["--arch", ARCH])
     if not model.exists():
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         net = factory()
         t0 = time.perf_counter()
         with fixed_threads(TRAIN_THREADS):  # Adam, lr 1e-3, batch 128
-            train(net, xtr, ytr, TrainConfig(epochs=epochs, seed=0))
+            train(net, xtr, ytr, TrainConfig(epochs=epochs, seed=seed))
         s["train_seconds"] = round(time.perf_counter() - t0, 1)
         torch.save(net.eval() if whole else net.eval().state_dict(), d / "model.tmp")
         (d / "model.tmp").replace(model)
@@ -240,7 +244,7 @@ def one_level(name: str, level: float, d: Path, files: tuple, data: dict, s: Sum
         out, rep = d / f"{method}-{tag}.pt", d / f"{method}-{tag}.json"
         if not rep.exists():
             load_before = os.getloadavg()[0]
-            how = (["--sparsity", tag, *netrim_flags] if method == "netrim" else
+            how = (["--sparsity", tag, *(netrim_flags or UNIFORM)] if method == "netrim" else
                    ["--method", method, "--match", str(report)])
             resumed = Path(f"{out}.nettrim-work").exists()
             if resumed:  # a stopped run: go on from its finished trials (time not whole)

@@ -65,7 +65,8 @@ def prepare(xtr: np.ndarray, ytr: np.ndarray) -> dict[str, Path]:
         if not nt.exists():
             work = Path(f"{nt}.nettrim-work")
             cli("prune", str(model), "--acts", str(acts), "--mode", "cascade", "--sparsity",
-                str(target), "-o", str(nt), "--report", str(OUT / f"netrim-{pct}.json"), "-q",
+                str(target), "--allocation", "uniform", "-o", str(nt), "--report",
+                str(OUT / f"netrim-{pct}.json"), "-q",
                 *(["--resume"] if work.exists() else []))
         if not sg.exists():
             cli("prune", str(model), "--acts", str(acts), "--method", "sparsegpt", "--match",

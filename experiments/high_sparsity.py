@@ -74,7 +74,7 @@ def netrim(s: float, model: Path, acts: Path, train_h5: Path, test_h5: Path, tim
     stem = f"netrim-{ALLOC}-{pct}" if allocated else f"netrim-{pct}"
     nt, report = HS / f"{stem}.pt", HS / f"{stem}.json"
     how = (["--mode", ALLOC_MODE, "--allocation", "discrepancy"] if allocated
-           else ["--mode", MODE])
+           else ["--mode", MODE, "--allocation", "uniform"])
     resume = ["--resume"] if Path(f"{nt}.nettrim-work").exists() else []
     timed(nt.stem, run("prune", str(model), "--acts", str(acts), *how, "--sparsity", str(s),
                        "-o", str(nt), "--report", str(report), "-q", *resume, out=report))

@@ -1,15 +1,19 @@
 """`make experiments-hs-alloc`: issue 16's networks pruned with the per-layer eps allocation.
 
-The same networks, levels and caches as `make experiments-hs-nets` (experiments/hs_nets.py,
-which must have prepared them), with Net-Trim's eps spread by `--allocation discrepancy`
-(nettrim_cli/methods/netrim/allocation.py) instead of one eps for every layer:
+The same networks, levels and caches as `make experiments-hs-nets` (experiments/hs_nets.py;
+the networks are trained and dumped here when that has not run), with Net-Trim's eps spread
+by `--allocation discrepancy` (nettrim_cli/methods/netrim/allocation.py, the default of
+`--sparsity`) instead of one eps for every layer:
 - Net-Trim: `nettrim prune --sparsity S HSN_HOW --allocation discrepancy`, evaluated without
   fine-tuning, with the default fine-tune (10 epochs) and with 4 epochs of it;
-- the one-shot baselines at its per-layer counts (`--match`), without fine-tuning.
+- the one-shot baselines at its per-layer counts (`--match`), without fine-tuning and, for
+  those in HSN_FT_BASELINES, with the default fine-tune.
 Recorded in the network's summary.json under levels.<S>.allocation (files alloc-*.pt/json);
 docs/high-sparsity-nets.md shows them beside the uniform eps (hs_nets.write_doc).
 
-Environment: as experiments/hs_nets.py (EXP_DIR, HSN_NETS, HSN_LEVELS, HSN_HOW).
+Environment: as experiments/hs_nets.py (EXP_DIR, HSN_NETS, HSN_LEVELS, HSN_HOW,
+HSN_FT_BASELINES, HSN_SEED: the dense training's and the fine-tunes' seed, default 0; seed k
+works in EXP_DIR/hsnets-seedk).
 """
 
 from __future__ import annotations
@@ -23,6 +27,15 @@ from experiments.convnets import BASELINES, Summary, accuracy, load, nettrim
 FLAGS = ("--allocation", "discrepancy")
 
 
+def _mode(how: list[str]) -> list[str]:
+    """HSN_HOW without its --allocation (this script sets it)."""
+    out = list(how)
+    while "--allocation" in out:
+        i = out.index("--allocation")
+        del out[i:i + 2]
+    return out
+
+
 def allocated(name: str, level: float, d: Path, test) -> None:
     """Net-Trim with the allocation at ``level``, the baselines at its counts, its fine-tunes."""
     factory = hs_nets.NETS[name][1]
@@ -34,7 +47,7 @@ def allocated(name: str, level: float, d: Path, test) -> None:
     for method in ("netrim", *BASELINES):
         out, rep = d / f"alloc-{method}-{tag}.pt", d / f"alloc-{method}-{tag}.json"
         if not rep.exists():
-            how = (["--sparsity", tag, *hs_nets.HOW, *FLAGS] if method == "netrim" else
+            how = (["--sparsity", tag, *_mode(hs_nets.HOW), *FLAGS] if method == "netrim" else
                    ["--method", method, "--match", str(report)])
             if Path(f"{out}.nettrim-work").exists():
                 how.append("--resume")
@@ -44,6 +57,13 @@ def allocated(name: str, level: float, d: Path, test) -> None:
             a["accuracy"].pop(method, None)
         if method not in a["accuracy"]:
             a["accuracy"][method] = accuracy(load(out, factory, True), *test)
+        s.save()
+    for method in hs_nets.FT_BASELINES:  # the baselines at the allocation's counts, tuned
+        ft = d / f"alloc-{method}-{tag}-ft.pt"
+        if not ft.exists():
+            a["seconds"][f"{method}_ft"] = hs_nets.finetune(d / f"alloc-{method}-{tag}.pt", [],
+                                                            ft)
+        a["ft_accuracy"][method] = accuracy(load(ft, factory, True), *test)
         s.save()
     for epochs, key in ((None, "ft_accuracy"), (hs_nets.FT_SHORT, "ft_short_accuracy")):
         ft = d / f"alloc-netrim-{tag}-ft{'' if epochs is None else epochs}.pt"
@@ -63,15 +83,15 @@ def main() -> int:
     nets = convnets.chosen_nets("HSN_NETS", hs_nets.NETS)
     if nets is None:
         return 2
-    test = hs_nets.load_fashion_mnist("test")
+    data = {"train": hs_nets.load_fashion_mnist("train"),
+            "test": hs_nets.load_fashion_mnist("test")}
     for name in nets:
         d = hs_nets.HSN / name
-        if not (d / "acts.h5").exists():
-            print(f"error: {d}: run `make experiments-hs-nets` first (its networks and dumps)",
-                  file=sys.stderr)
-            return 2
+        d.mkdir(parents=True, exist_ok=True)
+        s, files = hs_nets.prepared(name, d, data)
         for level in hs_nets.LEVELS:
-            allocated(name, level, d, test)
+            allocated(name, level, d, data["test"])
+        hs_nets.dense_finetuned(name, d, files, data["test"], Summary(d / "summary.json"))
         hs_nets.write_doc()
     return 0
 

@@ -4,8 +4,10 @@ NN2-10K (784-300-300-10 on 10,000 training images), LeNet-5 (conv, 30,000), NN3-
 (784-300-1000-300-10, 60,000) and CNN-60K (the paper's CNN, conv layers pruned too, 60,000),
 trained dense once (seeded; LeNet-5's and CNN-60K's networks, calibration sets and dumps are
 those of `make conv-experiments` when they are on disk). At each level:
-- Net-Trim: `nettrim prune --sparsity S` (HSN_HOW: the mode flags, default cascade; the eps
-  search is part of the timed command), evaluated without fine-tuning;
+- Net-Trim: `nettrim prune --sparsity S` (HSN_HOW: the mode flags, default cascade with one
+  eps for every layer, `--allocation uniform`; experiments/hs_alloc.py adds the default
+  per-layer allocation; the eps search is part of the timed command), evaluated without
+  fine-tuning;
 - the one-shot baselines (magnitude, Wanda-style, SparseGPT-style) at its per-layer counts
   (`--match`), without fine-tuning;
 - `nettrim finetune` with the default recipe (no flags: 10 epochs, Adam, lr 1e-2, cosine) on
@@ -37,7 +39,15 @@ from nettrim_cli.recipe import DEFAULT_LR
 
 ROOT = Path(__file__).resolve().parent.parent
 EXP = Path(os.environ.get("EXP_DIR", ROOT / "exp_out"))
-HSN = EXP / "hsnets"
+SEED = int(os.environ.get("HSN_SEED", "0"))  # the dense training's and the fine-tunes' seed
+
+
+def seed_dir(seed: int) -> Path:
+    """Where a seed's networks and results live (seed 0: EXP_DIR/hsnets)."""
+    return EXP / ("hsnets" if seed == 0 else f"hsnets-seed{seed}")
+
+
+HSN = seed_dir(SEED)
 DOC = ROOT / "docs" / "high-sparsity-nets.md"
 NETS = {  # name: (label, factory, training images, epochs, whole-module checkpoint)
     "nn2-10k": ("NN2-10K", lambda: mlp((784, 300, 300, 10)), 10_000, 30, True),
@@ -53,7 +63,7 @@ def _env_list(name: str, default: str) -> list[str]:
 
 
 LEVELS = tuple(float(v) for v in _env_list("HSN_LEVELS", "0.9,0.95"))
-HOW = os.environ.get("HSN_HOW", "--mode cascade").split()
+HOW = os.environ.get("HSN_HOW", "--mode cascade --allocation uniform").split()
 FT_BASELINES = _env_list("HSN_FT_BASELINES", "magnitude,wanda,sparsegpt")
 LC_NETS = _env_list("HSN_LC", "nn2-10k,lenet5,cnn60k,nn3-60k")
 LC_EPOCHS = 20  # make experiments-lc's budget (lc_run.LC_BASE / HPTD): 20 epochs each
@@ -74,7 +84,8 @@ def reuse_conv_run(name: str, d: Path) -> None:
 def finetune(model: Path, arch: list[str], out: Path, epochs: int | None = None) -> float:
     """`nettrim finetune` with the default recipe (no recipe flags; ``epochs`` passes instead
     of its 10 when given); wall seconds."""
-    extra = [] if epochs is None else ["--epochs", str(epochs)]
+    extra = ([] if epochs is None else ["--epochs", str(epochs)]) + (
+        ["--seed", str(SEED)] if SEED else [])
     return nettrim("finetune", str(model), *arch, "--data", str(model.parent / "train.h5"),
                    *extra, "-o", str(out), "--summary", str(out.with_suffix(".json")),
                    "--force", "-q", threads=convnets.TRAIN_THREADS)
@@ -136,21 +147,34 @@ def main() -> int:
     for name in nets:
         d = HSN / name
         d.mkdir(parents=True, exist_ok=True)
-        reuse_conv_run(name, d)
-        s = Summary(d / "summary.json")
-        files = convnets.prepare(name, d, data, s, spec=NETS[name][1:] + (LEVELS,))
+        s, files = prepared(name, d, data)
         for level in LEVELS:
             one_level(name, level, d, files, data, s)
-        dense_ft = d / "dense-ft.pt"  # the dense network with the same fine-tune: what FT adds
-        if not dense_ft.exists():
-            s["dense_ft_seconds"] = finetune(files[0], files[1], dense_ft)
-            s.pop("accuracy_dense_ft", None)
-        if "accuracy_dense_ft" not in s:
-            s["accuracy_dense_ft"] = accuracy(load(dense_ft, NETS[name][1], True),
-                                              *data["test"])
-        s.save()
+        dense_finetuned(name, d, files, data["test"], s)
         write_doc()
     return 0
+
+
+def prepared(name: str, d: Path, data: dict) -> tuple[Summary, tuple]:
+    """The network trained with SEED, its calibration dump and training file (cached)."""
+    if SEED == 0:
+        reuse_conv_run(name, d)
+    s = Summary(d / "summary.json")
+    files = convnets.prepare(name, d, data, s, spec=NETS[name][1:] + (LEVELS,), seed=SEED)
+    s["seed"] = SEED
+    s.save()
+    return s, files
+
+
+def dense_finetuned(name: str, d: Path, files: tuple, test, s: Summary) -> None:
+    """The dense network with the same fine-tune: what the fine-tune adds anyway."""
+    dense_ft = d / "dense-ft.pt"
+    if not dense_ft.exists():
+        s["dense_ft_seconds"] = finetune(files[0], files[1], dense_ft)
+        s.pop("accuracy_dense_ft", None)
+    if "accuracy_dense_ft" not in s:
+        s["accuracy_dense_ft"] = accuracy(load(dense_ft, NETS[name][1], True), *test)
+    s.save()
 
 
 GOAL = {"0.9": 0.5, "0.95": 1.0}  # issue 16: points from dense after the default FT
@@ -238,16 +262,62 @@ def verdict(tag: str, r: dict, dense: float, dense_ft: float | None = None) -> s
     return "Issue 16: " + "; ".join(parts) + "." if parts else ""
 
 
+def _best(acc: dict) -> float | None:
+    shots = [acc[b] for b in BASELINES if b in acc]
+    return max(shots) if shots else None
+
+
+def _cell(v: float | None, ref: float | None = None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2f}" + ("" if ref is None else f" ({v - ref:+.2f})")
+
+
+def summary_table() -> list[str]:
+    """One row per network and level: the default `--sparsity` (the allocation) against
+    dense, LC, the one-shot baselines at its counts and the uniform eps."""
+    rows = ["## Summary: the default `--sparsity` (per-layer eps)", "",
+            "Test accuracy (%); in brackets the difference from dense (Net-Trim + FT, goal: "
+            "within 0.5 at 90%, 1 at 95%) or from LC (Net-Trim + 4 epochs of FT, goal: at "
+            "least LC with 20 epochs).", "",
+            "| network | level | dense | Net-Trim | best one-shot | + FT | best one-shot + FT "
+            f"| + FT, {FT_SHORT} epochs | LC, {LC_EPOCHS} epochs | one eps: Net-Trim, + FT |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, (label, *_rest) in NETS.items():
+        path = HSN / name / "summary.json"
+        if not path.exists():
+            continue
+        s = Summary(path)
+        dense = s["accuracy_original"]
+        for tag, r in s.get("levels", {}).items():
+            a = r.get("allocation")
+            if not a or "netrim" not in a.get("accuracy", {}):
+                continue
+            lc = r.get("accuracy", {}).get("lc")
+            ft = a.get("ft_accuracy", {})
+            rows.append(
+                f"| {label} | {100 * float(tag):.0f}% | {dense:.2f} | "
+                f"{_cell(a['accuracy']['netrim'])} | {_cell(_best(a['accuracy']))} | "
+                f"{_cell(ft.get('netrim'), dense)} | {_cell(_best(ft))} | "
+                f"{_cell(a.get('ft_short_accuracy'), lc)} | {_cell(lc)} | "
+                f"{_cell(r.get('accuracy', {}).get('netrim'))}, "
+                f"{_cell(r.get('ft_accuracy', {}).get('netrim'))} |")
+    return rows + [""]
+
+
 def write_doc() -> None:
     """docs/high-sparsity-nets.md from the summaries on disk."""
-    lines = ["# Issue 16's networks at 90% and 95% pruned (`make experiments-hs-nets`)", "",
-             f"Net-Trim: `nettrim prune --sparsity S {' '.join(HOW)}` (the default solver) on "
-             "the network's calibration images; the baselines at its per-layer counts "
-             "(`--match`); FT: `nettrim finetune` with the default recipe (10 epochs, Adam, lr "
-             f"{DEFAULT_LR:g}, cosine) on the network's training images. Test accuracy on the "
-             f"10,000 test images. One seed (0). Machine: {platform.machine()}, "
+    lines = ["# Issue 16's networks at 90% and 95% pruned (`make experiments-hs-nets`, "
+             "`make experiments-hs-alloc`)", "",
+             "Net-Trim: `nettrim prune --sparsity S --mode cascade` (the default solver) on the "
+             "network's calibration images, with the default per-layer eps (`--allocation "
+             "discrepancy`, experiments/hs_alloc.py) and with one eps for every layer "
+             f"(`{' '.join(HOW)}`, experiments/hs_nets.py); the baselines at each one's "
+             "per-layer counts (`--match`); FT: `nettrim finetune` with the default recipe (10 "
+             f"epochs, Adam, lr {DEFAULT_LR:g}, cosine) on the network's training images. Test "
+             f"accuracy on the 10,000 test images. One seed (0). Machine: {platform.machine()}, "
              f"{os.cpu_count()} cores, shared with other jobs at times (the seconds are wall "
-             "times).", ""]
+             "times).", "", *summary_table()]
     for name, (label, *_rest) in NETS.items():
         d = HSN / name
         if not (d / "summary.json").exists():

@@ -80,7 +80,7 @@ def prune(mode: str, name: str, flags: list[str], model: Path, acts: Path, start
     out, report = SH / f"{tag}.pt", SH / f"{tag}.json"
     preset = SH / f"start-{tag}.toml"
     preset.write_text(f"epsilon = {start!r}\n")
-    target = ["--sparsity", str(TARGET)] if search else []
+    target = ["--sparsity", str(TARGET), "--allocation", "uniform"] if search else []
     if Path(f"{out}.nettrim-work").exists():  # an interrupted run continues
         target.append("--resume")
     timed(tag, run("prune", str(model), "--acts", str(acts), "--mode", mode, *target,

@@ -137,8 +137,9 @@ def heldout(d: Path, timed) -> dict:
             (d / "start.toml").write_text(f"epsilon = {start!r}\n")
             extra = ["--config", str(d / "start.toml")]
         timed(f"digits-{tag}", run("prune", str(model), "--acts", str(acts), "--mode",
-                                   "parallel", "--sparsity", str(TARGET), *extra, *flags, "-o",
-                                   str(out), "--report", str(report), "-q", out=report))
+                                   "parallel", "--sparsity", str(TARGET), "--allocation",
+                                   "uniform", *extra, *flags, "-o", str(out), "--report",
+                                   str(report), "-q", out=report))
         r = load_json(report)
         if start is None:
             start = r["settings"]["sparsity_search"]["epsilon"]

@@ -17,8 +17,8 @@ from nettrim_cli.errors import BadInput
 from nettrim_cli.methods.netrim.settings import (
     ALLOCATIONS,
     CASCADE,
+    DISCREPANCY,
     PARALLEL,
-    UNIFORM,
     PruneSettings,
 )
 from nettrim_cli.solvers.admm import ADMMSettings
@@ -256,7 +256,7 @@ def build_settings(config: dict[str, Any], flags: dict[str, Any],
     patches = merged.get("patches")
     if patches is not None and patches < 1:
         raise BadInput(f"patches must be >= 1, got {patches}", origin("patches"))
-    allocation = merged.get("allocation", UNIFORM)
+    allocation = merged.get("allocation", DISCREPANCY)
     if allocation not in ALLOCATIONS:
         raise BadInput(f"allocation must be {' or '.join(map(repr, ALLOCATIONS))}, got "
                        f"{allocation!r}", origin("allocation"))

@@ -38,7 +38,7 @@ def test_allocate_meets_the_budget_and_prunes_the_cheap_layer_harder():
 
 def test_allocation_preset_key_and_flag():
     assert build_settings({"allocation": "discrepancy"}, {})[0].allocation == "discrepancy"
-    assert build_settings({}, {})[0].allocation == "uniform"
+    assert build_settings({}, {})[0].allocation == "discrepancy"  # the default
     assert build_settings({"allocation": "discrepancy"},
                           {"allocation": "uniform"})[0].allocation == "uniform"
 
@@ -76,8 +76,9 @@ def test_discrepancy_allocation_lands_and_is_recorded(small, parallel_run, tmp_p
     if mode == "parallel":
         path = parallel_run[1]
     else:
-        path = tmp_path / "r.json"
-        r = invoke(*_args(small, mode), "-o", tmp_path / "p.pt", "--report", path)
+        path = tmp_path / "r.json"  # without --allocation: the default is the allocation
+        args = [a for a in _args(small, mode) if a not in ("--allocation", "discrepancy")]
+        r = invoke(*args, "-o", tmp_path / "p.pt", "--report", path)
         assert r.exit_code == 0, r.stderr
     report = json.loads(path.read_text())
     search = report["settings"]["sparsity_search"]

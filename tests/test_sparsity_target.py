@@ -132,7 +132,8 @@ def _pruned(report: dict) -> float:
 def test_prune_sparsity_lands_within_half_a_point(mlp_files, tmp_path, mode):
     d = mlp_files
     r = invoke("prune", d / "model.pt", "--acts", d / "acts.h5", "--mode", mode,
-               "--sparsity", "0.7", "--solver", "osqp", "-o", tmp_path / "p.pt",
+               "--sparsity", "0.7", "--allocation", "uniform", "--solver", "osqp", "-o",
+               tmp_path / "p.pt",
                "--report", tmp_path / "r.json", "-q")
     assert r.exit_code == 0, r.stderr
     report = json.loads((tmp_path / "r.json").read_text())
@@ -149,7 +150,8 @@ def test_prune_sparsity_lands_within_half_a_point(mlp_files, tmp_path, mode):
 def test_prune_sparsity_resumes_to_the_same_checkpoint(mlp_files, tmp_path, monkeypatch):
     d = mlp_files
     args = ["prune", d / "model.pt", "--acts", d / "acts.h5", "--mode", "parallel",
-            "--sparsity", "0.7", "--solver", "osqp", "--report", tmp_path / "r.json", "-q"]
+            "--sparsity", "0.7", "--allocation", "uniform", "--solver", "osqp", "--report",
+            tmp_path / "r.json", "-q"]
     assert invoke(*args, "-o", tmp_path / "whole.pt").exit_code == 0
 
     restore = kill_netrim_prune_at(monkeypatch, 3)

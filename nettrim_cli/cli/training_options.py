@@ -18,7 +18,7 @@ TRAINING_FLAGS: list[tuple[str, str, dict]] = [
         help="lc, magnitude-iterative: the budget per layer (default) or one joint budget "
         "over all pruned layers. netrim with --sparsity: one eps for every layer (uniform) "
         "or per-layer eps that lower the network's output discrepancy (discrepancy; "
-        "default: the preset's 'allocation', else uniform).")),
+        "default: the preset's 'allocation', else discrepancy).")),
     ("--epochs", "epochs", dict(
         type=int, help="Training epochs per LC step / per round (default 1 / 2).")),
     ("--lr", "lr", dict(type=float, help="Learning rate of the first step (default 0.05).")),
