@@ -280,11 +280,13 @@ def summary_table() -> list[str]:
             "Test accuracy (%); in brackets the difference from dense (Net-Trim + FT, goal: "
             "within 0.5 at 90%, 1 at 95%) or from LC (Net-Trim + 4 epochs of FT, goal: at "
             "least LC with 20 epochs).", "",
-            "| network | level | dense | Net-Trim | best one-shot | + FT | best one-shot + FT "
-            f"| + FT, {FT_SHORT} epochs | LC, {LC_EPOCHS} epochs | one eps: Net-Trim, + FT |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, (label, *_rest) in NETS.items():
-        path = HSN / name / "summary.json"
+            "| network | seed | level | dense | Net-Trim | best one-shot | + FT | best one-shot "
+            f"+ FT | + FT, {FT_SHORT} epochs | LC, {LC_EPOCHS} epochs | one eps: Net-Trim, + FT |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    seeds = [0, *sorted(int(p.name.removeprefix("hsnets-seed"))
+                        for p in EXP.glob("hsnets-seed*") if p.is_dir())]
+    for (name, (label, *_rest)), seed in ((n, k) for n in NETS.items() for k in seeds):
+        path = seed_dir(seed) / name / "summary.json"
         if not path.exists():
             continue
         s = Summary(path)
@@ -296,7 +298,7 @@ def summary_table() -> list[str]:
             lc = r.get("accuracy", {}).get("lc")
             ft = a.get("ft_accuracy", {})
             rows.append(
-                f"| {label} | {100 * float(tag):.0f}% | {dense:.2f} | "
+                f"| {label} | {seed} | {100 * float(tag):.0f}% | {dense:.2f} | "
                 f"{_cell(a['accuracy']['netrim'])} | {_cell(_best(a['accuracy']))} | "
                 f"{_cell(ft.get('netrim'), dense)} | {_cell(_best(ft))} | "
                 f"{_cell(a.get('ft_short_accuracy'), lc)} | {_cell(lc)} | "
@@ -315,11 +317,13 @@ def write_doc() -> None:
              f"(`{' '.join(HOW)}`, experiments/hs_nets.py); the baselines at each one's "
              "per-layer counts (`--match`); FT: `nettrim finetune` with the default recipe (10 "
              f"epochs, Adam, lr {DEFAULT_LR:g}, cosine) on the network's training images. Test "
-             f"accuracy on the 10,000 test images. One seed (0). Machine: {platform.machine()}, "
-             f"{os.cpu_count()} cores, shared with other jobs at times (the seconds are wall "
-             "times).", "", *summary_table()]
+             "accuracy on the 10,000 test images. Seed 0 for everything below; the summary "
+             "also shows the other seeds run (HSN_SEED: the dense training and the fine-tunes "
+             "seeded alike; the default prune, its fine-tunes and the one-shot baselines without "
+             f"fine-tuning). Machine: {platform.machine()}, {os.cpu_count()} cores, shared with "
+             "other jobs at times (the seconds are wall times).", "", *summary_table()]
     for name, (label, *_rest) in NETS.items():
-        d = HSN / name
+        d = seed_dir(0) / name
         if not (d / "summary.json").exists():
             continue
         s = Summary(d / "summary.json")
