@@ -8,8 +8,8 @@ import json
 from experiments import hs_nets
 
 
-def _net(tmp_path, name, levels):
-    d = tmp_path / name
+def _net(tmp_path, name, levels, seed=0, allocation=None):
+    d = hs_nets.seed_dir(seed) / name
     d.mkdir(parents=True)
     summary = {"n_train": 10000, "epochs": 30, "calib": 5000, "accuracy_original": 85.0,
                "accuracy_dense_ft": 86.0, "levels": {}}
@@ -24,12 +24,26 @@ def _net(tmp_path, name, levels):
                          "lc": 84.0},
             "ft_accuracy": {"netrim": ft}, "ft_short_accuracy": ft - 0.5,
             "seconds": {"netrim": 12.5}}
+        if allocation is not None:  # experiments/hs_alloc.py's files and figures
+            (d / f"alloc-netrim-{tag}.json").write_text(json.dumps({
+                "settings": {"sparsity_search": {"epsilon": 0.3,
+                                                 "epsilons": {"0": 0.1, "2": 0.3}}},
+                "network": {"pruned_fraction": float(tag), "relative_discrepancy": 0.05},
+                "layers": [{"name": "0", "sparsity": 0.5}, {"name": "2", "sparsity": 0.97}]}))
+            summary["levels"][tag]["allocation"] = {
+                "accuracy": {"netrim": allocation, "magnitude": 50.0, "sparsegpt": 75.0},
+                "ft_accuracy": {"netrim": allocation + 5, "magnitude": 84.5},
+                "ft_short_accuracy": allocation + 4, "seconds": {"netrim": 30.0}}
     (d / "summary.json").write_text(json.dumps(summary))
 
 
-def test_the_doc_reports_each_level_and_its_verdict(tmp_path, monkeypatch):
-    monkeypatch.setattr(hs_nets, "HSN", tmp_path)
+def _at(tmp_path, monkeypatch):
+    monkeypatch.setattr(hs_nets, "EXP", tmp_path)
     monkeypatch.setattr(hs_nets, "DOC", tmp_path / "doc.md")
+
+
+def test_the_doc_reports_each_level_and_its_verdict(tmp_path, monkeypatch):
+    _at(tmp_path, monkeypatch)
     _net(tmp_path, "nn2-10k", {"0.9": (80.0, 84.6, 70.0), "0.95": (60.0, 83.5, 65.0)})
     hs_nets.write_doc()
     text = (tmp_path / "doc.md").read_text()
@@ -48,3 +62,27 @@ def test_the_doc_reports_each_level_and_its_verdict(tmp_path, monkeypatch):
     assert "4 epochs of FT -1.00 points against LC with 20: NOT reached" in five
     assert "did not land" in five and "did not land" not in nine
     assert "LeNet-5" not in text  # a network not run yet gets no section
+
+
+def test_the_summary_shows_the_default_allocation_for_every_seed(tmp_path, monkeypatch):
+    _at(tmp_path, monkeypatch)
+    _net(tmp_path, "nn2-10k", {"0.9": (80.0, 84.6, 70.0)}, allocation=81.0)
+    _net(tmp_path, "nn2-10k", {"0.9": (79.0, 84.0, 69.0)}, seed=1, allocation=80.0)
+    hs_nets.write_doc()
+    text = (tmp_path / "doc.md").read_text()
+    summary = text.split("## NN2-10K")[0]
+    # seed 0 and seed 1: the allocation's Net-Trim, best one-shot, FT (vs dense 85), best
+    # one-shot + FT, 4 epochs of FT (vs LC 84), LC, then the uniform eps's Net-Trim and FT
+    assert ("| NN2-10K | 0 | 90% | 85.00 | 81.00 | 75.00 | 86.00 (+1.00) | 84.50 | "
+            "85.00 (+1.00) | 84.00 | 80.00, 84.60 |") in summary
+    assert ("| NN2-10K | 1 | 90% | 85.00 | 80.00 | 75.00 | 85.00 (+0.00) | 84.50 | "
+            "84.00 (+0.00) | 84.00 | 79.00, 84.00 |") in summary
+    # the per-network sections are seed 0's, the allocation below the uniform eps
+    section = text.split("## NN2-10K")[1]
+    assert "#### 90% with `--allocation discrepancy`" in section
+    alloc = section.split("#### 90% with `--allocation discrepancy`")[1]
+    assert "eps per layer 0 0.1, 2 0.3" in alloc and "search 30.0 s" in alloc
+    assert "| Net-Trim | 81.00% | -4.00 | 86.00% | +1.00 |" in alloc
+    assert "| magnitude | 50.00% | -35.00 | 84.50% | -0.50 |" in alloc
+    assert "| LC (l0 constraint), 20 epochs | 84.00% | -1.00 |" in alloc  # from the uniform
+    assert "79.00%" not in section  # seed 1's figures stay in the summary
