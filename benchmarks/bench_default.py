@@ -14,7 +14,8 @@ images), and the largest ||Yhat_l - Y_l||_F / eps_l over the layers (eps_l the d
 <= 1 means every layer's eps holds).
 
 In parallel mode the default also runs at the fast preset's pruning (`--sparsity`, its eps
-searched), to compare the two at the same sparsity.
+searched; one eps for every layer as the preset has, `--allocation uniform`), to compare the
+two at the same sparsity.
 
 Usage: python benchmarks/bench_default.py [--quick] [--no-preset] [--out FILE]
 (--quick: the first network, parallel mode only; --samples N: N calibration samples instead
@@ -105,7 +106,8 @@ def run_case(tag: str, mode: str, n_calib: int, preset: bool = True) -> list[str
         rows["fast preset"] = (t, figures(work / "fast.pt", rep, eps))
         if mode == "parallel":
             s = f"{rows['fast preset'][1]['pruned']:.4f}"
-            t, rep = prune(ckpt, acts, work / "same.pt", ["--mode", mode, "--sparsity", s])
+            t, rep = prune(ckpt, acts, work / "same.pt", ["--mode", mode, "--sparsity", s,
+                                                          "--allocation", "uniform"])
             rows[f"default --sparsity {s}"] = (t, figures(work / "same.pt", rep, eps))
     t, rep = prune(ckpt, acts, work / "sparsegpt.pt", ["--method", "sparsegpt", "--match",
                                                        str(work / "default.json")])
