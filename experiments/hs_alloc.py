@@ -13,7 +13,8 @@ docs/high-sparsity-nets.md shows them beside the uniform eps (hs_nets.write_doc)
 
 Environment: as experiments/hs_nets.py (EXP_DIR, HSN_NETS, HSN_LEVELS, HSN_HOW,
 HSN_FT_BASELINES, HSN_SEED: the dense training's and the fine-tunes' seed, default 0; seed k
-works in EXP_DIR/hsnets-seedk).
+works in EXP_DIR/hsnets-seedk and also runs LC and HPTD, seeded alike, on the networks of
+HSN_LC, as HSN_TRAINED says).
 """
 
 from __future__ import annotations
@@ -91,6 +92,10 @@ def main() -> int:
         s, files = hs_nets.prepared(name, d, data)
         for level in hs_nets.LEVELS:
             allocated(name, level, d, data["test"])
+            if hs_nets.SEED and name in hs_nets.LC_NETS:  # seed 0's come from hs_nets
+                s = Summary(d / "summary.json")
+                hs_nets.training(name, level, d, files, data["test"],
+                                 s["levels"][f"{level:g}"], s)
         hs_nets.dense_finetuned(name, d, files, data["test"], Summary(d / "summary.json"))
         hs_nets.write_doc()
     return 0

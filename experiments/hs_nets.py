@@ -19,7 +19,8 @@ Every model is evaluated on the 10,000 test images; docs/high-sparsity-nets.md i
 the files on disk. Each step is cached (EXP_DIR/hsnets/<net>); a rerun resumes.
 
 Environment: EXP_DIR (default exp_out), HSN_NETS (default nn2-10k,lenet5,cnn60k,nn3-60k),
-HSN_LEVELS (default 0.9,0.95), HSN_HOW, HSN_FT_BASELINES, HSN_LC, CALIB (default 5000).
+HSN_LEVELS (default 0.9,0.95), HSN_HOW, HSN_FT_BASELINES, HSN_LC, HSN_TRAINED (default
+lc,hptd), HSN_SEED (default 0; seed k works in EXP_DIR/hsnets-seedk), CALIB (default 5000).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ LEVELS = tuple(float(v) for v in _env_list("HSN_LEVELS", "0.9,0.95"))
 HOW = os.environ.get("HSN_HOW", "--mode cascade --allocation uniform").split()
 FT_BASELINES = _env_list("HSN_FT_BASELINES", "magnitude,wanda,sparsegpt")
 LC_NETS = _env_list("HSN_LC", "nn2-10k,lenet5,cnn60k,nn3-60k")
+TRAINED = _env_list("HSN_TRAINED", "lc,hptd")  # the training-based methods run
 LC_EPOCHS = 20  # make experiments-lc's budget (lc_run.LC_BASE / HPTD): 20 epochs each
 FT_SHORT = 4  # Net-Trim is also fine-tuned for a fifth of them
 
@@ -119,7 +121,10 @@ def training(name: str, level: float, d: Path, files: tuple, test, r: dict,
     tag = f"{level:g}"
     lc_flags = lc_run.lc_run(lc_run.chosen(EXP / "lc"), level)[2]
     hptd = ["--method", "magnitude-iterative", *lc_run.HPTD]
-    for method, flags in (("lc", lc_flags), ("hptd", hptd)):
+    seeded = ["--seed", str(SEED)] if SEED else []
+    for method, flags in (("lc", [*lc_flags, *seeded]), ("hptd", [*hptd, *seeded])):
+        if method not in TRAINED:
+            continue
         out, rep = d / f"{method}-{tag}.pt", d / f"{method}-{tag}.json"
         if not rep.exists():
             if Path(f"{out}.nettrim-work").exists():
