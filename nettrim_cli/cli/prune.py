@@ -88,8 +88,9 @@ from nettrim_cli.methods.base import RunHooks
 @click.option("--match", "match_path", metavar="REPORT.json",
               help="Baselines: keep exactly as many weights per layer as this report's layers.")
 @click.option("--sparsity", type=float,
-              help="Net-Trim: find the eps that prunes this fraction of all the pruned layers' "
-                   "weights (within 0.5 points). Baselines: prune this fraction of every "
+              help="Net-Trim: find the per-layer eps (one eps with --allocation uniform) "
+                   "that prune this fraction of all the pruned layers' weights (within 0.5 "
+                   "points). Baselines: prune this fraction of every "
                    "layer's weights, in [0, 1). lc, magnitude-iterative: of every layer's "
                    "weights (of all pruned layers together with --allocation joint), in (0, 1).")
 @training_options
