@@ -94,8 +94,10 @@ def main() -> int:
             allocated(name, level, d, data["test"])
             if hs_nets.SEED and name in hs_nets.LC_NETS:  # seed 0's come from hs_nets
                 s = Summary(d / "summary.json")
-                hs_nets.training(name, level, d, files, data["test"],
-                                 s["levels"][f"{level:g}"], s)
+                r = s["levels"][f"{level:g}"]
+                for key in ("accuracy", "seconds"):
+                    r.setdefault(key, {})
+                hs_nets.training(name, level, d, files, data["test"], r, s)
         hs_nets.dense_finetuned(name, d, files, data["test"], Summary(d / "summary.json"))
         hs_nets.write_doc()
     return 0
