@@ -133,3 +133,29 @@ def test_bad_allocation_in_a_preset_is_refused(small, tmp_path):
                tmp_path / "p.toml", "--sparsity", "0.6", "-o", tmp_path / "p.pt")
     assert r.exit_code == 2 and "allocation must be" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_parallel_allocation_equal_to_the_uniform_trial_reuses_its_prune(small, tmp_path,
+                                                                         monkeypatch):
+    """When every unit's allocated eps is the chosen curve trial's eps (the curves too short to
+    tell the layers apart), the allocation search's first trial is that prune, not a rerun."""
+    import nettrim_cli.methods.netrim as netrim_mod
+    from nettrim_cli.methods.netrim import allocation
+
+    calls = []
+    real = netrim_mod.prune
+    monkeypatch.setattr(netrim_mod, "prune", lambda *a, **k: calls.append(1) or real(*a, **k))
+    def uniform(curves, budget):  # every unit at the eps of the curve trial nearest the target
+        kept = [sum(c[i].kept for c in curves) for i in range(len(curves[0]))]
+        nearest = min(range(len(kept)), key=lambda i: abs(kept[i] - budget))
+        return [curves[0][nearest].epsilon] * len(curves)
+
+    monkeypatch.setattr(allocation, "allocate", uniform)
+    r = invoke(*_args(small, "parallel"), "-o", tmp_path / "p.pt", "--report", tmp_path / "r.json")
+    assert r.exit_code == 0, r.stderr
+    search = json.loads((tmp_path / "r.json").read_text())["settings"]["sparsity_search"]
+    curve, alloc = search["curve_trials"], search["trials"]
+    first = alloc[0]
+    reused = [t for t in curve if t["epsilon"] == pytest.approx(first["epsilon"], rel=1e-9)]
+    assert reused and first["pruned"] == reused[0]["pruned"]
+    assert len(calls) == len(curve) + len(alloc) - 1  # one prune saved

@@ -228,11 +228,17 @@ class NetTrim(ResumableMethod):
         top = max(eps)
         self._step(hooks, "allocation: eps per layer " + ", ".join(
             f"{n} {e:.4g}" for n, e in zip(names, eps, strict=True)))
-        search = prune_to_sparsity(self._trial(ckpt, dump, hooks, "alloc", [e / top for e in eps]),
-                                   top, self.sparsity,
+        u = uniform.chosen
+        ratios = [e / top for e in eps]
+        alloc_run = self._trial(ckpt, dump, hooks, "alloc", ratios)
+        if self.settings.mode == PARALLEL:  # a unit's prune depends on its own eps alone
+            def alloc_run(k: int, e: float, _run=alloc_run) -> MethodResult:
+                if all(abs(e * r - u.epsilon) <= 1e-9 * u.epsilon for r in ratios):
+                    return uniform.result  # every unit at the curve trial's eps: its prune
+                return _run(k, e)
+        search = prune_to_sparsity(alloc_run, top, self.sparsity,
                                    on_trial=self._shown(hooks, "allocation search"))
         result, chosen = search.result, search.chosen
-        u = uniform.chosen
         if (self.settings.mode == PARALLEL and abs(u.pruned - self.sparsity) <= TOLERANCE
                 and u.discrepancy < chosen.discrepancy):
             self.note(f"--allocation discrepancy: the uniform eps {u.epsilon:.4g} gave a lower "
