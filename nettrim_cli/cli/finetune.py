@@ -80,7 +80,7 @@ def finetune(pruned, data_path, epochs, output, lr, schedule, val_split, patienc
         def epoch_line(epoch, loss, val):  # off a terminal: one log line per epoch
             click.echo(f"nettrim: epoch {epoch + 1}/{epochs}: loss {loss:.4f}"
                        + ("" if val is None else f", validation accuracy {100 * val:.2f}%")
-                       + f" ({time.perf_counter() - started:.1f} s)", err=True)
+                       + f" ({time.perf_counter() - started:.1f} s elapsed)", err=True)
 
         lines = None if quiet or console.is_terminal else epoch_line
         figures = run_finetune(ckpt.model, x, y, recipe, on_batch, lines)
@@ -111,7 +111,7 @@ def finetune(pruned, data_path, epochs, output, lr, schedule, val_split, patienc
                        "held-out samples)" + (", stopped early" if kept["stopped_early"] else ""),
                        err=True)
         click.echo(f"nettrim: fine-tuned {cost['epochs']} epoch(s) x {cost['samples']} samples "
-                   f"in {figures['seconds']:.1f} s: "
+                   f"in {figures['seconds']:.1f} s of training: "
                    f"training accuracy {100 * figures['train_accuracy_before']:.2f}% -> "
                    f"{100 * figures['train_accuracy']:.2f}%, nonzero weights "
                    f"{figures['nonzeros_before']} -> {figures['nonzeros_after']}", err=True)
