@@ -237,8 +237,9 @@ def one_level(name: str, level: float, d: Path, files: tuple, data: dict, s: Sum
     model, arch, acts = files
     xte, yte = data["test"]
     tag = f"{level:g}"
-    r = s.setdefault("levels", {}).setdefault(tag, {"accuracy": {}, "ft_accuracy": {},
-                                                     "seconds": {}})
+    r = s.setdefault("levels", {}).setdefault(tag, {})
+    for key in ("accuracy", "ft_accuracy", "seconds"):  # hs_alloc may have made the level
+        r.setdefault(key, {})
     report = d / f"netrim-{tag}.json"
     for method in ("netrim", *BASELINES):
         out, rep = d / f"{method}-{tag}.pt", d / f"{method}-{tag}.json"
