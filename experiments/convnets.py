@@ -227,22 +227,24 @@ def finetune(model: Path, arch: list[str], out: Path) -> float:
 
 def one_level(name: str, level: float, d: Path, files: tuple, data: dict, s: Summary,
               spec: tuple | None = None, netrim_flags: tuple[str, ...] = (),
-              finetune_fn=None, ft_methods: tuple[str, ...] | None = None) -> None:
+              finetune_fn=None, ft_methods: tuple[str, ...] | None = None,
+              variant: str = "") -> None:
     """Net-Trim at --sparsity ``level`` (the search timed as one command, with the load
     average before and after), the baselines at its counts, fine-tuning, test accuracies.
     experiments/hs_nets.py passes its own network ``spec``, Net-Trim's mode flags, its
-    fine-tune and the baselines to fine-tune (``ft_methods``; None: BASELINE_FT's rule)."""
+    fine-tune and the baselines to fine-tune (``ft_methods``; None: BASELINE_FT's rule), and
+    for a ``variant`` of the level (experiments/hs_alloc.py) its files' prefix and its record
+    under the level (``level_record``)."""
     factory, _, _, whole, _ = spec or NETS[name]
     finetune_fn = finetune_fn or finetune
     model, arch, acts = files
     xte, yte = data["test"]
     tag = f"{level:g}"
-    r = s.setdefault("levels", {}).setdefault(tag, {})
-    for key in ("accuracy", "ft_accuracy", "seconds"):  # hs_alloc may have made the level
-        r.setdefault(key, {})
-    report = d / f"netrim-{tag}.json"
+    r = level_record(s, tag, variant)
+    pre = f"{variant}-" if variant else ""
+    report = d / f"{pre}netrim-{tag}.json"
     for method in ("netrim", *BASELINES):
-        out, rep = d / f"{method}-{tag}.pt", d / f"{method}-{tag}.json"
+        out, rep = d / f"{pre}{method}-{tag}.pt", d / f"{pre}{method}-{tag}.json"
         if not rep.exists():
             load_before = os.getloadavg()[0]
             how = (["--sparsity", tag, *(netrim_flags or UNIFORM)] if method == "netrim" else
@@ -258,14 +260,14 @@ def one_level(name: str, level: float, d: Path, files: tuple, data: dict, s: Sum
             r["seconds"][f"{method}_resumed"] = resumed
             r["accuracy"].pop(method, None)
             r["ft_accuracy"].pop(method, None)
-            (d / f"{method}-{tag}-ft.pt").unlink(missing_ok=True)
+            (d / f"{pre}{method}-{tag}-ft.pt").unlink(missing_ok=True)
             if method == "netrim":  # new counts: the baselines matched the old ones
                 for b in BASELINES:
-                    (d / f"{b}-{tag}.json").unlink(missing_ok=True)
+                    (d / f"{pre}{b}-{tag}.json").unlink(missing_ok=True)
         if method not in r["accuracy"]:
             r["accuracy"][method] = accuracy(load(out, factory, whole), xte, yte)
         s.save()
-        ft = d / f"{method}-{tag}-ft.pt"
+        ft = d / f"{pre}{method}-{tag}-ft.pt"
         wanted = (method in ft_methods if ft_methods is not None
                   else BASELINE_FT and level == levels(name)[0])
         if method != "netrim" and not wanted:
@@ -276,6 +278,17 @@ def one_level(name: str, level: float, d: Path, files: tuple, data: dict, s: Sum
         if method not in r["ft_accuracy"]:
             r["ft_accuracy"][method] = accuracy(load(ft, factory, whole), xte, yte)
         s.save()
+
+
+def level_record(s: Summary, tag: str, variant: str = "") -> dict:
+    """The summary's record of level ``tag`` (of its ``variant`` under it when given), with
+    the accuracy, fine-tuned accuracy and seconds records it needs."""
+    r = s.setdefault("levels", {}).setdefault(tag, {})
+    if variant:
+        r = r.setdefault(variant, {})
+    for key in ("accuracy", "ft_accuracy", "seconds"):
+        r.setdefault(key, {})
+    return r
 
 
 def chosen_nets(var: str, known: dict) -> list[str] | None:

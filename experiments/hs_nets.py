@@ -93,23 +93,27 @@ def finetune(model: Path, arch: list[str], out: Path, epochs: int | None = None)
                    "--force", "-q", threads=convnets.TRAIN_THREADS)
 
 
-def one_level(name: str, level: float, d: Path, files: tuple, data: dict, s: Summary) -> None:
-    """Net-Trim at ``level`` with HOW's flags, the baselines at its counts, the default
-    fine-tunes (`make conv-experiments`' steps, convnets.one_level), then LC and HPTD."""
+def one_level(name: str, level: float, d: Path, files: tuple, data: dict, s: Summary,
+              flags: tuple[str, ...] | None = None, variant: str = "") -> None:
+    """Net-Trim at ``level`` with ``flags`` (default HOW's), the baselines at its counts, the
+    default fine-tunes (`make conv-experiments`' steps, convnets.one_level) and the short
+    one; then LC and HPTD, which do not depend on Net-Trim's flags, for the level itself (no
+    ``variant``: experiments/hs_alloc.py's files and record)."""
     convnets.one_level(name, level, d, files, data, s, spec=NETS[name][1:] + (LEVELS,),
-                       netrim_flags=tuple(HOW), finetune_fn=finetune,
-                       ft_methods=tuple(FT_BASELINES))
+                       netrim_flags=tuple(HOW if flags is None else flags),
+                       finetune_fn=finetune, ft_methods=tuple(FT_BASELINES), variant=variant)
     tag = f"{level:g}"
-    r = s["levels"][tag]
-    short = d / f"netrim-{tag}-ft{FT_SHORT}.pt"  # a fifth of LC's 20 training epochs
+    r = convnets.level_record(s, tag, variant)
+    pre = f"{variant}-" if variant else ""
+    short = d / f"{pre}netrim-{tag}-ft{FT_SHORT}.pt"  # a fifth of LC's 20 training epochs
     if not short.exists():
-        r["seconds"][f"netrim_ft{FT_SHORT}"] = finetune(d / f"netrim-{tag}.pt", files[1],
+        r["seconds"][f"netrim_ft{FT_SHORT}"] = finetune(d / f"{pre}netrim-{tag}.pt", files[1],
                                                         short, FT_SHORT)
         r.pop("ft_short_accuracy", None)
     if "ft_short_accuracy" not in r:
         r["ft_short_accuracy"] = accuracy(load(short, NETS[name][1], True), *data["test"])
     s.save()
-    if name in LC_NETS:
+    if name in LC_NETS and not variant:
         training(name, level, d, files, data["test"], r, s)
 
 
@@ -239,7 +243,8 @@ def _allocation_rows(d: Path, tag: str, r: dict, dense: float, dense_ft: float |
     if "ft_short_accuracy" in a:
         merged["ft_short_accuracy"] = a["ft_short_accuracy"]
     return [f"#### {100 * float(tag):.0f}% with `--allocation discrepancy`", "",
-            *_level_rows(d, tag, merged, dense, dense_ft, "alloc-", "Net-Trim, allocation")]
+            *_level_rows(d, tag, merged, dense, dense_ft, "allocation-",
+                         "Net-Trim, allocation")]
 
 
 def verdict(tag: str, r: dict, dense: float, dense_ft: float | None = None) -> str:
@@ -343,7 +348,7 @@ def write_doc() -> None:
             if (d / f"netrim-{tag}.json").exists():
                 lines += [f"### {100 * float(tag):.0f}%", "",
                           *_level_rows(d, tag, r, dense, s.get("accuracy_dense_ft"))]
-            if "allocation" in r and (d / f"alloc-netrim-{tag}.json").exists():
+            if "allocation" in r and (d / f"allocation-netrim-{tag}.json").exists():
                 lines += _allocation_rows(d, tag, r, dense, s.get("accuracy_dense_ft"))
     DOC.write_text("\n".join(lines) + "\n")
     print(f"wrote {DOC}", file=sys.stderr)

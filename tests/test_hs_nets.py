@@ -25,7 +25,7 @@ def _net(tmp_path, name, levels, seed=0, allocation=None):
             "ft_accuracy": {"netrim": ft}, "ft_short_accuracy": ft - 0.5,
             "seconds": {"netrim": 12.5}}
         if allocation is not None:  # experiments/hs_alloc.py's files and figures
-            (d / f"alloc-netrim-{tag}.json").write_text(json.dumps({
+            (d / f"allocation-netrim-{tag}.json").write_text(json.dumps({
                 "settings": {"sparsity_search": {"epsilon": 0.3,
                                                  "epsilons": {"0": 0.1, "2": 0.3}}},
                 "network": {"pruned_fraction": float(tag), "relative_discrepancy": 0.05},
