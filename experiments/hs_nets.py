@@ -260,10 +260,10 @@ def verdict(tag: str, r: dict, dense: float, dense_ft: float | None = None) -> s
                      + ("met" if met else "NOT met")
                      + (f" ({ft - dense_ft:+.2f} from the dense network with the same fine-tune)"
                         if dense_ft is not None else ""))
-    shots = [r["accuracy"][b] for b in BASELINES if b in r["accuracy"]]
-    if shots and "netrim" in r["accuracy"]:
-        ahead = r["accuracy"]["netrim"] > max(shots)
-        parts.append(f"without FT {r['accuracy']['netrim'] - max(shots):+.2f} points against "
+    best = _best(r["accuracy"])
+    if best is not None and "netrim" in r["accuracy"]:
+        ahead = r["accuracy"]["netrim"] > best
+        parts.append(f"without FT {r['accuracy']['netrim'] - best:+.2f} points against "
                      "the best one-shot baseline: " + ("ahead" if ahead else "NOT ahead"))
     short, lc = r.get("ft_short_accuracy"), r["accuracy"].get("lc")
     if short is not None and lc is not None:
