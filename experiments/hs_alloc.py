@@ -15,7 +15,8 @@ docs/high-sparsity-nets.md shows them beside the uniform eps (hs_nets.write_doc)
 Environment: as experiments/hs_nets.py (EXP_DIR, HSN_NETS, HSN_LEVELS, HSN_HOW,
 HSN_FT_BASELINES, HSN_SEED: the dense training's and the fine-tunes' seed, default 0; seed k
 works in EXP_DIR/hsnets-seedk and also runs LC and HPTD, seeded alike, on the networks of
-HSN_LC, as HSN_TRAINED says).
+HSN_LC, as HSN_TRAINED says; HSN_START tuned prunes the dense network after the default
+fine-tune, in EXP_DIR/hsnets[-seedk]-tuned, and runs LC and HPTD there too).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def main() -> int:
         s, files = hs_nets.prepared(name, d, data)
         for level in hs_nets.LEVELS:
             hs_nets.one_level(name, level, d, files, data, s, flags, VARIANT)
-            if hs_nets.SEED and name in hs_nets.LC_NETS:  # seed 0's come from hs_nets
+            if hs_nets.OWN_TRAINING and name in hs_nets.LC_NETS:  # else from hs_nets
                 hs_nets.training(name, level, d, files, data["test"],
                                  convnets.level_record(s, f"{level:g}"), s)
         hs_nets.dense_finetuned(name, d, files, data["test"], s)

@@ -20,7 +20,11 @@ the files on disk. Each step is cached (EXP_DIR/hsnets/<net>); a rerun resumes.
 
 Environment: EXP_DIR (default exp_out), HSN_NETS (default nn2-10k,lenet5,cnn60k,nn3-60k),
 HSN_LEVELS (default 0.9,0.95), HSN_HOW, HSN_FT_BASELINES, HSN_LC, HSN_TRAINED (default
-lc,hptd), HSN_SEED (default 0; seed k works in EXP_DIR/hsnets-seedk), CALIB (default 5000).
+lc,hptd), HSN_SEED (default 0; seed k works in EXP_DIR/hsnets-seedk), CALIB (default 5000),
+HSN_START (default `trained`: the dense network as trained above; `tuned`: that network after
+the default fine-tune, dense-ft.pt, as the network to prune, in EXP_DIR/hsnets[-seedk]-tuned,
+with its own dump, fine-tunes and LC / HPTD runs: a dense network that more training no
+longer improves, so that LC's 20 epochs are not also training the dense network further).
 """
 
 from __future__ import annotations
@@ -41,14 +45,19 @@ from nettrim_cli.recipe import DEFAULT_LR
 ROOT = Path(__file__).resolve().parent.parent
 EXP = Path(os.environ.get("EXP_DIR", ROOT / "exp_out"))
 SEED = int(os.environ.get("HSN_SEED", "0"))  # the dense training's and the fine-tunes' seed
+STARTS = ("trained", "tuned")  # the dense network pruned: as trained, or + the default FT
+START = os.environ.get("HSN_START", STARTS[0])
 
 
-def seed_dir(seed: int) -> Path:
-    """Where a seed's networks and results live (seed 0: EXP_DIR/hsnets)."""
-    return EXP / ("hsnets" if seed == 0 else f"hsnets-seed{seed}")
+def seed_dir(seed: int, start: str = STARTS[0]) -> Path:
+    """Where a seed's networks and results live (seed 0: EXP_DIR/hsnets; the tuned start:
+    EXP_DIR/hsnets-tuned, hsnets-seedk-tuned)."""
+    base = "hsnets" if seed == 0 else f"hsnets-seed{seed}"
+    return EXP / (base if start == STARTS[0] else f"{base}-{start}")
 
 
-HSN = seed_dir(SEED)
+HSN = seed_dir(SEED, START)
+OWN_TRAINING = SEED != 0 or START != STARTS[0]  # hs_alloc runs LC / HPTD (else hs_nets)
 DOC = ROOT / "docs" / "high-sparsity-nets.md"
 NETS = {  # name: (label, factory, training images, epochs, whole-module checkpoint)
     "nn2-10k": ("NN2-10K", lambda: mlp((784, 300, 300, 10)), 10_000, 30, True),
@@ -165,14 +174,29 @@ def main() -> int:
 
 
 def prepared(name: str, d: Path, data: dict) -> tuple[Summary, tuple]:
-    """The network trained with SEED, its calibration dump and training file (cached)."""
-    if SEED == 0:
+    """The network trained with SEED (HSN_START tuned: it after the default fine-tune), its
+    calibration dump and training file (cached)."""
+    if START != STARTS[0]:
+        tuned_start(name, d)
+    elif SEED == 0:
         reuse_conv_run(name, d)
     s = Summary(d / "summary.json")
     files = convnets.prepare(name, d, data, s, spec=NETS[name][1:] + (LEVELS,), seed=SEED)
     s["seed"] = SEED
     s.save()
     return s, files
+
+
+def tuned_start(name: str, d: Path) -> None:
+    """The tuned start's dense network: the trained start's dense-ft.pt (that network after
+    the default fine-tune), and its training file."""
+    src = seed_dir(SEED) / name
+    if (d / "model.pt").exists():
+        return
+    if not (src / "dense-ft.pt").exists():
+        raise SystemExit(f"{src / 'dense-ft.pt'}: missing; run make experiments-hs-nets "
+                         f"(HSN_SEED={SEED}) for {name} first")
+    shutil.copy2(src / "dense-ft.pt", d / "model.pt")
 
 
 def dense_finetuned(name: str, d: Path, files: tuple, test, s: Summary) -> None:
@@ -283,6 +307,14 @@ def _cell(v: float | None, ref: float | None = None) -> str:
     return f"{v:.2f}" + ("" if ref is None else f" ({v - ref:+.2f})")
 
 
+def _runs() -> list[tuple[int, str]]:
+    """The (seed, start) pairs on disk, seed 0 first, each seed's trained start first."""
+    seeds = {0, *(int(p.name.removeprefix("hsnets-seed").split("-")[0])
+                  for p in EXP.glob("hsnets-seed*") if p.is_dir())}
+    return [(k, start) for k in sorted(seeds) for start in STARTS
+            if start == STARTS[0] or seed_dir(k, start).is_dir()]
+
+
 def summary_table() -> list[str]:
     """One row per network and level: the default `--sparsity` (the allocation) against
     dense, LC, the one-shot baselines at its counts and the uniform eps."""
@@ -293,10 +325,9 @@ def summary_table() -> list[str]:
             "| network | seed | level | dense | Net-Trim | best one-shot | + FT | best one-shot "
             f"+ FT | + FT, {FT_SHORT} epochs | LC, {LC_EPOCHS} epochs | one eps: Net-Trim, + FT |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    seeds = [0, *sorted(int(p.name.removeprefix("hsnets-seed"))
-                        for p in EXP.glob("hsnets-seed*") if p.is_dir())]
-    for (name, (label, *_rest)), seed in ((n, k) for n in NETS.items() for k in seeds):
-        path = seed_dir(seed) / name / "summary.json"
+    for (name, (label, *_rest)), (seed, start) in ((n, r) for n in NETS.items()
+                                                    for r in _runs()):
+        path = seed_dir(seed, start) / name / "summary.json"
         if not path.exists():
             continue
         s = Summary(path)
@@ -308,7 +339,8 @@ def summary_table() -> list[str]:
             lc = r.get("accuracy", {}).get("lc")
             ft = a.get("ft_accuracy", {})
             rows.append(
-                f"| {label} | {seed} | {100 * float(tag):.0f}% | {dense:.2f} | "
+                f"| {label} | {seed}{'' if start == STARTS[0] else ', ' + start} | "
+                f"{100 * float(tag):.0f}% | {dense:.2f} | "
                 f"{_cell(a['accuracy']['netrim'])} | {_cell(_best(a['accuracy']))} | "
                 f"{_cell(ft.get('netrim'), dense)} | {_cell(_best(ft))} | "
                 f"{_cell(a.get('ft_short_accuracy'), lc)} | {_cell(lc)} | "

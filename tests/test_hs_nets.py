@@ -5,11 +5,13 @@ one-shot baseline) follows the measured numbers."""
 
 import json
 
+import pytest
+
 from experiments import hs_nets
 
 
-def _net(tmp_path, name, levels, seed=0, allocation=None):
-    d = hs_nets.seed_dir(seed) / name
+def _net(tmp_path, name, levels, seed=0, allocation=None, start="trained"):
+    d = hs_nets.seed_dir(seed, start) / name
     d.mkdir(parents=True)
     summary = {"n_train": 10000, "epochs": 30, "calib": 5000, "accuracy_original": 85.0,
                "accuracy_dense_ft": 86.0, "levels": {}}
@@ -86,3 +88,31 @@ def test_the_summary_shows_the_default_allocation_for_every_seed(tmp_path, monke
     assert "| magnitude | 50.00% | -35.00 | 84.50% | -0.50 |" in alloc
     assert "| LC (l0 constraint), 20 epochs | 84.00% | -1.00 |" in alloc  # from the uniform
     assert "79.00%" not in section  # seed 1's figures stay in the summary
+
+
+def test_the_summary_shows_the_tuned_start_after_its_seeds_trained_start(tmp_path, monkeypatch):
+    _at(tmp_path, monkeypatch)
+    _net(tmp_path, "nn2-10k", {"0.9": (80.0, 84.6, 70.0)}, allocation=81.0)
+    _net(tmp_path, "nn2-10k", {"0.9": (79.0, 84.0, 69.0)}, seed=1, allocation=80.0)
+    _net(tmp_path, "nn2-10k", {"0.9": (78.0, 84.0, 69.0)}, allocation=82.0, start="tuned")
+    assert hs_nets._runs() == [(0, "trained"), (0, "tuned"), (1, "trained")]
+    hs_nets.write_doc()
+    rows = [r for r in (tmp_path / "doc.md").read_text().split("## NN2-10K")[0].splitlines()
+            if r.startswith("| NN2-10K")]
+    assert [r.split(" | ")[1] for r in rows] == ["0", "0, tuned", "1"]
+    assert rows[1].startswith("| NN2-10K | 0, tuned | 90% | 85.00 | 82.00 |")
+
+
+def test_the_tuned_start_prunes_the_trained_starts_fine_tuned_network(tmp_path, monkeypatch):
+    _at(tmp_path, monkeypatch)
+    trained, tuned = hs_nets.seed_dir(0) / "nn2-10k", hs_nets.seed_dir(0, "tuned") / "nn2-10k"
+    tuned.mkdir(parents=True)
+    with pytest.raises(SystemExit, match="dense-ft.pt: missing; run make experiments-hs-nets"):
+        hs_nets.tuned_start("nn2-10k", tuned)
+    trained.mkdir(parents=True)
+    (trained / "dense-ft.pt").write_bytes(b"fine-tuned")
+    hs_nets.tuned_start("nn2-10k", tuned)
+    assert (tuned / "model.pt").read_bytes() == b"fine-tuned"
+    (trained / "dense-ft.pt").write_bytes(b"changed")  # a cached start is kept
+    hs_nets.tuned_start("nn2-10k", tuned)
+    assert (tuned / "model.pt").read_bytes() == b"fine-tuned"
