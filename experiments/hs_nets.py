@@ -349,6 +349,34 @@ def summary_table() -> list[str]:
     return rows + [""]
 
 
+def tuned_table() -> list[str]:
+    """The tuned starts (HSN_START=tuned): the dense network as trained, after the default
+    fine-tune (the tuned start), and after one more (does more training still help?)."""
+    rows, more = [], []
+    for (name, (label, *_rest)), (seed, start) in ((n, r) for n in NETS.items()
+                                                    for r in _runs() if r[1] != STARTS[0]):
+        path = seed_dir(seed, start) / name / "summary.json"
+        trained = seed_dir(seed) / name / "summary.json"
+        if path.exists() and trained.exists():
+            s = Summary(path)
+            rows.append(f"| {label} | {seed} | {Summary(trained)['accuracy_original']:.2f} | "
+                        f"{s['accuracy_original']:.2f} | {_cell(s.get('accuracy_dense_ft'))} |")
+            if "accuracy_dense_ft" in s:
+                more.append(s["accuracy_dense_ft"] - s["accuracy_original"])
+    if not rows:
+        return []
+    return ["Rows marked *tuned* prune the dense network after the default fine-tune "
+            "(`make experiments-hs-tuned`: its per-layer eps prune, fine-tunes and one-shot "
+            "baselines without FT, and LC with its 20 epochs, all from that network). The "
+            "networks as trained are short of training, so LC's 20 epochs on them also "
+            "train the dense network further"
+            + (f"; one more default fine-tune moves the tuned start's test accuracy by "
+               f"{min(more):+.2f} to {max(more):+.2f} points" if more else "")
+            + " (dense test accuracy, %):", "",
+            "| network | seed | as trained | tuned start (+ FT) | + one more FT |",
+            "|---|---|---|---|---|", *rows, ""]
+
+
 def write_doc() -> None:
     """docs/high-sparsity-nets.md from the summaries on disk."""
     lines = ["# Issue 16's networks at 90% and 95% pruned (`make experiments-hs-nets`, "
@@ -363,7 +391,8 @@ def write_doc() -> None:
              "also shows the other seeds run (HSN_SEED: the dense training and the fine-tunes "
              "seeded alike; the default prune, its fine-tunes and the one-shot baselines without "
              f"fine-tuning). Machine: {platform.machine()}, {os.cpu_count()} cores, shared with "
-             "other jobs at times (the seconds are wall times).", "", *summary_table()]
+             "other jobs at times (the seconds are wall times).", "", *summary_table(),
+             *tuned_table()]
     for name, (label, *_rest) in NETS.items():
         d = seed_dir(0) / name
         if not (d / "summary.json").exists():

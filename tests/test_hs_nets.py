@@ -97,10 +97,14 @@ def test_the_summary_shows_the_tuned_start_after_its_seeds_trained_start(tmp_pat
     _net(tmp_path, "nn2-10k", {"0.9": (78.0, 84.0, 69.0)}, allocation=82.0, start="tuned")
     assert hs_nets._runs() == [(0, "trained"), (0, "tuned"), (1, "trained")]
     hs_nets.write_doc()
-    rows = [r for r in (tmp_path / "doc.md").read_text().split("## NN2-10K")[0].splitlines()
-            if r.startswith("| NN2-10K")]
+    summary = (tmp_path / "doc.md").read_text().split("Rows marked *tuned*")[0]
+    rows = [r for r in summary.splitlines() if r.startswith("| NN2-10K")]
     assert [r.split(" | ")[1] for r in rows] == ["0", "0, tuned", "1"]
     assert rows[1].startswith("| NN2-10K | 0, tuned | 90% | 85.00 | 82.00 |")
+    # the tuned start against its trained start, and what one more fine-tune does to it
+    tuned = (tmp_path / "doc.md").read_text().split("Rows marked *tuned*")[1].split("## ")[0]
+    assert "moves the tuned start's test accuracy by +1.00 to +1.00 points" in tuned
+    assert "| NN2-10K | 0 | 85.00 | 85.00 | 86.00 |" in tuned and "| NN2-10K | 1 |" not in tuned
 
 
 def test_the_tuned_start_prunes_the_trained_starts_fine_tuned_network(tmp_path, monkeypatch):
