@@ -97,20 +97,20 @@ class AutoSolver:
     def __init__(self, small: float = SMALL) -> None:
         self.small = small
 
-    def plan(self, program: LayerProgram) -> tuple[str, ADMMSettings]:
-        """(torch dtype, ADMM settings) for ``program``: the certified path for a small
-        layer, the fast one for a large layer. A preset's ``[admm]`` section is for
-        ``--solver admm`` and is not read here."""
+    def plan(self, program: LayerProgram) -> tuple[str, str, ADMMSettings]:
+        """(path, torch dtype, ADMM settings) for ``program``: the certified path for a
+        small layer, the fast one for a large layer (the lambda path at a fixed lambda). A
+        preset's ``[admm]`` section is for ``--solver admm`` and is not read here."""
         size = program.n_samples * (program.n_in + 1) * program.n_out
         if size <= self.small and program.n_samples <= SMALL_SAMPLES:
-            return "float64", small_layer_settings()
+            return "certified", "float64", small_layer_settings()
         if program.lam is not None:
-            return "float32", lambda_layer_settings()
-        return "float32", large_layer_settings()
+            return "lambda", "float32", lambda_layer_settings()
+        return "fast", "float32", large_layer_settings()
 
     def solve(self, program: LayerProgram, settings: SolverSettings,
               progress: Progress = no_progress, journal=None) -> ADMMSolution:  # noqa: ARG002
-        dtype, opts = self.plan(program)
+        path, dtype, opts = self.plan(program)
         size = program.n_samples * (program.n_in + 1) * program.n_out
         threads = 1 if size <= ONE_THREAD else layer_threads(settings)
         with fixed_threads(threads):
@@ -119,7 +119,5 @@ class AutoSolver:
                                   admm_settings=opts)
             else:
                 sol = solve_staged(program, settings, progress, admm_settings=opts)
-        path = ("fast" if not opts.polish else "certified" if dtype == "float64"
-                else "lambda")
         sol.history.insert(0, {"stage": "auto", "path": path, "dtype": dtype})
         return sol

@@ -96,7 +96,7 @@ def reweight(program: LayerProgram, sol: LayerSolution, settings: SolverSettings
     n_in = program.n_in
     best, nnz = sol, int(np.count_nonzero(sol.Wa[:, :n_in]))
     log: list[dict] = []
-    dtype, _ = AutoSolver().plan(program)
+    _, dtype, _ = AutoSolver().plan(program)
     size = program.n_samples * (program.n_in + 1) * program.n_out
     threads = 1 if size <= ONE_THREAD else layer_threads(settings)
     for k in range(rounds):
