@@ -110,7 +110,7 @@ class _LayerSolve:
         self.admm_conv = self.pol_conv = True
         self.best: _Answer | None = None
         self.targets = None  # the refits' refit.Targets on the live columns (staged.py)
-        self.Xg = None  # X_a in the refits' Gram dtype, a refit.GramSource (staged.py)
+        self.gram_source = None  # X_a in the refits' Gram dtype, a refit.GramSource (staged.py)
         self._measured: tuple[np.ndarray, float] | None = None  # the last constraint value
 
     def constraint(self, W: np.ndarray) -> float:

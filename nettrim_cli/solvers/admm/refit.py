@@ -189,17 +189,17 @@ class _null:
 def refit_support(Xa: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray,
                   WT: np.ndarray, bias: bool, rounds: int = 4, ridge: float = 1e-10,
                   workers: int = 2, tol: float = 1e-3,
-                  gram_dtype=np.float64, Xg: GramSource | None = None,
+                  gram_dtype=np.float64, source: GramSource | None = None,
                   targets: Targets | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Minimise f_m over the support of every column of ``WT`` ((N + bias) x L, the bias as
     last row, always free), starting from ``WT``. Returns (the refitted W^T, f per column):
     zeros stay zeros and no column's f ever rises (each accepted step is a descent step).
     Stops after ``rounds`` Newton steps or when a step lowers the layer's misfit by less than
-    ``tol`` (relative). ``Xg``: ``Xa`` already in ``gram_dtype`` (a caller's cached source);
+    ``tol`` (relative). ``source``: ``Xa`` already in ``gram_dtype`` (a caller's cached source);
     ``targets``: ``Targets(Y, V, act)`` (a caller's, kept across refits of one layer)."""
     Xa = np.asarray(Xa, dtype=np.float64)
-    if Xg is None or Xg.dtype != np.dtype(gram_dtype):
-        Xg = GramSource(Xa if gram_dtype == np.float64 else Xa.astype(gram_dtype))
+    if source is None or source.dtype != np.dtype(gram_dtype):
+        source = GramSource(Xa if gram_dtype == np.float64 else Xa.astype(gram_dtype))
     Y = np.asarray(Y, dtype=np.float64)
     V = np.asarray(V, dtype=np.float64)
     W = np.array(WT, dtype=np.float64)
@@ -210,7 +210,7 @@ def refit_support(Xa: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray,
     tg = targets if targets is not None else Targets(Y, V, act)
     f = tg.misfit(Z)
     for _ in range(rounds):
-        WN = _newton_points(Xg, Z, tg, on, ridge, workers)
+        WN = _newton_points(source, Z, tg, on, ridge, workers)
         D = WN - W
         DZ = Xa @ D
         best_t, best_f = _line_search(Z, DZ, tg, f)

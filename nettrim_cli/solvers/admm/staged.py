@@ -135,8 +135,8 @@ def _refit(run: _LayerSolve, stage: StageSettings, WT: np.ndarray, rounds: int,
     measured again). ``cols``: only these live columns (positions in ``run.idx``) are
     refitted; the others keep ``WT``'s weights and an infinite misfit."""
     dt = np.dtype(stage.gram_dtype)
-    if run.Xg is None or run.Xg.dtype != dt:  # the Gram matrices' copy of X
-        run.Xg = GramSource(run.program.Xa.astype(dt, copy=False))
+    if run.gram_source is None or run.gram_source.dtype != dt:  # the Gram matrices' copy of X
+        run.gram_source = GramSource(run.program.Xa.astype(dt, copy=False))
     if run.targets is None:  # the refits' targets and floors, once per layer
         run.targets = Targets(run.Yl, run.Vl, run.actl)
     if cols is None:
@@ -144,7 +144,7 @@ def _refit(run: _LayerSolve, stage: StageSettings, WT: np.ndarray, rounds: int,
     else:  # (the refit makes these columns' targets itself)
         sel, Yl, Vl, actl, tg = cols, run.Yl[:, cols], run.Vl[:, cols], run.actl[:, cols], None
     WF, fs = refit_support(run.program.Xa, Yl, Vl, actl, WT[:, sel], run.program.bias,
-                           rounds=rounds, gram_dtype=dt, Xg=run.Xg, targets=tg)
+                           rounds=rounds, gram_dtype=dt, source=run.gram_source, targets=tg)
     if cols is None:
         W = run.assemble(WF)
     else:  # the other columns keep WT's weights
