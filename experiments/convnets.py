@@ -241,7 +241,7 @@ def one_level(name: str, level: float, d: Path, files: tuple, data: dict, s: Sum
     xte, yte = data["test"]
     tag = f"{level:g}"
     r = level_record(s, tag, variant)
-    pre = f"{variant}-" if variant else ""
+    pre = file_prefix(variant)
     report = d / f"{pre}netrim-{tag}.json"
     for method in ("netrim", *BASELINES):
         out, rep = d / f"{pre}{method}-{tag}.pt", d / f"{pre}{method}-{tag}.json"
@@ -278,6 +278,11 @@ def one_level(name: str, level: float, d: Path, files: tuple, data: dict, s: Sum
         if method not in r["ft_accuracy"]:
             r["ft_accuracy"][method] = accuracy(load(ft, factory, whole), xte, yte)
         s.save()
+
+
+def file_prefix(variant: str = "") -> str:
+    """The files' name prefix of a ``variant`` of a level (none for the level itself)."""
+    return f"{variant}-" if variant else ""
 
 
 def level_record(s: Summary, tag: str, variant: str = "") -> dict:

@@ -26,7 +26,7 @@ import sys
 from experiments import convnets, hs_nets
 
 FLAGS = ("--allocation", "discrepancy")
-VARIANT = "allocation"  # the summary's record under each level, and the files' prefix
+VARIANT = hs_nets.ALLOCATION  # the summary's record under each level, the files' prefix
 
 
 def _mode(how: list[str]) -> list[str]:

@@ -79,6 +79,7 @@ LC_NETS = _env_list("HSN_LC", "nn2-10k,lenet5,cnn60k,nn3-60k")
 TRAINED = _env_list("HSN_TRAINED", "lc,hptd")  # the training-based methods run
 LC_EPOCHS = 20  # make experiments-lc's budget (lc_run.LC_BASE / HPTD): 20 epochs each
 FT_SHORT = 4  # Net-Trim is also fine-tuned for a fifth of them
+ALLOCATION = "allocation"  # experiments/hs_alloc.py's variant: its record and files' prefix
 
 
 def reuse_conv_run(name: str, d: Path) -> None:
@@ -113,7 +114,7 @@ def one_level(name: str, level: float, d: Path, files: tuple, data: dict, s: Sum
                        finetune_fn=finetune, ft_methods=tuple(FT_BASELINES), variant=variant)
     tag = f"{level:g}"
     r = convnets.level_record(s, tag, variant)
-    pre = f"{variant}-" if variant else ""
+    pre = convnets.file_prefix(variant)
     short = d / f"{pre}netrim-{tag}-ft{FT_SHORT}.pt"  # a fifth of LC's 20 training epochs
     if not short.exists():
         r["seconds"][f"netrim_ft{FT_SHORT}"] = finetune(d / f"{pre}netrim-{tag}.pt", files[1],
@@ -260,14 +261,14 @@ def _allocation_rows(d: Path, tag: str, r: dict, dense: float, dense_ft: float |
                      ) -> list[str]:
     """The level with `--allocation discrepancy` (experiments/hs_alloc.py): Net-Trim and the
     one-shot baselines at its counts, LC and HPTD repeated from the uniform table."""
-    a = r["allocation"]
+    a = r[ALLOCATION]
     merged = {"accuracy": {**a["accuracy"], **{k: r["accuracy"][k] for k in ("lc", "hptd")
                                               if k in r.get("accuracy", {})}},
               "ft_accuracy": a.get("ft_accuracy", {}), "seconds": a.get("seconds", {})}
     if "ft_short_accuracy" in a:
         merged["ft_short_accuracy"] = a["ft_short_accuracy"]
     return [f"#### {100 * float(tag):.0f}% with `--allocation discrepancy`", "",
-            *_level_rows(d, tag, merged, dense, dense_ft, "allocation-",
+            *_level_rows(d, tag, merged, dense, dense_ft, convnets.file_prefix(ALLOCATION),
                          "Net-Trim, allocation")]
 
 
@@ -333,7 +334,7 @@ def summary_table() -> list[str]:
         s = Summary(path)
         dense = s["accuracy_original"]
         for tag, r in s.get("levels", {}).items():
-            a = r.get("allocation")
+            a = r.get(ALLOCATION)
             if not a or "netrim" not in a.get("accuracy", {}):
                 continue
             lc = r.get("accuracy", {}).get("lc")
@@ -409,7 +410,8 @@ def write_doc() -> None:
             if (d / f"netrim-{tag}.json").exists():
                 lines += [f"### {100 * float(tag):.0f}%", "",
                           *_level_rows(d, tag, r, dense, s.get("accuracy_dense_ft"))]
-            if "allocation" in r and (d / f"allocation-netrim-{tag}.json").exists():
+            pre = convnets.file_prefix(ALLOCATION)
+            if ALLOCATION in r and (d / f"{pre}netrim-{tag}.json").exists():
                 lines += _allocation_rows(d, tag, r, dense, s.get("accuracy_dense_ft"))
     DOC.write_text("\n".join(lines) + "\n")
     print(f"wrote {DOC}", file=sys.stderr)
