@@ -87,6 +87,8 @@ def test_discrepancy_allocation_lands_and_is_recorded(small, parallel_run, tmp_p
     assert report["settings"]["epsilon"] == search["epsilon"]
     assert report["network"]["discrepancy"] == pytest.approx(search["discrepancy"])
     assert set(search["curves"]) == {"0", "2", "4"} and search["curve_trials"]
+    curve = [t["pruned"] for t in search["curve_trials"]]
+    assert min(curve) <= 0.6 <= max(curve)  # the curves reach the target
     if search["epsilons"] is not None:  # the allocation's per-layer eps were used
         assert len(set(search["epsilons"].values())) > 1
         for la in report["layers"]:

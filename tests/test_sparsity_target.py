@@ -46,6 +46,20 @@ def test_search_brackets_a_curve_far_from_the_guess():
     assert all(0 < t.epsilon < 1 for t in trials)
 
 
+def test_a_bracketing_search_goes_past_a_target_it_met_from_one_side():
+    # the allocation's curves (tol 2 points) must reach the target: a first trial 1.5 points
+    # short is within tol, but the search goes on until a trial prunes at least the target
+    curve = lambda e: 1 - min(1.0, 0.02 * e ** -0.9)  # noqa: E731
+    start = ((1 - 0.885) / 0.02) ** (1 / -0.9)  # prunes 88.5%
+    assert len(prune_to_sparsity(_Fake(curve), start, 0.9, tol=0.02).trials) == 1
+    search = prune_to_sparsity(_Fake(curve), start, 0.9, tol=0.02, bracket=True)
+    pruned = [t.pruned for t in search.trials]
+    assert len(pruned) > 1 and min(pruned) <= 0.9 <= max(pruned)
+    assert target.bracketed(search.trials, 0.9)
+    assert abs(search.chosen.pruned - 0.9) == min(abs(p - 0.9) for p in pruned)
+    assert all(abs(p - 0.9) <= 0.04 for p in pruned[1:])  # aimed 2 points past, not far off
+
+
 def test_next_epsilon_stays_inside_the_bracket():
     trials = [Trial(0.1, 0.80, 0.0), Trial(0.2, 0.95, 0.0)]
     eps = next_epsilon(trials, 0.9)

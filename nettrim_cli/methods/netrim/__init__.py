@@ -204,10 +204,11 @@ class NetTrim(ResumableMethod):
     def _allocated(self, ckpt: Checkpoint, dump: DumpReader, hooks: RunHooks
                    ) -> tuple[MethodResult, dict]:
         """--allocation discrepancy (allocation.py): per-layer curves from parallel trials of
-        the uniform search (stopped within CURVE_TOLERANCE), per-layer eps from them, then the
+        the uniform search (stopped within CURVE_TOLERANCE once they bracket the target, so
+        that the curves reach it), per-layer eps from them, then the
         search of their common scale (in the run's own mode)."""
         from nettrim_cli.methods.netrim.allocation import OutputGap, allocate, points_record
-        from nettrim_cli.methods.netrim.target import TOLERANCE, prune_to_sparsity
+        from nettrim_cli.methods.netrim.target import TOLERANCE, bracketed, prune_to_sparsity
 
         gap = OutputGap(ckpt, dump.inputs())
         names = [info.name for info in ckpt.prunable]
@@ -222,7 +223,14 @@ class NetTrim(ResumableMethod):
 
         start = self.settings.epsilon if self.settings.epsilon is not None else 0.05
         uniform = prune_to_sparsity(curve_trial, start, self.sparsity, tol=CURVE_TOLERANCE,
-                                    on_trial=self._shown(hooks, "allocation curves (parallel)"))
+                                    on_trial=self._shown(hooks, "allocation curves (parallel)"),
+                                    bracket=True)
+        if not bracketed(uniform.trials, self.sparsity):
+            self.note(f"--allocation discrepancy: the curve trials pruned "
+                      f"{100 * min(t.pruned for t in uniform.trials):.2f}-"
+                      f"{100 * max(t.pruned for t in uniform.trials):.2f}%, not reaching "
+                      f"{100 * self.sparsity:.2f}%: every layer gets the curves' nearest end, "
+                      "one eps for all")
         total = sum(o.W.size for o in uniform.result.layers)
         eps = allocate(curves, round((1.0 - self.sparsity) * total))
         top = max(eps)

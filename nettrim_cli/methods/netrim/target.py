@@ -149,10 +149,16 @@ class Search:
     trials: list[Trial]
 
 
+def bracketed(trials: list[Trial], target: float) -> bool:
+    """True when one trial pruned at most ``target`` and one at least."""
+    return (any(t.pruned <= target for t in trials)
+            and any(t.pruned >= target for t in trials))
+
+
 def prune_to_sparsity(run: Callable[[int, float], MethodResult], start: float, target: float,
                       tol: float = TOLERANCE, max_trials: int = 12,
-                      on_trial: Callable[[Trial, int], None] | None = None
-                      ) -> Search:
+                      on_trial: Callable[[Trial, int], None] | None = None,
+                      bracket: bool = False) -> Search:
     """Find the eps whose Net-Trim prune removes ``target`` of the weights within ``tol``.
 
     Args:
@@ -162,6 +168,9 @@ def prune_to_sparsity(run: Callable[[int, float], MethodResult], start: float, t
         tol: accept a trial with |pruned - target| <= tol.
         max_trials: stop after this many trials and keep the nearest one.
         on_trial: called after each trial with the trial and its index.
+        bracket: stop only once the trials also bracket the target (the allocation's
+            curves must reach it): a trial within ``tol`` with every trial on its side is
+            followed by one aimed ``tol`` past the target.
     Returns:
         the accepted (or nearest) trial, its result and every trial, in the order run.
     """
@@ -179,9 +188,12 @@ def prune_to_sparsity(run: Callable[[int, float], MethodResult], start: float, t
             on_trial(trial, k)
         if best is None or abs(trial.pruned - target) < abs(best[1].pruned - target):
             best = (result, trial)
+        goal = target
         if abs(trial.pruned - target) <= tol:
-            break
-        nxt = next_epsilon(trials, target)
+            if not bracket or bracketed(trials, target):
+                break
+            goal = min(max(target + (tol if trial.pruned < target else -tol), 0.0), ALL_PRUNED)
+        nxt = next_epsilon(trials, goal)
         if _closed(trials, target) or any(abs(nxt - t.epsilon) <= 1e-9 * t.epsilon
                                            for t in trials):
             break  # the bracket has closed on a step in the curve: no eps gets closer
