@@ -116,9 +116,9 @@ def one_level(name: str, level: float, d: Path, files: tuple, data: dict, s: Sum
     r = convnets.level_record(s, tag, variant)
     pre = convnets.file_prefix(variant)
     short = d / f"{pre}netrim-{tag}-ft{FT_SHORT}.pt"  # a fifth of LC's 20 training epochs
-    if not short.exists():
-        r["seconds"][f"netrim_ft{FT_SHORT}"] = finetune(d / f"{pre}netrim-{tag}.pt", files[1],
-                                                        short, FT_SHORT)
+    pruned = d / f"{pre}netrim-{tag}.pt"
+    if not short.exists() or short.stat().st_mtime < pruned.stat().st_mtime:  # or re-pruned
+        r["seconds"][f"netrim_ft{FT_SHORT}"] = finetune(pruned, files[1], short, FT_SHORT)
         r.pop("ft_short_accuracy", None)
     if "ft_short_accuracy" not in r:
         r["ft_short_accuracy"] = accuracy(load(short, NETS[name][1], True), *data["test"])
