@@ -161,3 +161,23 @@ def test_parallel_allocation_equal_to_the_uniform_trial_reuses_its_prune(small, 
     reused = [t for t in curve if t["epsilon"] == pytest.approx(first["epsilon"], rel=1e-9)]
     assert reused and first["pruned"] == reused[0]["pruned"]
     assert len(calls) == len(curve) + len(alloc) - 1  # one prune saved
+
+
+def test_curves_that_cannot_reach_the_target_are_said_in_one_line(small, tmp_path, monkeypatch):
+    """The allocation from curves on one side of the target gives every layer one eps: said."""
+    from nettrim_cli.methods.netrim import target
+
+    real = target.prune_to_sparsity
+
+    def one_curve_trial(*a, bracket=False, **k):
+        return real(*a, **({**k, "max_trials": 1} if bracket else k), bracket=bracket)
+
+    monkeypatch.setattr(target, "prune_to_sparsity", one_curve_trial)
+    r = invoke(*[a for a in _args(small, "parallel") if a != "-q"], "-o", tmp_path / "p.pt",
+               "--report", tmp_path / "r.json")
+    assert r.exit_code == 0, r.stderr
+    curve = json.loads((tmp_path / "r.json").read_text())["settings"]["sparsity_search"][
+        "curve_trials"]
+    assert len(curve) == 1
+    lines = [ln for ln in r.stderr.splitlines() if "not reaching 60.00%" in ln]
+    assert len(lines) == 1 and "one eps for all" in lines[0], r.stderr
