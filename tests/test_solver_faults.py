@@ -174,25 +174,62 @@ def test_interrupted_stops_with_130(env, fault):
     assert not out.exists() and not rep.exists()  # (a resume work directory may stay)
 
 
-def test_admm_mixed_with_original_is_reported_as_such(env, monkeypatch):
-    """When neither the support refit nor the polish's first fit can pull ADMM's answer onto
-    eps, the columns are mixed with their original weights (feasible, but the zeros fill in):
-    the report lists them as mixed_with_original and the warning says mixed, not kept."""
+def _sparse_half(WT, tight):
+    """ADMM's answer on its largest fifth only, halved: a support that misses eps."""
+    cut = np.quantile(np.abs(WT), 0.8)
+    return 0.5 * np.where(np.abs(WT) >= cut, WT, 0.0), tight
+
+
+def _admm_unrepaired(monkeypatch, answer=lambda WT, tight: (0.5 * WT, tight)):
+    """ADMM's answer halved (by default), and neither the support refit nor the polish's
+    first fit can pull it onto eps."""
     from nettrim_cli.solvers.admm import layer as admm_layer
     from nettrim_cli.solvers.admm.iterate import _ADMM
     from nettrim_cli.solvers.admm.polish import _Polish
 
     result = _ADMM.result
     monkeypatch.setattr(_ADMM, "result",
-                        lambda self: (lambda WT, tight: (0.5 * WT, tight))(*result(self)))
+                        lambda self: answer(*result(self)))
     monkeypatch.setattr(admm_layer, "_refit_mix", lambda *a, **k: None)
     monkeypatch.setattr(_Polish, "run",
                         lambda self, *a, **k: SimpleNamespace(first=None, best=None, log=[]))
+    return admm_layer
+
+
+def _failed(report):
+    return [f for la in report["layers"] if la.get("solver")
+            for f in la["solver"]["failed_columns"]]
+
+
+def test_admm_unrepaired_grows_its_support_until_the_refit_meets_eps(env, monkeypatch):
+    """Before mixing with the original weights (which fills every zero in), ADMM's support is
+    grown by the largest original weights until its refit meets eps: eps met, zeros kept
+    where the growth stopped, the report and one warning line say so."""
+    _admm_unrepaired(monkeypatch, _sparse_half)
     r, out, rep = prune(env, "--solver", "admm", "--epsilon", "0.05")
     assert r.exit_code == 0, r.stderr
     report = json.loads(rep.read_text())
-    mixed = [f for la in report["layers"] if la.get("solver")
-             for f in la["solver"]["failed_columns"]]
+    grown = _failed(report)
+    assert grown and {f["status"] for f in grown} == {"grown_support"}
+    layers = [la for la in report["layers"] if la.get("solver")]
+    assert all(la["solver"]["epsilon_reached"] for la in layers)
+    assert any(la["nonzeros_after"] < la["params"] for la in layers)  # not the dense layer
+    for la in layers:
+        assert la["discrepancy"] <= la["epsilon"] * (1 + 1e-9)
+    assert "the support was grown by the original weights" in r.stderr
+    assert "mixed" not in r.stderr and "kept their original weights" not in r.stderr
+
+
+def test_admm_mixed_with_original_is_reported_as_such(env, monkeypatch):
+    """When no grown support meets eps either, the columns are mixed with their original
+    weights (feasible, but the zeros fill in): the report lists them as mixed_with_original
+    and the warning says mixed, not kept."""
+    admm_layer = _admm_unrepaired(monkeypatch)
+    monkeypatch.setattr(admm_layer._LayerSolve, "grow_support", lambda self: None)
+    r, out, rep = prune(env, "--solver", "admm", "--epsilon", "0.05")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(rep.read_text())
+    mixed = _failed(report)
     assert mixed and {f["status"] for f in mixed} == {"mixed_with_original"}
     assert all(la["solver"]["epsilon_reached"] for la in report["layers"] if la.get("solver"))
     assert f"nettrim: warning: {len(mixed)} column(s) were mixed with their original" in r.stderr

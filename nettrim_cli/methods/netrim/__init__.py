@@ -332,10 +332,11 @@ class NetTrim(ResumableMethod):
             raise NettrimError(f"{len(failed)} column(s) not solved; --strict: nothing written")
 
     def warnings(self, result: MethodResult) -> list[str]:
-        from nettrim_cli.solvers.admm import INACCURATE, MIXED
+        from nettrim_cli.solvers.admm import GROWN, INACCURATE, MIXED
 
         failed = result.failed
         mixed = sum(1 for _, f in failed if f["status"] == MIXED)
+        grown = sorted({name for name, f in failed if f["status"] == GROWN})
         # one line per layer whose eps does not hold when measured
         lines = [f"layer {o.info.name}: eps not met: constraint {o.solution.constraint:.4g} > "
                  f"eps {o.epsilon:.4g} (the pruned weights are the solver's best answer)"
@@ -351,9 +352,15 @@ class NetTrim(ResumableMethod):
                 lines.append(f"layer {o.info.name}: {n} of {len(o.solution.status)} columns at "
                              "the fixed lambda not certified optimal (ADMM's answer to its "
                              "tolerance, or the polish's best)")
-        if len(failed) > mixed:
-            lines.append(f"{len(failed) - mixed} column(s) kept their original weights (see "
-                         "failed_columns in the report)")
+        n_grown = sum(1 for _, f in failed if f["status"] == GROWN)
+        if grown:
+            lines.append(f"layer(s) {', '.join(grown)}: no sparse answer of the solver met eps; "
+                         "the support was grown by the original weights of largest |w| ||x|| "
+                         "until its refit met it (sparser than mixing with the original "
+                         "weights, not the program's l1 answer)")
+        if len(failed) > mixed + n_grown:
+            lines.append(f"{len(failed) - mixed - n_grown} column(s) kept their original weights "
+                         "(see failed_columns in the report)")
         if mixed:
             lines.append(f"{mixed} column(s) were mixed with their original weights to meet "
                          "eps, so their pruned weights are small but not zero (see "

@@ -26,6 +26,7 @@ One module per stage:
 from nettrim_cli.solvers.admm.layer import ADMMSolver, solve_layer
 from nettrim_cli.solvers.admm.settings import (
     DEAD,
+    GROWN,
     INACCURATE,
     MIXED,
     NOT_REACHED,
@@ -35,5 +36,5 @@ from nettrim_cli.solvers.admm.settings import (
     ADMMStatus,
 )
 
-__all__ = ["DEAD", "INACCURATE", "MIXED", "NOT_REACHED", "SOLVED", "ADMMSettings",
+__all__ = ["DEAD", "GROWN", "INACCURATE", "MIXED", "NOT_REACHED", "SOLVED", "ADMMSettings",
            "ADMMSolution", "ADMMSolver", "ADMMStatus", "solve_layer"]

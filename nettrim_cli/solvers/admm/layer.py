@@ -22,11 +22,14 @@ from nettrim_cli.solvers.admm.polish import _Candidate, _Polish
 from nettrim_cli.solvers.admm.repair import (
     _bisect,
     _gram_form,
+    _growth_order,
     _l1,
     _refit_mix,
+    _support_refit,
     _threshold,
 )
 from nettrim_cli.solvers.admm.settings import (
+    GROWN,
     INACCURATE,
     MIXED,
     NOT_REACHED,
@@ -349,7 +352,7 @@ class _LayerSolve:
                     self.status[m] = SOLVED if ok else INACCURATE
                 return
         elif self.ok(self.Wa0):
-            st = self.mix_with_original()
+            st = self.grow_support() or self.mix_with_original()
         else:
             self.Wa = self.assemble(self.solver.result()[0])
             st = NOT_REACHED
@@ -359,6 +362,49 @@ class _LayerSolve:
                                               "infeasible too"})
         for m in self.live:
             self.status[m] = st
+
+    def grow_support(self, steps: int = 7) -> ADMMStatus | None:
+        """Before mixing with the original weights (which keeps every weight): ADMM's support
+        grown by the original weights of largest |w| ||x_j|| (``_growth_order``): the original
+        weights on the grown support, else their refit there (``_support_refit``, which holds
+        only the inactive samples a fit pushes over their bound, so it can miss where the
+        original weights on the support do not); bisection on
+        the number added, ``steps`` times, for the smallest growth whose refit meets eps (every
+        original weight: the original layer, feasible). None when none short of that does."""
+        tg = time.perf_counter()
+        WT = self.solver.result()[0]
+        W0T = np.ascontiguousarray(self.Wa0[self.idx].T)  # (flat indices: row-major)
+        order = _growth_order(self.Xa, WT, W0T, self.n_in)
+        lo, hi = int(np.count_nonzero(WT[: self.n_in])), len(order)  # lo missed eps
+        best = None
+        for _ in range(steps):
+            if hi - lo <= 1:
+                break
+            k = (lo + hi) // 2
+            start = np.zeros(W0T.shape)
+            start.reshape(-1)[order[:k]] = W0T.reshape(-1)[order[:k]]  # weight rows first
+            start[self.n_in:] = W0T[self.n_in:]  # the bias row stays free
+            W = self.assemble(start)  # the original weights there, then their refit
+            if not self.ok(W):
+                with _blas_threads(None):
+                    W = self.assemble(_support_refit(self.Xa, self.Yl, self.Vl, self.actl,
+                                                     start, self.program.bias, None, 10, 2))
+            if self.ok(W):
+                hi, best = k, W
+            else:
+                lo = k
+        self.history.append({"stage": "grow support", "added": None if best is None else
+                             hi - int(np.count_nonzero(WT[: self.n_in])), "ok": best is not None,
+                             "seconds": round(time.perf_counter() - tg, 4)})
+        if best is None:
+            return None
+        self.Wa = best
+        self.history.append({"stage": "chosen", "source": GROWN})
+        for m in self.live:
+            self.failed.append({"column": m, "status": GROWN,
+                                "action": "ADMM's support grown by original weights until "
+                                          "its refit met eps"})
+        return GROWN
 
     def mix_with_original(self) -> ADMMStatus:
         """The last resort: pull ADMM's answer towards the (feasible) original weights."""

@@ -102,6 +102,16 @@ def _support_refit(Xa: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray
     return Wf.numpy()
 
 
+def _growth_order(Xa: np.ndarray, WT: np.ndarray, W0T: np.ndarray, n_in: int) -> np.ndarray:
+    """The order in which the original weights join ADMM's support (flat indices into the
+    weight rows of W^T, ``n_in`` x L): ADMM's nonzeros first, then the other original nonzeros
+    by |w| ||x_j|| (the magnitude times input norm score), largest first."""
+    score = np.abs(W0T[:n_in]) * np.linalg.norm(Xa[:, :n_in], axis=0)[:, None]
+    score[WT[:n_in] != 0] = np.inf
+    order = np.argsort(-score, axis=None, kind="stable")
+    return order[: int(np.count_nonzero(score))]
+
+
 def _mix_towards(Xa: np.ndarray, Y: np.ndarray, V: np.ndarray, act: np.ndarray,
                  WT: np.ndarray, Wf: np.ndarray, target: float,
                  rest2: float) -> tuple[np.ndarray, float] | None:
