@@ -326,6 +326,7 @@ def summary_table() -> list[str]:
             "| network | seed | level | dense | Net-Trim | best one-shot | + FT | best one-shot "
             f"+ FT | + FT, {FT_SHORT} epochs | LC, {LC_EPOCHS} epochs | one eps: Net-Trim, + FT |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    met = {start: [[0, 0], [0, 0], [0, 0]] for start in STARTS}  # per figure: [met, rows]
     for (name, (label, *_rest)), (seed, start) in ((n, r) for n in NETS.items()
                                                     for r in _runs()):
         path = seed_dir(seed, start) / name / "summary.json"
@@ -347,7 +348,20 @@ def summary_table() -> list[str]:
                 f"{_cell(a.get('ft_short_accuracy'), lc)} | {_cell(lc)} | "
                 f"{_cell(r.get('accuracy', {}).get('netrim'))}, "
                 f"{_cell(r.get('ft_accuracy', {}).get('netrim'))} |")
-    return rows + [""]
+            checks = (None if "netrim" not in ft else dense - ft["netrim"] <= GOAL[tag],
+                      None if _best(a["accuracy"]) is None
+                      else a["accuracy"]["netrim"] > _best(a["accuracy"]),
+                      None if lc is None or "ft_short_accuracy" not in a
+                      else a["ft_short_accuracy"] >= lc)
+            for tally, ok in zip(met[start], checks, strict=True):
+                if ok is not None:
+                    tally[0] += ok
+                    tally[1] += 1
+    return rows + [""] + [
+        f"Start *{start}*: Net-Trim + FT within the goal of dense in {f1[0]} of {f1[1]} rows; "
+        f"without FT ahead of the best one-shot baseline in {f2[0]} of {f2[1]}; + "
+        f"{FT_SHORT} epochs of FT at least LC in {f3[0]} of {f3[1]}."
+        for start, (f1, f2, f3) in met.items() if f1[1] or f2[1] or f3[1]] + [""]
 
 
 def tuned_table() -> list[str]:

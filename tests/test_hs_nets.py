@@ -79,6 +79,9 @@ def test_the_summary_shows_the_default_allocation_for_every_seed(tmp_path, monke
             "85.00 (+1.00) | 84.00 | 80.00, 84.60 |") in summary
     assert ("| NN2-10K | 1 | 90% | 85.00 | 80.00 | 75.00 | 85.00 (+0.00) | 84.50 | "
             "84.00 (+0.00) | 84.00 | 79.00, 84.00 |") in summary
+    assert ("Start *trained*: Net-Trim + FT within the goal of dense in 2 of 2 rows; without "
+            "FT ahead of the best one-shot baseline in 2 of 2; + 4 epochs of FT at least LC in "
+            "2 of 2.") in summary and "Start *tuned*" not in summary
     # the per-network sections are seed 0's, the allocation below the uniform eps
     section = text.split("## NN2-10K")[1]
     assert "#### 90% with `--allocation discrepancy`" in section
@@ -101,6 +104,7 @@ def test_the_summary_shows_the_tuned_start_after_its_seeds_trained_start(tmp_pat
     rows = [r for r in summary.splitlines() if r.startswith("| NN2-10K")]
     assert [r.split(" | ")[1] for r in rows] == ["0", "0, tuned", "1"]
     assert rows[1].startswith("| NN2-10K | 0, tuned | 90% | 85.00 | 82.00 |")
+    assert "Start *tuned*: Net-Trim + FT within the goal of dense in 1 of 1 rows" in summary
     # the tuned start against its trained start, and what one more fine-tune does to it
     tuned = (tmp_path / "doc.md").read_text().split("Rows marked *tuned*")[1].split("## ")[0]
     assert "moves the tuned start's test accuracy by +1.00 to +1.00 points" in tuned
