@@ -33,3 +33,17 @@ class SolverFailure(NettrimError):
     """The solver could not produce an acceptable answer (exit code 1)."""
 
     exit_code = EXIT_FAILURE
+
+
+def interrupt_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The interrupt ``error`` was raised while handling, if any: Ctrl-C landing inside a
+    library's cleanup (zipfile's close while ``np.savez`` writes a work-folder record) comes
+    out as that library's own error, with the KeyboardInterrupt as its context."""
+    seen: set[int] = set()
+    e = error.__context__
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        seen.add(id(e))
+        e = e.__context__
+    return None

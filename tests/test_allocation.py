@@ -181,3 +181,27 @@ def test_curves_that_cannot_reach_the_target_are_said_in_one_line(small, tmp_pat
     assert len(curve) == 1
     lines = [ln for ln in r.stderr.splitlines() if "not reaching 60.00%" in ln]
     assert len(lines) == 1 and "one eps for all" in lines[0], r.stderr
+
+
+def test_ctrl_c_inside_a_records_write_is_an_interrupt(small, tmp_path, monkeypatch):
+    """Ctrl-C landing inside np.savez comes out of zipfile as a ValueError (its close, with
+    the KeyboardInterrupt as context): still exit 130 with the --resume hint, no output."""
+    from nettrim_cli import workdir
+
+    real, calls = workdir._npz_bytes, []
+
+    def interrupted_write(arrays):
+        calls.append(1)
+        if len(calls) == 2:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise ValueError("Can't close the ZIP file while there is an open writing "
+                                 "handle on it.") from None
+        return real(arrays)
+
+    monkeypatch.setattr(workdir, "_npz_bytes", interrupted_write)
+    r = invoke(*_args(small, "parallel"), "-o", tmp_path / "p.pt", "--workdir", tmp_path / "w")
+    assert r.exit_code == 130, r.stderr
+    assert "--resume" in r.stderr and "internal error" not in r.stderr
+    assert not (tmp_path / "p.pt").exists()

@@ -12,7 +12,7 @@ import sys
 import click
 
 from nettrim_cli.atomic import atomic_path, check_output_path, sha256_file
-from nettrim_cli.errors import EXIT_FAILURE, BadInput, NettrimError
+from nettrim_cli.errors import EXIT_FAILURE, BadInput, NettrimError, interrupt_behind
 
 
 def text_console(stderr: bool = False):
@@ -54,6 +54,9 @@ def handle_errors(fn):
         except MemoryError:
             _fail("out of memory", EXIT_FAILURE)
         except Exception as e:  # noqa: BLE001 - last resort: still one line, exit 1
+            if interrupt_behind(e) is not None:
+                click.echo("nettrim: interrupted; no output was written", err=True)
+                sys.exit(130)
             if os.environ.get("NETTRIM_DEBUG"):
                 raise
             _fail(f"internal error: {type(e).__name__}: {e} (set NETTRIM_DEBUG=1 for a "

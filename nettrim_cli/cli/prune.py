@@ -19,7 +19,7 @@ from nettrim_cli.cli.common import (
 )
 from nettrim_cli.cli.progress import RunProgress, quiet_requested
 from nettrim_cli.cli.training_options import TRAINING_FLAGS, training_options
-from nettrim_cli.errors import BadInput
+from nettrim_cli.errors import BadInput, interrupt_behind
 from nettrim_cli.methods import METHODS
 from nettrim_cli.methods.base import RunHooks
 
@@ -167,6 +167,12 @@ def _run(method, model: str, acts: str, output: str, report_path: str | None,
             except (BadInput, KeyboardInterrupt) as e:
                 method.abandoned(e)
                 raise
+            except Exception as e:
+                stop = interrupt_behind(e)
+                if stop is None:
+                    raise
+                method.abandoned(stop)
+                raise stop from None
     seconds = time.perf_counter() - t0
     method.check(result)
     inputs = {"model": {"path": model, "sha256": ckpt.sha256}}
