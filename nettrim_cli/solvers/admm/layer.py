@@ -365,17 +365,18 @@ class _LayerSolve:
 
     def grow_support(self, steps: int = 7) -> ADMMStatus | None:
         """Before mixing with the original weights (which keeps every weight): ADMM's support
-        grown by the original weights of largest |w| ||x_j|| (``_growth_order``): the original
-        weights on the grown support, else their refit there (``_support_refit``, which holds
-        only the inactive samples a fit pushes over their bound, so it can miss where the
-        original weights on the support do not); bisection on
-        the number added, ``steps`` times, for the smallest growth whose refit meets eps (every
-        original weight: the original layer, feasible). None when none short of that does."""
+        grown by the original weights of largest |w| ||x_j|| (``_growth_order``), bisecting
+        ``steps`` times on the number added for the smallest growth that meets eps (every
+        original weight, the original layer, does). A grown support takes the original
+        weights on it, else their refit there (``_support_refit``; it holds only the inactive
+        samples a fit pushes over their bound, so it can miss where the original weights on
+        the support do not). None when no growth short of every weight meets eps."""
         tg = time.perf_counter()
         WT = self.solver.result()[0]
         W0T = np.ascontiguousarray(self.Wa0[self.idx].T)  # (flat indices: row-major)
         order = _growth_order(self.Xa, WT, W0T, self.n_in)
-        lo, hi = int(np.count_nonzero(WT[: self.n_in])), len(order)  # lo missed eps
+        n_admm = int(np.count_nonzero(WT[: self.n_in]))
+        lo, hi = n_admm, len(order)  # ADMM's support missed eps; every weight meets it
         best = None
         for _ in range(steps):
             if hi - lo <= 1:
@@ -394,7 +395,7 @@ class _LayerSolve:
             else:
                 lo = k
         self.history.append({"stage": "grow support", "added": None if best is None else
-                             hi - int(np.count_nonzero(WT[: self.n_in])), "ok": best is not None,
+                             hi - n_admm, "ok": best is not None,
                              "seconds": round(time.perf_counter() - tg, 4)})
         if best is None:
             return None
