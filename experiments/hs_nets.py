@@ -272,28 +272,38 @@ def _allocation_rows(d: Path, tag: str, r: dict, dense: float, dense_ft: float |
                          "Net-Trim, allocation")]
 
 
+def figures(tag: str, rec: dict, dense: float, lc: float | None
+            ) -> tuple[bool | None, bool | None, bool | None]:
+    """Issue 16's figures for one level's record ``rec`` (the level's, or its allocation's):
+    Net-Trim + the default FT within GOAL[level] points of ``dense``; Net-Trim without FT
+    ahead of every one-shot baseline at its counts; Net-Trim + FT_SHORT epochs of FT at least
+    ``lc``. None for a figure not measured."""
+    goal, ft = GOAL.get(tag), rec.get("ft_accuracy", {}).get("netrim")
+    netrim, best = rec.get("accuracy", {}).get("netrim"), _best(rec.get("accuracy", {}))
+    short = rec.get("ft_short_accuracy")
+    return (None if goal is None or ft is None else ft >= dense - goal,
+            None if best is None or netrim is None else netrim > best,
+            None if short is None or lc is None else short >= lc)
+
+
 def verdict(tag: str, r: dict, dense: float, dense_ft: float | None = None) -> str:
-    """Issue 16's figures at this level, from the numbers above: Net-Trim + the default FT
-    within GOAL[level] points of dense, and Net-Trim without FT ahead of every one-shot
-    baseline at its counts."""
-    goal = GOAL.get(tag)
-    ft = r["ft_accuracy"].get("netrim")
+    """Issue 16's figures at this level (``figures``), from the numbers above."""
+    lc = r["accuracy"].get("lc")
+    met, ahead, reached = figures(tag, r, dense, lc)
     parts = []
-    if goal is not None and ft is not None:
-        met = ft >= dense - goal
-        parts.append(f"Net-Trim + FT {ft - dense:+.2f} points from dense (goal: within {goal}): "
-                     + ("met" if met else "NOT met")
+    if met is not None:
+        ft = r["ft_accuracy"]["netrim"]
+        parts.append(f"Net-Trim + FT {ft - dense:+.2f} points from dense (goal: within "
+                     f"{GOAL[tag]}): " + ("met" if met else "NOT met")
                      + (f" ({ft - dense_ft:+.2f} from the dense network with the same fine-tune)"
                         if dense_ft is not None else ""))
-    best = _best(r["accuracy"])
-    if best is not None and "netrim" in r["accuracy"]:
-        ahead = r["accuracy"]["netrim"] > best
-        parts.append(f"without FT {r['accuracy']['netrim'] - best:+.2f} points against "
-                     "the best one-shot baseline: " + ("ahead" if ahead else "NOT ahead"))
-    short, lc = r.get("ft_short_accuracy"), r["accuracy"].get("lc")
-    if short is not None and lc is not None:
-        parts.append(f"Net-Trim + {FT_SHORT} epochs of FT {short - lc:+.2f} points against LC "
-                     f"with {LC_EPOCHS}: " + ("reached" if short >= lc else "NOT reached"))
+    if ahead is not None:
+        parts.append(f"without FT {r['accuracy']['netrim'] - _best(r['accuracy']):+.2f} points "
+                     "against the best one-shot baseline: " + ("ahead" if ahead else "NOT ahead"))
+    if reached is not None:
+        parts.append(f"Net-Trim + {FT_SHORT} epochs of FT {r['ft_short_accuracy'] - lc:+.2f} "
+                     f"points against LC with {LC_EPOCHS}: "
+                     + ("reached" if reached else "NOT reached"))
     return "Issue 16: " + "; ".join(parts) + "." if parts else ""
 
 
@@ -348,12 +358,7 @@ def summary_table() -> list[str]:
                 f"{_cell(a.get('ft_short_accuracy'), lc)} | {_cell(lc)} | "
                 f"{_cell(r.get('accuracy', {}).get('netrim'))}, "
                 f"{_cell(r.get('ft_accuracy', {}).get('netrim'))} |")
-            checks = (None if "netrim" not in ft else dense - ft["netrim"] <= GOAL[tag],
-                      None if _best(a["accuracy"]) is None
-                      else a["accuracy"]["netrim"] > _best(a["accuracy"]),
-                      None if lc is None or "ft_short_accuracy" not in a
-                      else a["ft_short_accuracy"] >= lc)
-            for tally, ok in zip(met[start], checks, strict=True):
+            for tally, ok in zip(met[start], figures(tag, a, dense, lc), strict=True):
                 if ok is not None:
                     tally[0] += ok
                     tally[1] += 1
