@@ -88,6 +88,11 @@ def small_layer_settings() -> ADMMSettings:
     return ADMMSettings()
 
 
+def _size(program: LayerProgram) -> int:
+    """P * (N + 1) * M: what SMALL and ONE_THREAD are measured against."""
+    return program.n_samples * (program.n_in + 1) * program.n_out
+
+
 class AutoSolver:
     """The default solver behind the solver protocol (see the module docstring)."""
 
@@ -101,19 +106,22 @@ class AutoSolver:
         """(path, torch dtype, ADMM settings) for ``program``: the certified path for a
         small layer, the fast one for a large layer (the lambda path at a fixed lambda). A
         preset's ``[admm]`` section is for ``--solver admm`` and is not read here."""
-        size = program.n_samples * (program.n_in + 1) * program.n_out
+        size = _size(program)
         if size <= self.small and program.n_samples <= SMALL_SAMPLES:
             return "certified", "float64", small_layer_settings()
         if program.lam is not None:
             return "lambda", "float32", lambda_layer_settings()
         return "fast", "float32", large_layer_settings()
 
+    @staticmethod
+    def threads(program: LayerProgram, settings: SolverSettings) -> int:
+        """Torch/BLAS threads for ``program``'s solve: one up to ONE_THREAD, else the run's."""
+        return 1 if _size(program) <= ONE_THREAD else layer_threads(settings)
+
     def solve(self, program: LayerProgram, settings: SolverSettings,
               progress: Progress = no_progress, journal=None) -> ADMMSolution:  # noqa: ARG002
         path, dtype, opts = self.plan(program)
-        size = program.n_samples * (program.n_in + 1) * program.n_out
-        threads = 1 if size <= ONE_THREAD else layer_threads(settings)
-        with fixed_threads(threads):
+        with fixed_threads(self.threads(program, settings)):
             if opts.polish:
                 sol = solve_layer(program, settings, progress, device="cpu", dtype=dtype,
                                   admm_settings=opts)

@@ -89,16 +89,15 @@ def reweight(program: LayerProgram, sol: LayerSolution, settings: SolverSettings
              ) -> tuple[LayerSolution, dict]:
     """Up to ``rounds`` reweighted-l1 solves of (4) (module docstring); each kept only when it
     meets eps on every sample with fewer non-zeros. Returns (solution, record)."""
-    from nettrim_cli.execution.threads import fixed_threads, layer_threads
+    from nettrim_cli.execution.threads import fixed_threads
     from nettrim_cli.solvers.admm import solve_layer
-    from nettrim_cli.solvers.auto import ONE_THREAD, AutoSolver, large_layer_settings
+    from nettrim_cli.solvers.auto import AutoSolver, large_layer_settings
 
     n_in = program.n_in
     best, nnz = sol, int(np.count_nonzero(sol.Wa[:, :n_in]))
     log: list[dict] = []
     _, dtype, _ = AutoSolver().plan(program)
-    size = program.n_samples * (program.n_in + 1) * program.n_out
-    threads = 1 if size <= ONE_THREAD else layer_threads(settings)
+    threads = AutoSolver.threads(program, settings)
     for k in range(rounds):
         c = _weights_for(best.Wa[:, :n_in], delta_rel)
         if c is None:
