@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO ?= demo_out
 NETTRIM := $(BIN)/nettrim
 
-.PHONY: install test demo bench experiments experiments-lc experiments-hs experiments-hs-nets experiments-hs-alloc experiments-hs-tuned conv-experiments \
+.PHONY: install test demo bench experiments experiments-lc experiments-hs experiments-hs-nets experiments-hs-alloc experiments-hs-tuned experiments-ft-recovery conv-experiments \
 	finetune-recipe resume-check lint clean fashion-mnist experiments-sharpen
 
 # torch is installed first and pinned to the CPU build that lies on this machine's disk:
@@ -85,6 +85,11 @@ experiments-hs-alloc: install fashion-mnist
 # without FT, LC with its 20 epochs (about two hours on 2 cores); needs experiments-hs-nets
 experiments-hs-tuned: install fashion-mnist
 	HSN_START=tuned HSN_TRAINED=lc HSN_FT_BASELINES= nice $(BIN)/python -m experiments.hs_alloc
+
+# Issue 16's figure 1 at 95% on the tuned conv nets: other fine-tune recipes for the same prune
+# (after experiments-hs-tuned; docs/finetune-recovery.md)
+experiments-ft-recovery: install fashion-mnist
+	nice $(BIN)/python -m experiments.ft_recovery
 
 # Issue 16's support refit (--refit) and reweighted l1 (--reweight K): LeNet300 at 90% pruned in
 # both modes with and without them, and the held-out digits MLP against a magnitude x input-norm
