@@ -16,7 +16,7 @@ with 20 epochs. docs/finetune-recovery.md is written from the results (test accu
 10,000 test images).
 
 Environment: EXP_DIR (default exp_out), FTR_SEEDS (default 0,1), FTR_NETS (default
-lenet5,cnn60k), FTR_RECIPES (names of RECIPES, default all).
+lenet5,cnn60k), FTR_RECIPES (names of RECIPES separated by ';', default all).
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ def write_doc() -> None:
 def main() -> int:
     seeds = [int(v) for v in os.environ.get("FTR_SEEDS", "0,1").split(",")]
     nets = os.environ.get("FTR_NETS", "lenet5,cnn60k").split(",")
-    recipes = [r for r in RECIPES if r in os.environ.get("FTR_RECIPES", ",".join(RECIPES))
-               .split(",")]
+    recipes = [r for r in RECIPES if r in os.environ.get("FTR_RECIPES", ";".join(RECIPES))
+               .split(";")]  # (the names hold commas)
     test = load_fashion_mnist("test")
     for seed in seeds:
         for name in nets:
