@@ -84,8 +84,9 @@ def _row(label: str, seed: int, d: Path) -> str | None:
 
 
 def write_doc() -> None:
-    rows = [row for seed in (0, 1, 2, 3) for name, (label, *_r) in hs_nets.NETS.items()
-            if (row := _row(label, seed, hs_nets.seed_dir(seed, "tuned") / name))]
+    rows = [row for seed, start in hs_nets._runs() if start == "tuned"
+            for name, (label, *_r) in hs_nets.NETS.items()
+            if (row := _row(label, seed, hs_nets.seed_dir(seed, start) / name))]
     DOC.write_text("\n".join([
         "# Fine-tune recipes at 95% on the tuned start (`make experiments-ft-recovery`)", "",
         "Issue 16's figure 1 asks Net-Trim + the default fine-tune to end within 1 point of "

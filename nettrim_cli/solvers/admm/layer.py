@@ -339,7 +339,8 @@ class _LayerSolve:
         if not feasible:  # those were a few CG steps: the exact refit may still meet eps
             with _blas_threads(None):
                 WF, f = refit_support(self.Xa, self.Yl, self.Vl, self.actl, WT,
-                                      self.program.bias, rounds=8)
+                                      self.program.bias, rounds=8, source=self.gram_source,
+                                      targets=self.targets)  # the staged refits' (if any)
             Wr = self.assemble(WF)
             if float(f.sum()) + rest2 <= self.target ** 2 and self.ok(Wr):
                 Wadmm, feasible = Wr, True
