@@ -334,8 +334,9 @@ def summary_table() -> list[str]:
             "within 0.5 at 90%, 1 at 95%) or from LC (Net-Trim + 4 epochs of FT, goal: at "
             "least LC with 20 epochs).", "",
             "| network | seed | level | dense | Net-Trim | best one-shot | + FT | best one-shot "
-            f"+ FT | + FT, {FT_SHORT} epochs | LC, {LC_EPOCHS} epochs | one eps: Net-Trim, + FT |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            f"+ FT | + FT, {FT_SHORT} epochs | LC, {LC_EPOCHS} epochs | iterative HPTD, "
+            f"{LC_EPOCHS} epochs | one eps: Net-Trim, + FT |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     met = {start: [[0, 0], [0, 0], [0, 0]] for start in STARTS}  # per figure: [met, rows]
     for (name, (label, *_rest)), (seed, start) in ((n, r) for n in NETS.items()
                                                     for r in _runs()):
@@ -356,6 +357,7 @@ def summary_table() -> list[str]:
                 f"{_cell(a['accuracy']['netrim'])} | {_cell(_best(a['accuracy']))} | "
                 f"{_cell(ft.get('netrim'), dense)} | {_cell(_best(ft))} | "
                 f"{_cell(a.get('ft_short_accuracy'), lc)} | {_cell(lc)} | "
+                f"{_cell(r.get('accuracy', {}).get('hptd'))} | "
                 f"{_cell(r.get('accuracy', {}).get('netrim'))}, "
                 f"{_cell(r.get('ft_accuracy', {}).get('netrim'))} |")
             for tally, ok in zip(met[start], figures(tag, a, dense, lc), strict=True):

@@ -222,22 +222,35 @@ def test_admm_repair_takes_the_exact_refit_when_its_cg_steps_miss(env, monkeypat
     assert "warning" not in r.stderr
 
 
-def test_admm_unrepaired_grows_its_support_until_the_refit_meets_eps(env, monkeypatch):
+@pytest.mark.parametrize("gradient", [True, False])
+def test_admm_unrepaired_grows_its_support_until_the_refit_meets_eps(env, monkeypatch,
+                                                                     gradient):
     """Before mixing with the original weights (which fills every zero in), ADMM's support is
-    grown by the largest original weights until its refit meets eps: eps met, zeros kept
-    where the growth stopped, the report and one warning line say so."""
+    grown until its refit meets eps: where the misfit falls fastest, or (when that growth
+    finds nothing) by the largest original weights. Eps met, zeros kept where the growth
+    stopped, the report's history and one warning line say so."""
     _admm_unrepaired(monkeypatch, _sparse_half)
+    if not gradient:
+        from nettrim_cli.solvers.admm import grow
+        monkeypatch.setattr(grow, "grow_by_gradient", lambda *a, **k: None)
     r, out, rep = prune(env, "--solver", "admm", "--epsilon", "0.05")
     assert r.exit_code == 0, r.stderr
     report = json.loads(rep.read_text())
     grown = _failed(report)
     assert grown and {f["status"] for f in grown} == {"grown_support"}
+    how = "where the misfit fell fastest" if gradient else "by original weights"
+    assert all(how in f["action"] for f in grown), [f["action"] for f in grown]
     layers = [la for la in report["layers"] if la.get("solver")]
+    steps = [h for la in layers for h in la["solver"]["history"]
+             if h["stage"] == "grow support" and h["ok"]]
+    assert steps and {h["method"] for h in steps} == {"gradient" if gradient
+                                                       else "original weights"}
     assert all(la["solver"]["epsilon_reached"] for la in layers)
     assert any(la["nonzeros_after"] < la["params"] for la in layers)  # not the dense layer
     for la in layers:
         assert la["discrepancy"] <= la["epsilon"] * (1 + 1e-9)
-    assert "the support was grown by the original weights" in r.stderr
+    said = "where the misfit fell fastest" if gradient else "by the original weights of"
+    assert f"its support was grown {said}" in r.stderr
     assert "mixed" not in r.stderr and "kept their original weights" not in r.stderr
 
 

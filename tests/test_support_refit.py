@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 from test_admm_solver import make_layer
 
-from nettrim_cli.solvers.admm.refit import misfit, refit_support
+from nettrim_cli.solvers.admm.refit import grow_by_gradient, misfit, refit_support
 
 
 def _shrunk(program, keep: float, seed: int = 0) -> np.ndarray:
@@ -89,3 +89,45 @@ def test_misfit_matches_its_definition():
                   + np.sum(np.maximum(Z[~act[:, m], m] - V[~act[:, m], m], 0.0) ** 2))
             for m in range(4)]
     assert np.allclose(misfit(Z, Y, V, act), want, rtol=1e-12)
+
+
+def _grow_case(seed: int = 0):
+    program = make_layer(P=300, N=30, M=8, activation="relu", bias=True)
+    Y, V, act = program.Y, program.bounds, program.active_set
+    WT, f = refit_support(program.Xa, Y, V, act, _shrunk(program, keep=0.3, seed=seed),
+                          bias=True, rounds=8)
+    return program, WT, 0.3 * f.sum()  # a goal this support cannot meet
+
+
+def test_gradient_growth_meets_the_goal_keeping_the_support_and_adding_few():
+    """The growth keeps every weight of the support it is given, meets the misfit goal the
+    support misses, and adds fewer weights than growing by the original weights in order of
+    |w| ||x_j|| with the same exact refit (the rule it replaced as the first try)."""
+    program, WT, goal = _grow_case()
+    Y, V, act, Xa, n = program.Y, program.bounds, program.active_set, program.Xa, 30
+    out = grow_by_gradient(Xa, Y, V, act, WT, True, n, goal, lambda W: True)
+    assert out is not None
+    W, added = out
+    assert np.all(W[:n][WT[:n] != 0] != 0)
+    assert added == np.count_nonzero(W[:n]) - np.count_nonzero(WT[:n]) > 0
+    assert misfit(Xa @ W, Y, V, act).sum() <= goal
+    W0T = program.Wa0.T
+    score = np.abs(W0T[:n]) * np.linalg.norm(Xa[:, :n], axis=0)[:, None]
+    score[WT[:n] != 0] = -1.0
+    order = np.argsort(-score, axis=None)
+    for k in range(1, int(np.count_nonzero(WT[:n] == 0)) + 1):  # the fewest that meet it
+        start = WT.copy()
+        start[:n].reshape(-1)[order[:k]] = W0T[:n].reshape(-1)[order[:k]]
+        if refit_support(Xa, Y, V, act, start, bias=True, rounds=8)[1].sum() <= goal:
+            break
+    assert added < k
+
+
+def test_gradient_growth_gives_up_when_the_check_refuses():
+    """``accept`` is the caller's exact check (thresholding included): when it refuses
+    every answer, the growth returns None after its rounds instead of a refused answer."""
+    program, WT, goal = _grow_case()
+    calls = []
+    out = grow_by_gradient(program.Xa, program.Y, program.bounds, program.active_set, WT,
+                           True, 30, goal, lambda W: calls.append(1) and False)
+    assert out is None and calls

@@ -354,10 +354,13 @@ class NetTrim(ResumableMethod):
                              "tolerance, or the polish's best)")
         n_grown = sum(1 for _, f in failed if f["status"] == GROWN)
         if grown:
+            hows = {"fastest" in f["action"] for _, f in failed if f["status"] == GROWN}
+            how = " or ".join(h for h, on in (("where the misfit fell fastest", True in hows),
+                                              ("by the original weights of largest |w| ||x||",
+                                               False in hows)) if on)
             lines.append(f"layer(s) {', '.join(grown)}: no sparse answer of the solver met eps; "
-                         "the support was grown by the original weights of largest |w| ||x|| "
-                         "until its refit met it (sparser than mixing with the original "
-                         "weights, not the program's l1 answer)")
+                         f"its support was grown {how} until its refit met it (sparser than "
+                         "mixing with the original weights, not the program's l1 answer)")
         if len(failed) > mixed + n_grown:
             lines.append(f"{len(failed) - mixed - n_grown} column(s) kept their original weights "
                          "(see failed_columns in the report)")

@@ -17,27 +17,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from nettrim_cli.program import NONE, LayerProgram
+from nettrim_cli.solvers.admm.grow import _Growth
 from nettrim_cli.solvers.admm.iterate import _ADMM
 from nettrim_cli.solvers.admm.polish import _Candidate, _Polish
 from nettrim_cli.solvers.admm.refit import refit_support
 from nettrim_cli.solvers.admm.repair import (
     _bisect,
     _gram_form,
-    _growth_order,
     _l1,
     _refit_mix,
-    _support_refit,
     _threshold,
 )
 from nettrim_cli.solvers.admm.settings import (
-    GROWN,
     INACCURATE,
-    MIXED,
     NOT_REACHED,
     SOLVED,
     ADMMSettings,
     ADMMSolution,
-    ADMMStatus,
 )
 from nettrim_cli.solvers.base import (
     Capabilities,
@@ -79,7 +75,7 @@ class _Answer:
         return other is None or (self.certified, -self.l1) > (other.certified, -other.l1)
 
 
-class _LayerSolve:
+class _LayerSolve(_Growth):
     """One layer's solve, stage by stage: ADMM on the live columns, the polish, the repair of
     ADMM's own answer, and the choice among the answers; the state they share and the record
     (history, failed columns, counts) they write."""
@@ -375,65 +371,6 @@ class _LayerSolve:
                                               "infeasible too"})
         for m in self.live:
             self.status[m] = st
-
-    def grow_support(self, steps: int = 7) -> ADMMStatus | None:
-        """Before mixing with the original weights (which keeps every weight): ADMM's support
-        grown by the original weights of largest |w| ||x_j|| (``_growth_order``), bisecting
-        ``steps`` times on the number added for the smallest growth that meets eps (every
-        original weight, the original layer, does). A grown support takes the original
-        weights on it, else their refit there (``_support_refit``; it holds only the inactive
-        samples a fit pushes over their bound, so it can miss where the original weights on
-        the support do not). None when no growth short of every weight meets eps."""
-        tg = time.perf_counter()
-        WT = self.solver.result()[0]
-        W0T = np.ascontiguousarray(self.Wa0[self.idx].T)  # (flat indices: row-major)
-        order = _growth_order(self.Xa, WT, W0T, self.n_in)
-        n_admm = int(np.count_nonzero(WT[: self.n_in]))
-        lo, hi = n_admm, len(order)  # ADMM's support missed eps; every weight meets it
-        best = None
-        for _ in range(steps):
-            if hi - lo <= 1:
-                break
-            k = (lo + hi) // 2
-            start = np.zeros(W0T.shape)
-            start.reshape(-1)[order[:k]] = W0T.reshape(-1)[order[:k]]  # weight rows first
-            start[self.n_in:] = W0T[self.n_in:]  # the bias row stays free
-            W = self.assemble(start)  # the original weights there, then their refit
-            if not self.ok(W):
-                with _blas_threads(None):
-                    W = self.assemble(_support_refit(self.Xa, self.Yl, self.Vl, self.actl,
-                                                     start, self.program.bias, None, 10, 2))
-            if self.ok(W):
-                hi, best = k, W
-            else:
-                lo = k
-        self.history.append({"stage": "grow support", "added": None if best is None else
-                             hi - n_admm, "ok": best is not None,
-                             "seconds": round(time.perf_counter() - tg, 4)})
-        if best is None:
-            return None
-        self.Wa = best
-        self.history.append({"stage": "chosen", "source": GROWN})
-        for m in self.live:
-            self.failed.append({"column": m, "status": GROWN,
-                                "action": "ADMM's support grown by original weights until "
-                                          "its refit met eps"})
-        return GROWN
-
-    def mix_with_original(self) -> ADMMStatus:
-        """The last resort: pull ADMM's answer towards the (feasible) original weights."""
-        Wadmm = self.assemble(self.solver.result()[0])
-        Wa0, n_in, thr = self.Wa0, self.n_in, self.thr
-        s, Wa = _bisect(lambda s: _threshold(s * Wadmm + (1 - s) * Wa0, n_in, thr), self.ok,
-                        0.0, 1.0)
-        if Wa is None:  # thresholding the original weights already breaks eps
-            s, Wa = 0.0, Wa0.copy()
-        self.Wa = Wa
-        self.history.append({"stage": "chosen", "source": MIXED, "admm_weight": s})
-        for m in self.live:
-            self.failed.append({"column": m, "status": MIXED,
-                                "action": f"mixed with the original weights ({s:.3g} ADMM)"})
-        return MIXED
 
     def solution(self, t0: float) -> ADMMSolution:
         constraint = self.constraint(self.Wa)

@@ -15,7 +15,7 @@ class ADMMStatus(StrEnum):
     SOLVED = "solved"  # the KKT conditions of (4) hold, certified by the polish
     INACCURATE = "solved_inaccurate"  # feasible (in C_eps of eq. 3) but not certified
     MIXED = "mixed_with_original"  # mixed with the original weights until eps holds
-    GROWN = "grown_support"  # ADMM's support grown by original weights until a refit meets eps
+    GROWN = "grown_support"  # ADMM's support grown (admm/grow.py) until a refit meets eps
     NOT_REACHED = "epsilon_not_reached"  # not even the original weights meet eps
     DEAD = "dead_neuron"  # a neuron that never fires, settled before ADMM
 
