@@ -10,7 +10,7 @@ import pytest
 from experiments import hs_nets
 
 
-def _net(tmp_path, name, levels, seed=0, allocation=None, start="trained"):
+def _net(tmp_path, name, levels, seed=0, allocation=None, start="trained", hptd=None):
     d = hs_nets.seed_dir(seed, start) / name
     d.mkdir(parents=True)
     summary = {"n_train": 10000, "epochs": 30, "calib": 5000, "accuracy_original": 85.0,
@@ -23,7 +23,7 @@ def _net(tmp_path, name, levels, seed=0, allocation=None, start="trained"):
             "layers": [{"name": "0", "sparsity": float(tag)}]}))
         summary["levels"][tag] = {
             "accuracy": {"netrim": nt, "magnitude": 40.0, "wanda": 41.0, "sparsegpt": sgpt,
-                         "lc": 84.0},
+                         "lc": 84.0, **({} if hptd is None else {"hptd": hptd})},
             "ft_accuracy": {"netrim": ft}, "ft_short_accuracy": ft - 0.5,
             "seconds": {"netrim": 12.5}}
         if allocation is not None:  # experiments/hs_alloc.py's files and figures
@@ -68,17 +68,18 @@ def test_the_doc_reports_each_level_and_its_verdict(tmp_path, monkeypatch):
 
 def test_the_summary_shows_the_default_allocation_for_every_seed(tmp_path, monkeypatch):
     _at(tmp_path, monkeypatch)
-    _net(tmp_path, "nn2-10k", {"0.9": (80.0, 84.6, 70.0)}, allocation=81.0)
+    _net(tmp_path, "nn2-10k", {"0.9": (80.0, 84.6, 70.0)}, allocation=81.0, hptd=83.5)
     _net(tmp_path, "nn2-10k", {"0.9": (79.0, 84.0, 69.0)}, seed=1, allocation=80.0)
     hs_nets.write_doc()
     text = (tmp_path / "doc.md").read_text()
     summary = text.split("## NN2-10K")[0]
     # seed 0 and seed 1: the allocation's Net-Trim, best one-shot, FT (vs dense 85), best
-    # one-shot + FT, 4 epochs of FT (vs LC 84), LC, then the uniform eps's Net-Trim and FT
+    # one-shot + FT, 4 epochs of FT (vs LC 84), LC, iterative HPTD (seed 1: not run), then
+    # the uniform eps's Net-Trim and FT
     assert ("| NN2-10K | 0 | 90% | 85.00 | 81.00 | 75.00 | 86.00 (+1.00) | 84.50 | "
-            "85.00 (+1.00) | 84.00 | 80.00, 84.60 |") in summary
+            "85.00 (+1.00) | 84.00 | 83.50 | 80.00, 84.60 |") in summary
     assert ("| NN2-10K | 1 | 90% | 85.00 | 80.00 | 75.00 | 85.00 (+0.00) | 84.50 | "
-            "84.00 (+0.00) | 84.00 | 79.00, 84.00 |") in summary
+            "84.00 (+0.00) | 84.00 | - | 79.00, 84.00 |") in summary
     assert ("Start *trained*: Net-Trim + FT within the goal of dense in 2 of 2 rows; without "
             "FT ahead of the best one-shot baseline in 2 of 2; + 4 epochs of FT at least LC in "
             "2 of 2.") in summary and "Start *tuned*" not in summary
