@@ -369,9 +369,13 @@ def test_extra_stages_run_only_where_the_layer_would_fall_back():
     alone = solve_staged(program, SolverSettings(), admm_settings=opts,
                          stage=StageSettings(**far, extra_stages=0))
     assert len(stages(alone)) == 1 and not stages(alone)[0]["feasible"] and fell_back(alone)
+    seen = []  # the progress shown: never past its total (the extra stages raise it)
     more = solve_staged(program, SolverSettings(), admm_settings=opts,
-                        stage=StageSettings(**far, extra_stages=4))
+                        stage=StageSettings(**far, extra_stages=4),
+                        progress=lambda what, i, n: seen.append((what, i, n)))
     assert 1 < len(stages(more)) <= 5 and stages(more)[-1]["feasible"]
+    shown = [(i, n) for what, i, n in seen if what == "admm stages"]
+    assert shown and all(i <= n for i, n in shown) and shown[-1][0] > shown[0][1]
     assert not fell_back(more) and program.constraint_value(more.Wa) <= program.epsilon
     near = solve_staged(program, SolverSettings(), admm_settings=opts,
                         stage=StageSettings(stages=1, inflation=1.0, extra_stages=4))

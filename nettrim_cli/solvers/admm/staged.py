@@ -243,15 +243,17 @@ def run_stages(run: _LayerSolve, stage: StageSettings, progress: Progress) -> No
     seen: list[tuple[np.ndarray, np.ndarray]] = []  # every stage's (refitted weights, f)
     lo, hi = 0.0, float("inf")  # the largest feasible and the smallest infeasible radius
     prev_nnz: int | None = None
-    total = stage.stages * stage.stage_iters
     for k in range(stage.stages + stage.extra_stages):
         if k >= stage.stages and (best is not None or _mix_budget(run, seen, rest2) >= 0):
             break  # the extra stages only for a layer that would otherwise fall back
+        # the progress total: the stages, and the extra stages once they run
+        total = (stage.stages + (stage.extra_stages if k >= stage.stages else 0)) \
+            * stage.stage_iters
         t0 = time.perf_counter()
         solver.radius = base * infl
         solver.run(stage.stage_iters, *run.tol,
-                   lambda _w, i, _n, d=k * stage.stage_iters: progress(
-                       "admm stages", d + i, total))
+                   lambda _w, i, _n, d=k * stage.stage_iters, t=total: progress(
+                       "admm stages", d + i, t))
         WT, _ = solver.result()
         Wadmm = run.assemble(WT)
         t1 = time.perf_counter()
