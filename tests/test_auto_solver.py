@@ -449,3 +449,36 @@ def test_a_probed_first_stage_that_stops_early_still_gives_an_answer_within_eps(
     assert program.constraint_value(sol.Wa) <= program.epsilon
     assert np.isfinite(sol.Wa).all()
     assert np.count_nonzero(sol.Wa[:, :30]) < 0.8 * program.W0.size
+
+
+@pytest.mark.parametrize("cascade,seed,doubtful", [(False, 2, True), (True, 3, False)])
+def test_a_doubtful_staged_answer_gets_admm_at_eps_beside_it(cascade, seed, doubtful):
+    """When the stages end on a miss and their answer holds more than ``doubt`` x the
+    weights of their sparsest refit, ADMM at eps runs too and the feasible answer with fewer
+    weights is kept (eps met either way); ``doubt=0`` never asks, and stages that end on a
+    refit meeting eps never do."""
+    from nettrim_cli.solvers.admm.settings import ADMMSettings
+    from nettrim_cli.solvers.admm.staged import StageSettings, solve_staged
+
+    program = make_layer(P=600, N=30, M=8, cascade=cascade, seed=seed)
+    opts = ADMMSettings(polish=False, eps_rel=1e-3, eps_abs=1e-6)
+    plain = solve_staged(program, SolverSettings(), admm_settings=opts,
+                         stage=StageSettings(doubt=0))
+    assert not any(h["stage"] == "fallback" for h in plain.history)
+    ended = [h for h in plain.history if h["stage"] == "admm+refit"][-1]["feasible"]
+    assert ended is not doubtful  # the case is what it says
+    asked = solve_staged(program, SolverSettings(), admm_settings=opts,
+                         stage=StageSettings(doubt=0.5))  # any answer ending on a miss
+    why = [h["why"] for h in asked.history if h["stage"] == "fallback"]
+    if ended:  # the last stage met eps: no doubt
+        assert why == [] and np.array_equal(asked.Wa, plain.Wa)
+        return
+    assert len(why) == 1 and "more than 0.5 x their sparsest refit" in why[0]
+    (second,) = [h for h in asked.history if h["stage"] == "second opinion"]
+    kept = int(np.count_nonzero(asked.Wa[:, :-1]))
+    assert second["stages"] == int(np.count_nonzero(plain.Wa[:, :-1]))
+    assert kept == (second["stages"] if second["admm"] is None
+                    else min(second["stages"], second["admm"]))
+    assert second["kept"] == ("admm" if second["admm"] is not None
+                              and second["admm"] < second["stages"] else "stages")
+    assert program.constraint_value(asked.Wa) <= program.epsilon * (1 + 1e-9)
